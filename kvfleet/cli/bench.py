@@ -1,0 +1,11 @@
+"""`kvfleet bench` commands: each benchmark registers itself from its own module."""
+
+from __future__ import annotations
+
+import typer
+
+from kvfleet.cli import bench_engine, bench_serve
+
+app = typer.Typer(no_args_is_help=True)
+bench_engine.register(app)
+bench_serve.register(app)

@@ -1,0 +1,60 @@
+"""Plain data the scheduler's policy core decides over."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerView:
+    """One worker as the scheduler sees it (from its occupancy report)."""
+
+    worker_id: str
+    models: tuple[str, ...]
+    num_total_pages: int
+    num_free_pages: int
+    tokens_per_page: dict[str, int] = field(default_factory=dict)
+    num_running: int = 0
+    num_waiting: int = 0
+    alive: bool = True
+    draining: bool = False
+
+    def can_serve(self, model: str) -> bool:
+        return self.alive and not self.draining and model in self.models
+
+
+@dataclass(frozen=True, slots=True)
+class RequestView:
+    """One queued request as the scheduler sees it."""
+
+    request_id: str
+    model: str
+    arrival_s: float
+    num_prompt_tokens: int
+    max_tokens: int
+    num_output_tokens: int = 0
+    ttft_slo_s: float | None = None
+    tpot_slo_s: float | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_prompt_tokens + self.num_output_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterView:
+    workers: tuple[WorkerView, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    request_id: str
+    worker_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Decisions:
+    """Assignments made now; requests left out stay queued (no live worker has the model)."""
+
+    assignments: tuple[Assignment, ...]
+    unassigned: tuple[str, ...] = ()

@@ -1,0 +1,151 @@
+"""Which sequences enter the next engine step: a pure policy core.
+
+The engine describes its queues as an ``EngineView`` and asks a ``BatchPolicy`` for a
+``StepPlan``. The policy sees counts (tokens, pages), never tensors, and reads no clock: the
+caller passes ``now_s``. The simulator calls the same policies with a virtual clock.
+
+Conventions: a sequence has ``num_tokens`` known tokens (prompt plus generated, or prompt plus
+generated after a recompute preemption) of which the first ``num_computed_tokens`` have their
+KV written. A step feeds ``n`` uncomputed tokens of a sequence; afterwards it holds KV for
+``num_computed_tokens + n`` tokens, so it needs ``pages_needed(seq, n)`` more pages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class SeqView:
+    """What a batch policy knows of one sequence."""
+
+    seq_id: str
+    model: str
+    arrival_s: float
+    num_prompt_tokens: int
+    num_tokens: int
+    num_computed_tokens: int
+    num_pages: int
+    tokens_per_page: int
+    max_tokens: int
+    num_output_tokens: int = 0
+    predicted_output_tokens: int | None = None
+    ttft_slo_s: float | None = None
+    tpot_slo_s: float | None = None
+
+    @property
+    def num_uncomputed_tokens(self) -> int:
+        return self.num_tokens - self.num_computed_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class EngineView:
+    """The engine's queues at the start of a step.
+
+    ``running`` holds sequences that own pages, oldest first; ``waiting`` holds sequences
+    with no pages (new or preempted), in queue order.
+    """
+
+    running: tuple[SeqView, ...]
+    waiting: tuple[SeqView, ...]
+    num_free_pages: int
+    token_budget: int
+    max_num_seqs: int
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """Feed ``num_tokens`` uncomputed tokens of ``seq_id`` in this step."""
+
+    seq_id: str
+    num_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class StepPlan:
+    """The policy's answer: chunks to run and running sequences to preempt (by recompute).
+
+    The plan is feasible: the pages the chunks need fit in the free pages plus the pages of
+    the preempted sequences, and the chunk tokens fit the token budget.
+    """
+
+    chunks: tuple[Chunk, ...]
+    preempt: tuple[str, ...] = ()
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(c.num_tokens for c in self.chunks)
+
+
+def pages_needed(seq: SeqView, num_new_tokens: int) -> int:
+    """Pages ``seq`` must gain to hold KV for ``num_new_tokens`` more tokens."""
+    total = seq.num_computed_tokens + num_new_tokens
+    return max(0, -(-total // seq.tokens_per_page) - seq.num_pages)
+
+
+class BatchPolicy(Protocol):
+    def plan(self, view: EngineView, now_s: float) -> StepPlan: ...
+
+
+class FcfsBatchPolicy:
+    """The vLLM baseline: running sequences first, then waiting ones in arrival order.
+
+    Running sequences continue (a decode token, or the next prefill chunk). When pages run
+    out, the most recently arrived running sequence is preempted by recompute, repeatedly,
+    until the older ones fit. Waiting sequences are admitted in order while the token budget,
+    the sequence cap and the free pages allow; a long prompt is split into chunks (chunked
+    prefill). Admission stops at the first waiting sequence that does not fit, so a large
+    request is never starved by smaller ones behind it.
+    """
+
+    def __init__(self, chunked_prefill: bool = True) -> None:
+        self.chunked_prefill = chunked_prefill
+
+    def plan(self, view: EngineView, now_s: float) -> StepPlan:
+        budget = view.token_budget
+        free = view.num_free_pages
+        chunks: list[Chunk] = []
+        preempted: list[str] = []
+        running = list(view.running)
+        i = 0
+        while i < len(running):
+            seq = running[i]
+            n = min(seq.num_uncomputed_tokens, budget)
+            if n <= 0:
+                i += 1
+                continue
+            need = pages_needed(seq, n)
+            while need > free and len(running) - 1 > i:
+                victim = running.pop()
+                preempted.append(victim.seq_id)
+                free += victim.num_pages
+            if need > free:
+                # Even alone it does not fit: preempt it too and stop.
+                running.pop(i)
+                preempted.append(seq.seq_id)
+                free += seq.num_pages
+                break
+            chunks.append(Chunk(seq.seq_id, n))
+            budget -= n
+            free -= need
+            i += 1
+        if preempted:
+            return StepPlan(tuple(chunks), tuple(preempted))
+        num_seqs = len(chunks)
+        for seq in view.waiting:
+            if budget <= 0 or num_seqs >= view.max_num_seqs:
+                break
+            n = seq.num_uncomputed_tokens
+            if n > budget:
+                if not self.chunked_prefill:
+                    break
+                n = budget
+            need = pages_needed(seq, n)
+            if need > free:
+                break
+            chunks.append(Chunk(seq.seq_id, n))
+            budget -= n
+            free -= need
+            num_seqs += 1
+        return StepPlan(tuple(chunks), ())
