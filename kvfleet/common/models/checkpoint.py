@@ -7,6 +7,7 @@ weights match the Hugging Face layout.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterator
@@ -84,6 +85,7 @@ def _hf_tensors(path: Path):  # type: ignore[no-untyped-def]
     return gen
 
 
+@functools.lru_cache(maxsize=4)
 def _gguf_reader(path: Path):  # type: ignore[no-untyped-def]
     import gguf
 

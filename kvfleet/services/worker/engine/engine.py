@@ -72,6 +72,7 @@ class Engine:
         self._running: list[Sequence] = []
         self._waiting: list[Sequence] = []
         self._order = 0
+        self.num_preemptions = 0  # recompute preemptions since start (a metric)
 
     # ------------------------------------------------------------------ memory
     def _budget(self, config: EngineConfig) -> int:
@@ -263,6 +264,7 @@ class Engine:
             self.pool.free(seq.pages)
             seq.pages = []
             seq.num_computed = 0
+            self.num_preemptions += 1
             self._running.remove(seq)
             self._waiting.append(seq)
         if plan.preempt:
