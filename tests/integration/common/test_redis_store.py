@@ -21,7 +21,9 @@ async def test_enqueue_assign_finish_lifecycle(redis_url):
         assert await store.active_requests() == ["r1"]
         assert await store.set_assigned("r1", "w0")
         assert await store.worker_requests("w0") == {"r1"}
-        await store.append_tokens("r1", [rs.TokenEntry(0, 5, "a"), rs.TokenEntry(1, 6, "b", "stop")])
+        await store.append_tokens(
+            "r1", [rs.TokenEntry(0, 5, "a"), rs.TokenEntry(1, 6, "b", "stop")]
+        )
         await store.finish("r1", "stop", "w0")
         rec = await store.get_request("r1")
         assert (rec.state, rec.finish_reason) == (rs.FINISHED, "stop")

@@ -28,17 +28,21 @@ class RecordingWorker(worker_pb2_grpc.WorkerServicer):
 
 async def _worker(store: RedisStore, wid: str, free: int, ttl_ms: int = 60_000):
     servicer = RecordingWorker()
-    running = await start_server("127.0.0.1", 0,
-                                 lambda s: worker_pb2_grpc.add_WorkerServicer_to_server(servicer, s),
-                                 ["kvfleet.worker.v1.Worker"])
+    running = await start_server(
+        "127.0.0.1",
+        0,
+        lambda s: worker_pb2_grpc.add_WorkerServicer_to_server(servicer, s),
+        ["kvfleet.worker.v1.Worker"],
+    )
     await store.register_worker(rs.WorkerInfo(wid, running.address, "boot", time.time()))
     await store.heartbeat(rs.Occupancy(wid, ("m",), 100, free, tokens_per_page={"m": 16}), ttl_ms)
     return servicer, running
 
 
 def _rec(rid: str, arrival_s: float) -> rs.RequestRecord:
-    return rs.RequestRecord(rid, "m", tuple(range(1, 33)), rs.SamplingRecord(max_tokens=8),
-                            arrival_s)
+    return rs.RequestRecord(
+        rid, "m", tuple(range(1, 33)), rs.SamplingRecord(max_tokens=8), arrival_s
+    )
 
 
 async def _until(pred, timeout_s: float = 10.0) -> None:
@@ -169,8 +173,9 @@ async def test_drain_and_migrate_errors_over_grpc(redis_url):
             await stub.Drain(scheduler_pb2.DrainRequest(worker_id="w0", undrain=True))
             await _until(lambda: len(w0.assigned) == 1)
             with pytest.raises(grpc.aio.AioRpcError) as e:
-                await stub.Migrate(scheduler_pb2.MigrateRequest(request_id="none",
-                                                                target_worker_id="w0"))
+                await stub.Migrate(
+                    scheduler_pb2.MigrateRequest(request_id="none", target_worker_id="w0")
+                )
             assert e.value.code() == grpc.StatusCode.NOT_FOUND
             with pytest.raises(grpc.aio.AioRpcError) as e:
                 await stub.Drain(scheduler_pb2.DrainRequest(worker_id="ghost"))

@@ -8,9 +8,16 @@ pytestmark = pytest.mark.unit
 
 
 def test_request_record_round_trips_through_hash_fields():
-    rec = rs.RequestRecord("req-1", "tiny-llama", (1, 2, 3),
-                           rs.SamplingRecord(max_tokens=5, seed=7, stop=("\n",)), 12.5,
-                           state=rs.ASSIGNED, worker_id="w0", num_resumes=2)
+    rec = rs.RequestRecord(
+        "req-1",
+        "tiny-llama",
+        (1, 2, 3),
+        rs.SamplingRecord(max_tokens=5, seed=7, stop=("\n",)),
+        12.5,
+        state=rs.ASSIGNED,
+        worker_id="w0",
+        num_resumes=2,
+    )
     fields = rec.to_fields()
     assert all(isinstance(v, str) for v in fields.values())
     assert rs.RequestRecord.from_fields("req-1", fields) == rec
@@ -30,10 +37,14 @@ def test_reader_refuses_another_schema_version():
 
 
 def test_output_tokens_keeps_each_index_once_and_stops_at_a_gap():
-    entries = [rs.TokenEntry(0, 10, "a"), rs.TokenEntry(1, 11, "b"),
-               rs.TokenEntry(1, 99, "dup"),  # written again after a resume: first wins
-               rs.TokenEntry(2, 12, "c"), rs.TokenEntry(4, 14, "gap"),
-               rs.TokenEntry(3, None, "", "abort")]
+    entries = [
+        rs.TokenEntry(0, 10, "a"),
+        rs.TokenEntry(1, 11, "b"),
+        rs.TokenEntry(1, 99, "dup"),  # written again after a resume: first wins
+        rs.TokenEntry(2, 12, "c"),
+        rs.TokenEntry(4, 14, "gap"),
+        rs.TokenEntry(3, None, "", "abort"),
+    ]
     assert rs.output_tokens(entries) == [10, 11, 12]
 
 
@@ -50,7 +61,15 @@ def test_plan_record_round_trip_and_views():
 
 
 def test_keys_share_the_versioned_prefix():
-    keys = [rs.queue_key("m"), rs.request_key("r"), rs.tokens_key("r"), rs.heartbeat_key("w"),
-            rs.worker_requests_key("w"), rs.PLAN_KEY, rs.EVENTS_KEY, rs.WORKERS_KEY]
+    keys = [
+        rs.queue_key("m"),
+        rs.request_key("r"),
+        rs.tokens_key("r"),
+        rs.heartbeat_key("w"),
+        rs.worker_requests_key("w"),
+        rs.PLAN_KEY,
+        rs.EVENTS_KEY,
+        rs.WORKERS_KEY,
+    ]
     assert all(k.startswith(f"kvfleet:v{rs.SCHEMA_VERSION}:") for k in keys)
     assert len(set(keys)) == len(keys)
