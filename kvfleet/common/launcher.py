@@ -54,6 +54,7 @@ class Stack:
     run_dir: Path
     redis: RedisServer
     services: list[ServiceProcess]
+    configs: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
 
     def endpoint(self, name: str, key: str = "grpc") -> str:
         return next(s.addresses[key] for s in self.services if s.name == name)
@@ -79,6 +80,22 @@ class Stack:
 
     def dead(self) -> list[str]:
         return [s.name for s in self.services if s.popen.poll() is not None]
+
+    def service(self, name: str) -> ServiceProcess:
+        return next(s for s in self.services if s.name == name)
+
+    def restart(self, name: str, timeout_s: float = 300.0) -> ServiceProcess:
+        """Start a stopped (or killed) service again with its config; wait until healthy."""
+        old = self.service(name)
+        if old.popen.poll() is None:
+            old.popen.terminate()
+            old.popen.wait(timeout=15)
+        kind, config = self.configs[name]
+        new = _spawn(self.run_dir, name, kind, config)
+        self.services[self.services.index(old)] = new
+        asyncio.run(_wait_ready(Stack(self.run_dir, self.redis, [new]), timeout_s))
+        (self.run_dir / "stack.json").write_text(json.dumps(self.describe(), indent=2))
+        return new
 
     def stop(self, timeout_s: float = 15.0) -> None:
         """SIGTERM every service (gateway first, workers last), wait, then SIGKILL."""
@@ -191,6 +208,7 @@ def launch(fleet: FleetConfig, run_dir: Path | None = None, timeout_s: float = 6
     stack = Stack(run_dir, redis, [])
     try:
         for name, kind, config in service_configs(fleet, redis.url):
+            stack.configs[name] = (kind, config)
             stack.services.append(_spawn(run_dir, name, kind, config))
         asyncio.run(_wait_ready(stack, timeout_s))
     except BaseException:

@@ -31,6 +31,7 @@ class RunningGateway:
     http_host: str
     http_port: int
     frontend: Frontend
+    warm_task: asyncio.Task[None]
 
     @property
     def address(self) -> str:
@@ -44,12 +45,28 @@ class RunningGateway:
         return {"grpc": self.grpc.address, "http": self.http_url}
 
     async def stop(self) -> None:
+        self.warm_task.cancel()
         self.http.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(self.http_task, 10)
         await self.grpc.stop()
         await self.frontend.close()
         await self.frontend.store.close()
+
+
+async def _warm_tokenizers(frontend: Frontend) -> None:
+    """Load the planned models' tokenizers in the background, so the first request of
+    each model does not wait for them."""
+    while True:
+        models = await frontend.models()
+        if models:
+            break
+        await asyncio.sleep(0.2)
+    for model in models:
+        try:
+            await frontend.tokenizers.get(model)
+        except Exception as e:  # the request path reports the error to its client
+            log.warning("model %s: tokenizer not loaded: %s", model, e)
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -87,4 +104,5 @@ async def start(settings: GatewaySettings) -> RunningGateway:
             raise RuntimeError("HTTP server exited at start")
         await asyncio.sleep(0.01)
     log.info("gateway: gRPC %s, HTTP http://%s:%d", running.address, settings.host, port)
-    return RunningGateway(running, server, task, settings.host, port, frontend)
+    warm = asyncio.create_task(_warm_tokenizers(frontend), name="warm-tokenizers")
+    return RunningGateway(running, server, task, settings.host, port, frontend, warm)
