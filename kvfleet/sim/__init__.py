@@ -1,0 +1,1 @@
+"""Discrete-event cluster simulator over kvfleet's own policy cores (virtual clock)."""
