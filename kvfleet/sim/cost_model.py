@@ -94,6 +94,13 @@ class CostModel:
             self.step_overhead_s + self.seq_overhead_s * num_seqs,
         )
 
+    def step_s(self, num_tokens: int, attn_pairs: float, kv_read_tokens: float, num_seqs: int) -> float:
+        """``step_cost(...).total_s`` without building the result (the simulator's hot path)."""
+        compute = (self._linear_flops_per_token * num_tokens + self._attn * attn_pairs) / self.flops_per_s
+        memory = (self._weights + self.kv_bytes_per_token * kv_read_tokens) / self.bytes_per_s
+        top = compute if compute > memory else memory
+        return top + self.step_overhead_s + self.seq_overhead_s * num_seqs
+
     def prefill_s(self, num_tokens: int, context_tokens: int = 0) -> float:
         """One step that prefills ``num_tokens`` tokens after ``context_tokens`` cached ones."""
         pairs = num_tokens * context_tokens + num_tokens * (num_tokens + 1) / 2

@@ -116,6 +116,11 @@ class Simulator:
         self._migrations_in_window = 0
         self._inflight: dict[str, tuple[int, int]] = {}  # request -> (dst worker, pages held)
         self._worker_index = {w.worker_id: w for w in self.workers}
+        # The scheduler's picture of the fleet, refreshed for workers that changed.
+        self._dirty: list[int] = []
+        self._views = [w.worker_view() for w in self.workers]
+        for w in self.workers:
+            w._dirty_sink = self._dirty
         self.fleet_rows: list[tuple[float, ...]] = []
 
     # ----- event plumbing -----
@@ -220,7 +225,13 @@ class Simulator:
         if not pending:
             return
         self._pending = []
-        view = ClusterView(tuple([w.worker_view() for w in self.workers]))
+        views = self._views
+        if self._dirty:
+            workers = self.workers
+            for idx in self._dirty:
+                views[idx] = workers[idx].worker_view()
+            self._dirty.clear()
+        view = ClusterView(tuple(views))
         by_id = {s.request_id: s for s in pending}
         decisions = self.dispatch.decide([s.request_view() for s in pending], view, now)
         index = self._worker_index

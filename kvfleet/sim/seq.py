@@ -14,7 +14,7 @@ class SimSeq:
         "idx", "request_id", "model", "arrival_s", "num_prompt_tokens", "max_tokens",
         "num_tokens", "num_computed", "num_pages", "num_output", "tokens_per_page",
         "dispatch_s", "first_token_s", "finish_s", "worker_idx", "num_preemptions",
-        "num_migrations", "drop_reason", "_view", "_view_key", "_request_view",
+        "num_migrations", "drop_reason", "_view", "_request_view",
     )
 
     def __init__(
@@ -39,21 +39,20 @@ class SimSeq:
         self.num_preemptions = 0
         self.num_migrations = 0
         self.drop_reason = ""
+        #: The batch policy's view; set to None by whoever changes a count.
         self._view: SeqView | None = None
-        self._view_key = -1
         self._request_view: RequestView | None = None
 
     def view(self) -> SeqView:
-        """The batch policy's view, rebuilt only when a count changed."""
-        key = (self.num_tokens << 40) | (self.num_computed << 20) | self.num_pages
-        if key != self._view_key or self._view is None:
-            self._view = SeqView(
+        """The batch policy's view, rebuilt only after a count changed."""
+        v = self._view
+        if v is None:
+            v = self._view = SeqView(
                 self.request_id, self.model, self.arrival_s, self.num_prompt_tokens,
                 self.num_tokens, self.num_computed, self.num_pages, self.tokens_per_page,
                 self.max_tokens, self.num_output,
             )
-            self._view_key = key
-        return self._view
+        return v
 
     def request_view(self) -> RequestView:
         """The scheduler's view of the request while it is queued."""

@@ -51,10 +51,13 @@ class SimWorker:
         self.config = config
         self.models = config.models
         self.tpp = config.tokens_per_page
+        self._tpp_min = min(config.tokens_per_page.values())
         self.total_pages = config.num_total_pages
         self.free_pages = config.num_total_pages
         self.reserved_pages = 0  # held for migrations in flight to this worker
         self.costs = costs
+        self._single = next(iter(costs.values())) if len(costs) == 1 else None
+        self._dirty_sink: list[int] | None = None  # the simulator's list of changed workers
         self.policy = policy
         self.running: list[SimSeq] = []
         self.waiting: deque[SimSeq] = deque()
@@ -75,6 +78,12 @@ class SimWorker:
         self.busy_s = 0.0
 
     # ----- what the scheduler and planner see -----
+    def _invalidate(self) -> None:
+        if self._view is not None:
+            self._view = None
+            if self._dirty_sink is not None:
+                self._dirty_sink.append(self.idx)
+
     def worker_view(self) -> WorkerView:
         """Occupancy as reported: free pages net of the demand of queued prompts."""
         if self._view is None:
@@ -107,7 +116,7 @@ class SimWorker:
         seq.worker_idx = self.idx
         self.waiting.append(seq)
         self.by_id[seq.request_id] = seq
-        self._view = None
+        self._invalidate()
         return self._wake(now)
 
     def attach(self, seq: SimSeq, now: float) -> float | None:
@@ -122,7 +131,7 @@ class SimWorker:
             return False
         self.free_pages -= num_pages
         self.reserved_pages += num_pages
-        self._view = None
+        self._invalidate()
         return True
 
     def request_detach(self, request_id: str, now: float) -> float | None:
@@ -165,7 +174,7 @@ class SimWorker:
         self._chunks = []
         self._run = None
         self._run_claim = 0
-        self._view = None
+        self._invalidate()
         if self._incoming:
             for seq in self._incoming:
                 self.reserved_pages -= seq.num_pages
@@ -180,6 +189,7 @@ class SimWorker:
     def _finish_step(self, now: float, finished: list[SimSeq]) -> None:
         done = False
         for seq, n in self._chunks:
+            seq._view = None
             seq.num_computed += n
             if seq.num_computed == seq.num_tokens:
                 seq.num_tokens += 1
@@ -196,14 +206,14 @@ class SimWorker:
         free = self.free_pages
         done = False
         for seq in self.running:
-            seq.num_computed += k
+            seq._view = None
+            c = seq.num_computed = seq.num_computed + k
             seq.num_tokens += k
-            seq.num_output += k
-            tpp = seq.tokens_per_page
-            pages = -(-seq.num_computed // tpp)
+            out = seq.num_output = seq.num_output + k
+            pages = -(-c // seq.tokens_per_page)
             free -= pages - seq.num_pages
             seq.num_pages = pages
-            if seq.num_output >= seq.max_tokens:
+            if out >= seq.max_tokens:
                 done = True
         if free < 0:
             raise KvAccountingError(f"worker {self.worker_id}: free pages {free} < 0")
@@ -249,8 +259,8 @@ class SimWorker:
                 self.busy = False
                 return None
             view = EngineView(
-                tuple([s.view() for s in self.running]),
-                tuple([s.view() for s in self.waiting]),
+                tuple([s._view or s.view() for s in self.running]),
+                tuple([s._view or s.view() for s in self.waiting]),
                 self.free_pages, self.config.token_budget, self.config.max_num_seqs,
             )
             plan = self.policy.plan(view, now)
@@ -272,6 +282,7 @@ class SimWorker:
         victims = [s for s in self.running if s.request_id in gone]
         self.running = [s for s in self.running if s.request_id not in gone]
         for seq in victims:
+            seq._view = None
             self.free_pages += seq.num_pages
             seq.num_pages = 0
             seq.num_computed = 0
@@ -294,6 +305,7 @@ class SimWorker:
             if pages > seq.num_pages:
                 free -= pages - seq.num_pages
                 seq.num_pages = pages
+                seq._view = None
         if free < 0:
             raise KvAccountingError(f"worker {self.worker_id}: plan overdraws the pool ({free})")
         self.free_pages = free
@@ -309,8 +321,7 @@ class SimWorker:
                 self._run = self._decode_runs()
                 self._run_steps = steps
                 b = len(self.running)
-                tpp_min = min(s.tokens_per_page for s in self.running)
-                self._run_claim = min(self.free_pages, b * -(-steps // tpp_min))
+                self._run_claim = min(self.free_pages, b * -(-steps // self._tpp_min))
                 self.step_end_s = now + _run_time(self._run, steps)
                 self.num_steps += steps - 1
                 return self.step_end_s
@@ -333,11 +344,11 @@ class SimWorker:
         """Decode steps the current batch can run before a finish or before the pool could
         run short (then the policy decides again)."""
         running = self.running
-        limit = min(s.max_tokens - s.num_output for s in running)
+        limit = min([s.max_tokens - s.num_output for s in running])
         if limit <= 1:
             return 1
         b = len(running)
-        tpp_min = min(s.tokens_per_page for s in running)
+        tpp_min = self._tpp_min
         free = self.free_pages
         # Each sequence gains at most ceil(j / tpp) pages in j steps.
         bound = (free // b) * tpp_min
@@ -359,6 +370,9 @@ class SimWorker:
         return lo
 
     def _decode_runs(self) -> list[DecodeRun]:
+        if self._single is not None:
+            running = self.running
+            return [self._single.decode_run(len(running), sum([s.num_tokens for s in running]))]
         per_model: dict[str, list[int]] = {}
         for s in self.running:
             acc = per_model.get(s.model)
@@ -376,6 +390,16 @@ class SimWorker:
         return runs
 
     def _step_time(self, chunks: list[tuple[SimSeq, int]]) -> float:
+        if self._single is not None:
+            tokens = 0
+            pairs = 0.0
+            kv = 0
+            for seq, n in chunks:
+                c = seq.num_computed
+                tokens += n
+                pairs += n * c + n * (n + 1) / 2
+                kv += c + n
+            return self._single.step_s(tokens, pairs, kv, len(chunks))
         per_model: dict[str, list[float]] = {}
         for seq, n in chunks:
             c = seq.num_computed
