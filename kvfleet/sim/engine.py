@@ -21,8 +21,8 @@ from kvfleet.services.planner.core.migration import (
     MigrationOrder,
     MigrationWorkerView,
 )
-from kvfleet.services.scheduler.core.types import ClusterView
-from kvfleet.sim.fleet import SimConfig, build_fleet, migration_link
+from kvfleet.services.scheduler.core.types import ClusterView, WorkerView
+from kvfleet.sim.fleet import SimConfig, build_fleet, build_workers_like, migration_link
 from kvfleet.sim.policies import PolicySet, policy_set
 from kvfleet.sim.seq import SimSeq
 from kvfleet.sim.worker import SimWorker
@@ -60,6 +60,7 @@ class SimResult:
     fleet_rows: list[tuple[float, ...]]
     num_events: int
     wall_s: float
+    cpu_s: float
     num_plans: int
     num_steps: int
     num_migrations: int
@@ -90,14 +91,28 @@ class Simulator:
         config: SimConfig,
         requests: Sequence[RequestLike],
         policies: PolicySet | None = None,
+        *,
+        workers: Sequence[WorkerView] | None = None,
+        check_invariants: bool = False,
+        log_dispatch: bool = False,
     ) -> None:
+        """``workers`` replaces the fleet built from ``config`` by workers shaped like the
+        given views (ids, models, pages); ``check_invariants`` checks every worker's page
+        accounting after each of its events (slow; tests); ``log_dispatch`` keeps every
+        assignment in ``dispatch_log``."""
         self.config = config
         self.policies = policies or policy_set(config.policy)
-        self.workers = build_fleet(config, self.policies)
+        if workers is None:
+            self.workers = build_fleet(config, self.policies)
+        else:
+            self.workers = build_workers_like(config, self.policies, workers)
+        self.check_invariants = check_invariants
+        self.dispatch_log: list[tuple[str, str]] | None = [] if log_dispatch else None
         self.dispatch = self.policies.make_dispatch()
         self.migration = self.policies.make_migration()
         self.link = migration_link(config)
-        mapping = map_models(requests, config.models)
+        served = sorted({m for w in self.workers for m in w.models})
+        mapping = map_models(requests, served)
         order = sorted(range(len(requests)), key=lambda i: requests[i].arrival_s)
         self.seqs = []
         for idx, i in enumerate(order):
@@ -141,6 +156,7 @@ class Simulator:
     # ----- the loop -----
     def run(self) -> SimResult:
         started = time.perf_counter()
+        cpu_started = time.process_time()
         seqs = self.seqs
         n = len(seqs)
         heap = self._heap
@@ -178,6 +194,8 @@ class Simulator:
                 asked = tuple(worker._detach) if worker._detach else ()
                 t_next = worker.on_boundary(now, finished, departed, self._accept)
                 self._push_worker(worker, t_next)
+                if self.check_invariants:
+                    worker.check()
                 if finished:
                     self._num_done += len(finished)
                     finished.clear()
@@ -210,12 +228,12 @@ class Simulator:
                 w.check()
         wall = time.perf_counter() - started
         result = SimResult(
-            self.config, seqs, self.fleet_rows, events, wall,
+            self.config, seqs, self.fleet_rows, events, wall, time.process_time() - cpu_started,
             sum(w.num_plans for w in self.workers), sum(w.num_steps for w in self.workers),
             self._num_migrations, now, self.workers,
         )
-        log.info("simulated %d requests to t=%.1fs: %d events in %.1fs (%.0f events/s)",
-                 n, now, events, wall, result.events_per_s)
+        log.info("simulated %d requests to t=%.1fs: %d events in %.1fs wall, %.1fs CPU "
+                 "(%.0f events/s)", n, now, events, wall, result.cpu_s, result.events_per_s)
         return result
 
     # ----- scheduler -----
@@ -239,6 +257,8 @@ class Simulator:
             seq = by_id[a.request_id]
             worker = index[a.worker_id]
             seq.dispatch_s = now
+            if self.dispatch_log is not None:
+                self.dispatch_log.append((seq.request_id, worker.worker_id))
             if seq.num_prompt_tokens + seq.max_tokens > worker.capacity_tokens(seq.model):
                 self._drop(seq, "exceeds_worker_kv_capacity")
                 continue

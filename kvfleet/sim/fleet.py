@@ -4,12 +4,14 @@ pools sized from the memory budget, and one cost model per (model, worker kind).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import BaseModel, Field
 
 from kvfleet.services.planner.core.policy import static_plan
 from kvfleet.services.planner.core.types import FleetSpec, ModelSpecRef, WorkerSpec
+from kvfleet.services.scheduler.core.types import WorkerView
 from kvfleet.sim.cost_model import CostModel, load_calibration
 from kvfleet.sim.policies import PolicySet
 from kvfleet.sim.presets import GiB, gpu_preset, link_preset, model_preset
@@ -95,6 +97,28 @@ def build_fleet(config: SimConfig, policies: PolicySet) -> list[SimWorker]:
     log.info("fleet: %d workers of %dx %s, models %s, %d pages each (%d tokens/page)",
              num_workers, tp, gpu.name, names, workers[0].total_pages,
              next(iter(workers[0].tpp.values())))
+    return workers
+
+
+def build_workers_like(
+    config: SimConfig, policies: PolicySet, views: Sequence[WorkerView]
+) -> list[SimWorker]:
+    """Workers shaped like given occupancy views (ids, models, pages, tokens per page), e.g.
+    a live fleet's; every model's step times come from ``config.models[0]``'s cost model."""
+    gpu = gpu_preset(config.gpu)
+    shape = model_preset(config.models[0])
+    cost = CostModel(gpu, shape, config.tp or 1, gpu_memory_utilization=config.gpu_memory_utilization)
+    if config.calibration:
+        calib = load_calibration(Path(config.calibration), cost)
+        cost = CostModel(gpu, shape, config.tp or 1, calib, config.gpu_memory_utilization)
+    workers = []
+    for i, v in enumerate(views):
+        if not v.models or v.num_total_pages <= 0:
+            raise ValueError(f"worker {v.worker_id}: needs models and pages")
+        tpp = {m: v.tokens_per_page.get(m, config.page_tokens) for m in v.models}
+        wcfg = WorkerConfig(v.worker_id, v.models, v.num_total_pages, tpp,
+                            config.token_budget, config.max_num_seqs)
+        workers.append(SimWorker(i, wcfg, dict.fromkeys(v.models, cost), policies.make_batch()))
     return workers
 
 
