@@ -205,8 +205,13 @@ class SimWorker:
         k = self._run_steps
         free = self.free_pages
         done = False
+        first_step_end = -1.0
         for seq in self.running:
             seq._view = None
+            if seq.first_token_s < 0.0:  # the run's first step fed its last prompt token
+                if first_step_end < 0.0:
+                    first_step_end = self.step_start_s + _run_time(self._run, 1)  # type: ignore[arg-type]
+                seq.first_token_s = first_step_end
             c = seq.num_computed = seq.num_computed + k
             seq.num_tokens += k
             out = seq.num_output = seq.num_output + k

@@ -110,3 +110,14 @@ def test_replay_dispatch_returns_decisions_in_order():
     assert replay_dispatch(reqs, workers, "most-free-kv") == [(f"r{i}", "w0") for i in range(7)]
     with pytest.raises(ValueError, match="unknown policy"):
         replay_dispatch(reqs, workers, "nope")
+
+
+def test_first_token_when_the_last_prefill_chunk_is_a_single_token():
+    # Budget 16: a 17-token prompt is fed as 16 + 1; the 1-token chunk looks like decode.
+    cfg = SimConfig(num_gpus=1, tp=1, gpu="H100", token_budget=16, dispatch_interval_s=0.0)
+    result = simulate(cfg, [SimRequest("r", 0.0, "m", 17, 5)])
+    (seq,) = result.seqs
+    assert 0.0 < seq.first_token_s < seq.finish_s
+    cost = result.workers[0].costs["Llama-2-7B"]
+    expected = cost.step_s(16, 16 * 17 / 2, 16, 1) + cost.step_s(1, 17, 17, 1)
+    assert seq.first_token_s == pytest.approx(expected)
