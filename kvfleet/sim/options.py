@@ -24,28 +24,28 @@ from kvfleet.workload.sources import is_servegen
 
 
 class WorkloadOptions(BaseModel):
-    trace: str | None = Field(None, description="trace file, or servegen:<pool>[,<pool>...]")
-    request_model: str | None = Field(None, description="model name(s) given to the requests")
+    trace: str | None = Field(default=None, description="trace file, or servegen:<pool>[,<pool>...]")
+    request_model: str | None = Field(default=None, description="model name(s) given to the requests")
     arrivals: Literal["poisson", "gamma"] | None = None
-    rate: float = Field(1.0, ge=0)
-    cv: float = Field(1.0, gt=0)
-    ramp_s: float = Field(0.0, ge=0)
-    ramp_from_rate: float = Field(0.0, ge=0)
-    spike_rate: float = Field(0.0, ge=0)
-    spike_s: float = Field(0.0, ge=0)
-    spike_period_s: float = Field(0.0, ge=0)
-    spike_start_s: float = Field(0.0, ge=0)
+    rate: float = Field(default=1.0, ge=0)
+    cv: float = Field(default=1.0, gt=0)
+    ramp_s: float = Field(default=0.0, ge=0)
+    ramp_from_rate: float = Field(default=0.0, ge=0)
+    spike_rate: float = Field(default=0.0, ge=0)
+    spike_s: float = Field(default=0.0, ge=0)
+    spike_period_s: float = Field(default=0.0, ge=0)
+    spike_start_s: float = Field(default=0.0, ge=0)
     input_len: str = "256"
     output_len: str = "64"
     mix: list[str] = Field(default_factory=list)
-    rate_scale: float = Field(1.0, gt=0)
+    rate_scale: float = Field(default=1.0, gt=0)
     seed: int = 0
-    start_s: float = Field(0.0, ge=0)
-    duration_s: float | None = Field(None, gt=0)
-    speed: float = Field(1.0, gt=0)
-    max_input: int | None = Field(None, ge=1)
-    max_output: int | None = Field(None, ge=1)
-    num_requests: int | None = Field(None, ge=1)
+    start_s: float = Field(default=0.0, ge=0)
+    duration_s: float | None = Field(default=None, gt=0)
+    speed: float = Field(default=1.0, gt=0)
+    max_input: int | None = Field(default=None, ge=1)
+    max_output: int | None = Field(default=None, ge=1)
+    num_requests: int | None = Field(default=None, ge=1)
     spread_ties: bool = False
 
     @model_validator(mode="after")

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from kvfleet.services.planner.core.migration import NoMigrationPolicy
 from kvfleet.services.scheduler.core.policy import DISPATCH_POLICIES
 from kvfleet.services.scheduler.core.types import WorkerView
 from kvfleet.services.worker.core.batch_policy import FcfsBatchPolicy
-from kvfleet.services.planner.core.migration import NoMigrationPolicy
 from kvfleet.sim.engine import RequestLike, Simulator
 from kvfleet.sim.fleet import SimConfig
 from kvfleet.sim.policies import POLICY_SETS, PolicySet

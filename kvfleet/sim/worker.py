@@ -417,8 +417,8 @@ class SimWorker:
             acc[3] += 1
         total = 0.0
         overhead = 0.0
-        for model, (n, pairs, kv, seqs) in per_model.items():
-            cost = self.costs[model].step_cost(int(n), pairs, kv, int(seqs))
+        for model, (ntok, npairs, kv_read, seqs) in per_model.items():
+            cost = self.costs[model].step_cost(int(ntok), npairs, kv_read, int(seqs))
             total += max(cost.compute_s, cost.memory_s)
             overhead = max(overhead, cost.overhead_s)
         return total + overhead

@@ -52,3 +52,18 @@ def test_factory_and_baseline():
     assert make_migration_policy("kv-balance").decide([worker("a", 0, cands=[(1, 0.0)])], 0.0) == ()
     with pytest.raises(ValueError, match="unknown migration policy"):
         make_migration_policy("x")
+
+
+def test_policy_cores_import_no_mechanism():
+    import ast
+    import pathlib
+
+    import kvfleet.services.planner.core.migration as migration
+    import kvfleet.services.scheduler.core.policy as dispatch
+
+    forbidden = {"grpc", "redis", "torch", "asyncio", "time", "os"}
+    for module in (migration, dispatch):
+        tree = ast.parse(pathlib.Path(module.__file__).read_text())
+        names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert not names & forbidden, module.__name__
