@@ -13,6 +13,7 @@ from kvfleet.workload.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
+
 def hf_checkpoint_dir(gguf: Path | None = None) -> Path:
     """A dequantized HF checkpoint of ``gguf`` (default: SmolLM2) under the cache folder."""
     gguf = gguf or smollm2_gguf_path()

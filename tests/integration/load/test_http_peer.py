@@ -17,8 +17,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def _kvfleet(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kvfleet", *args], capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "kvfleet", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +32,9 @@ def peer(tmp_path_factory):
 
     model_dir = tiny_llama_dir()
     log = tmp_path_factory.mktemp("peer") / "serve.log"
-    server = start_transformers_serve(model_dir, log, continuous_batching=False,
-                                      ready_timeout_s=180)
+    server = start_transformers_serve(
+        model_dir, log, continuous_batching=False, ready_timeout_s=180
+    )
     yield server
     server.stop()
 
@@ -40,10 +42,30 @@ def peer(tmp_path_factory):
 def test_http_run_writes_results_with_exact_lengths(peer, tmp_path):
     out = tmp_path / "run"
     proc = _kvfleet(
-        "load", "--target", peer.base_url, "--arrivals", "poisson", "--rate", "4",
-        "--duration", "1.5", "--num-requests", "4", "--model", peer.model,
-        "--input-len", "24", "--output-len", "6", "--slo", "ttft=60s,tpot=10s",
-        "--out", str(out), "--no-progress", "--seed", "3",
+        "load",
+        "--target",
+        peer.base_url,
+        "--arrivals",
+        "poisson",
+        "--rate",
+        "4",
+        "--duration",
+        "1.5",
+        "--num-requests",
+        "4",
+        "--model",
+        peer.model,
+        "--input-len",
+        "24",
+        "--output-len",
+        "6",
+        "--slo",
+        "ttft=60s,tpot=10s",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--seed",
+        "3",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -67,9 +89,20 @@ def test_http_run_writes_results_with_exact_lengths(peer, tmp_path):
 def test_unreachable_target_is_a_clear_error(tmp_path, scheme):
     port = free_port()
     target = f"http://127.0.0.1:{port}/v1" if scheme == "http" else f"grpc://127.0.0.1:{port}"
-    proc = _kvfleet("load", "--target", target, "--arrivals", "poisson", "--model",
-                    "smollm2-135m", "--duration", "1", "--no-progress", "--out",
-                    str(tmp_path / "x"))
+    proc = _kvfleet(
+        "load",
+        "--target",
+        target,
+        "--arrivals",
+        "poisson",
+        "--model",
+        "smollm2-135m",
+        "--duration",
+        "1",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "x"),
+    )
     assert proc.returncode == 2
     assert f"cannot reach {target}" in proc.stderr
     assert not (tmp_path / "x").exists()
