@@ -42,7 +42,7 @@ class BenchPlan:
     kvfleet_apis: tuple[str, ...] = ("http", "grpc")
     workers: int = 1
     worker_memory_bytes: int = 2_000_000_000
-    peer_continuous_batching: bool = False
+    peer_continuous_batching: bool = True
     threads: int | None = None
     ready_timeout_s: float = 900.0
 
