@@ -64,7 +64,7 @@ def run_bench(plan: BenchPlan, say: Callable[[str], None] = print) -> dict[str, 
     from kvfleet.load.peer_model import hf_checkpoint_dir
     from kvfleet.load.peers import start_transformers_serve
 
-    out = plan.out
+    out = plan.out.resolve()  # the stack launcher needs an absolute run dir (redis chdirs)
     out.mkdir(parents=True, exist_ok=True)
     summaries: dict[str, dict[str, object]] = {}
     setup: dict[str, object] = {}
