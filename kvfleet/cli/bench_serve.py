@@ -35,8 +35,12 @@ def register(app: typer.Typer) -> None:
         kvfleet_api: Annotated[str, typer.Option(help="http, grpc or both.")] = "both",
         workers: Annotated[int, typer.Option(min=1, help="kvfleet workers.")] = 1,
         peer_cb: Annotated[
-            bool, typer.Option(help="transformers serve --continuous-batching.")
-        ] = False,
+            bool,
+            typer.Option(
+                help="transformers serve --continuous-batching (its stronger mode under "
+                "concurrent load, as measured here)."
+            ),
+        ] = True,
         threads: Annotated[int | None, typer.Option(help="torch threads for both servers.")] = None,
         seed: Annotated[int, typer.Option()] = 0,
         out: Annotated[Path, typer.Option(help="Results folder.")] = Path("runs/bench-serve"),
