@@ -32,6 +32,7 @@ from kvfleet.services.worker.engine.loaded_model import (
     weights_bytes,
     workspace_bytes,
 )
+from kvfleet.services.worker.engine.migration import export_sequence, import_sequence
 from kvfleet.services.worker.engine.model import ModelStage
 from kvfleet.services.worker.engine.sampler import sample
 from kvfleet.services.worker.engine.sequence import Sequence
@@ -42,6 +43,7 @@ from kvfleet.services.worker.engine.types import (
     ModelNotFoundError,
     Occupancy,
     OutOfMemoryBudgetError,
+    SequenceExport,
     TokenEvent,
     WeightsEntry,
 )
@@ -224,8 +226,7 @@ class Engine:
                 with self._inbox_lock:
                     self._live.discard(req.request_id)
                 continue
-            seq = Sequence(req, self._order, m.tokenizer, m.spec.max_context_tokens)
-            self._order += 1
+            seq = Sequence(req, self._next_order(), m.tokenizer, m.spec.max_context_tokens)
             self._seqs[seq.seq_id] = seq
             self._waiting.append(seq)
         self._waiting.sort(key=lambda s: (s.req.arrival_s, s.order))
@@ -315,6 +316,53 @@ class Engine:
             self._waiting.remove(seq)
         with self._inbox_lock:
             self._live.discard(seq.seq_id)
+
+    def _next_order(self) -> int:
+        self._order += 1
+        return self._order
+
+    # ------------------------------------------------------------------ migration
+    def export_sequence(self, request_id: str, since_tokens: int = 0,
+                        stop: bool = False) -> SequenceExport:
+        """KV of tokens [since_tokens, num_computed) for the layers held, with tokens and
+        sampling state; ``stop`` removes the sequence here (no event is emitted for it)."""
+        with self._lock:
+            self._admit_inbox(request_id)
+            seq = self._seqs.get(request_id)
+            if seq is None:
+                raise EngineInputError(f"request {request_id!r} is not running on this engine")
+            export = export_sequence(self, seq, since_tokens)
+            if stop:
+                self._finish(seq, "migrated")
+            return export
+
+    def import_sequence(self, export: SequenceExport | list[SequenceExport]) -> None:
+        """Rebuild a sequence from a base export (plus incremental ones) and continue it."""
+        exports = export if isinstance(export, list) else [export]
+        with self._lock:
+            rid = exports[0].meta.get("request_id") if exports else None
+            with self._inbox_lock:
+                if rid in self._live:
+                    raise EngineInputError(f"request id {rid!r} is already in use")
+            seq = import_sequence(self, exports)
+            with self._inbox_lock:
+                self._live.add(seq.seq_id)
+            self._seqs[seq.seq_id] = seq
+            if seq.pages:
+                self._running.append(seq)
+            else:
+                self._waiting.append(seq)
+
+    def _admit_inbox(self, request_id: str) -> None:
+        """Move one queued request from the inbox into the engine (for export)."""
+        with self._inbox_lock:
+            reqs = [r for r in self._inbox if r.request_id == request_id]
+            self._inbox = [r for r in self._inbox if r.request_id != request_id]
+        for req in reqs:
+            m = self._models[req.model]
+            seq = Sequence(req, self._next_order(), m.tokenizer, m.spec.max_context_tokens)
+            self._seqs[seq.seq_id] = seq
+            self._waiting.append(seq)
 
     # ------------------------------------------------------------------ snapshots
     def occupancy(self) -> Occupancy:
