@@ -7,8 +7,8 @@ import json
 import random
 
 import pytest
-
 from engine_helpers import greedy, request, run_all, tiny_engine, tokens
+
 from kvfleet.services.worker.engine import EngineInputError, SamplingParams
 
 pytestmark = pytest.mark.unit

@@ -27,6 +27,7 @@ from kvfleet.services.worker.core.batch_policy import (
 from kvfleet.services.worker.engine.batch_builder import build_batch
 from kvfleet.services.worker.engine.config import EngineConfig
 from kvfleet.services.worker.engine.kv_pool import PagePool
+from kvfleet.services.worker.engine.layers import drop_layers, restore_layers
 from kvfleet.services.worker.engine.loaded_model import (
     LoadedModel,
     weights_bytes,
@@ -145,6 +146,17 @@ class Engine:
             del self._models[name]
             self._resize_pool()
 
+    def drop_layers(self, name: str, keep: tuple[int, int]) -> None:
+        """Keep only layers [a, b) of a model; the freed weight memory becomes KV pages."""
+        with self._lock:
+            drop_layers(self, name, keep)
+
+    def restore_layers(self, name: str, layers: tuple[int, int] | None = None) -> None:
+        """Reload layers from the checkpoint (default: all); the model's sequences are
+        re-prefilled."""
+        with self._lock:
+            restore_layers(self, name, layers)
+
     def models(self) -> list[str]:
         return list(self._models)
 
@@ -180,7 +192,14 @@ class Engine:
 
     def add_request(self, req: EngineRequest) -> None:
         """Validate (raising EngineInputError) and queue. Thread-safe."""
-        self.validate(req)
+        m = self.validate(req)
+        if not (m.stage.is_first and m.stage.is_last):
+            raise EngineInputError(
+                f"this engine holds only layers [{m.stage.first}, {m.stage.last}) of "
+                f"{req.model!r}; serve it through a pipeline of stages")
+        self._enqueue(req)
+
+    def _enqueue(self, req: EngineRequest) -> None:
         with self._inbox_lock:
             if req.request_id in self._live:
                 raise EngineInputError(f"request id {req.request_id!r} is already in use")
@@ -260,16 +279,7 @@ class Engine:
 
     def _apply_plan(self, plan: StepPlan) -> dict[str, list[tuple[Sequence, int]]]:
         for sid in plan.preempt:
-            seq = self._seqs[sid]
-            log.debug("preempting %s (recompute %d tokens)", sid, seq.num_tokens)
-            self.pool.free(seq.pages)
-            seq.pages = []
-            seq.num_computed = 0
-            self.num_preemptions += 1
-            self._running.remove(seq)
-            self._waiting.append(seq)
-        if plan.preempt:
-            self._waiting.sort(key=lambda s: (s.req.arrival_s, s.order))
+            self._preempt(self._seqs[sid])
         groups: dict[str, list[tuple[Sequence, int]]] = {}
         for chunk in plan.chunks:
             seq = self._seqs[chunk.seq_id]
@@ -285,6 +295,18 @@ class Engine:
                 self._running.append(seq)
             groups.setdefault(seq.model, []).append((seq, chunk.num_tokens))
         return groups
+
+    def _preempt(self, seq: Sequence) -> None:
+        """Recompute preemption: free the pages; the sequence waits to be prefilled again."""
+        log.debug("preempting %s (recompute %d tokens)", seq.seq_id, seq.num_tokens)
+        self.pool.free(seq.pages)
+        seq.pages = []
+        seq.num_computed = 0
+        self.num_preemptions += 1
+        if seq in self._running:
+            self._running.remove(seq)
+        self._waiting.append(seq)
+        self._waiting.sort(key=lambda s: (s.req.arrival_s, s.order))
 
     def _postprocess(self, m: LoadedModel, items: list[tuple[Sequence, int]],
                      logits: torch.Tensor) -> list[TokenEvent]:

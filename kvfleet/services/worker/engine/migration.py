@@ -25,6 +25,7 @@ from kvfleet.services.worker.engine.types import (
 
 if TYPE_CHECKING:
     from kvfleet.services.worker.engine.engine import Engine
+    from kvfleet.services.worker.engine.loaded_model import LoadedModel
 
 EXPORT_VERSION = 1
 
@@ -35,16 +36,32 @@ def _slots(pages: list[int], start: int, end: int, tpp: int) -> tuple[torch.Tens
     return page_ids, pos % tpp
 
 
+def read_kv(eng: Engine, m: LoadedModel, pages: list[int], start: int, end: int) -> torch.Tensor:
+    """KV of tokens [start, end) held in ``pages``: [num_layers, 2, n, kv_heads, head_dim]."""
+    page_ids, offsets = _slots(pages, start, end, m.layout.tokens_per_page)
+    view = eng.pool.view(m.layout)
+    kv = view[page_ids.to(eng.device), :, :, offsets.to(eng.device)]  # [n, L, 2, H, D]
+    return kv.permute(1, 2, 0, 3, 4).contiguous()
+
+
+def write_kv(eng: Engine, m: LoadedModel, pages: list[int], kv: torch.Tensor) -> None:
+    """Write ``kv`` [num_layers, 2, n, kv_heads, head_dim] as tokens [0, n) into ``pages``."""
+    n = kv.shape[2]
+    if n == 0:
+        return
+    page_ids, offsets = _slots(pages, 0, n, m.layout.tokens_per_page)
+    view = eng.pool.view(m.layout)
+    kv = kv.to(device=eng.device, dtype=eng.dtype)
+    view[page_ids.to(eng.device), :, :, offsets.to(eng.device)] = kv.permute(2, 0, 1, 3, 4)
+
+
 def export_sequence(eng: Engine, seq: Sequence, since_tokens: int) -> SequenceExport:
     m = eng.model(seq.model)
     end = seq.num_computed
     if not 0 <= since_tokens <= end:
         raise EngineInputError(
             f"request {seq.seq_id}: since_tokens={since_tokens} is outside [0, {end}]")
-    page_ids, offsets = _slots(seq.pages, since_tokens, end, m.layout.tokens_per_page)
-    view = eng.pool.view(m.layout)
-    kv = view[page_ids.to(eng.device), :, :, offsets.to(eng.device)]  # [n, L, 2, H, D]
-    kv = kv.permute(1, 2, 0, 3, 4).contiguous()
+    kv = read_kv(eng, m, seq.pages, since_tokens, end)
     rng = None
     if seq.generator is not None:
         rng = base64.b64encode(seq.generator.get_state().numpy().tobytes()).decode()
@@ -109,9 +126,6 @@ def import_sequence(eng: Engine, exports: list[SequenceExport]) -> Sequence:
             f"request {seq.seq_id}: not enough free KV pages to import {end} tokens")
     seq.pages = pages
     if end:
-        kv = torch.cat(pieces, dim=2).to(device=eng.device, dtype=eng.dtype)
-        page_ids, offsets = _slots(pages, 0, end, tpp)
-        view = eng.pool.view(m.layout)
-        view[page_ids.to(eng.device), :, :, offsets.to(eng.device)] = kv.permute(2, 0, 1, 3, 4)
+        write_kv(eng, m, pages, torch.cat(pieces, dim=2))
     seq.num_computed = end
     return seq

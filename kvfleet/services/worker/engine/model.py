@@ -8,6 +8,7 @@ batched masked SDPA per layer.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -110,6 +111,19 @@ class ModelStage:
         emb = torch.cat((freqs, freqs), dim=-1)
         self.cos = emb.cos().to(device=device, dtype=dtype)
         self.sin = emb.sin().to(device=device, dtype=dtype)
+
+    def narrow(self, first: int, last: int) -> ModelStage:
+        """A stage over layers [first, last) of this one, sharing its tensors."""
+        if not self.first <= first < last <= self.last:
+            raise ValueError(f"[{first}, {last}) is not inside [{self.first}, {self.last})")
+        new = copy.copy(self)
+        new.first, new.last = first, last
+        new.layers = self.layers[first - self.first : last - self.first]
+        if first != 0:
+            new.embed = None
+        if last != self.spec.num_layers:
+            new.norm = new.lm_head = None
+        return new
 
     @property
     def num_layers(self) -> int:
