@@ -183,11 +183,13 @@ class Engine:
         if any((not isinstance(t, int)) or not 0 <= t < vocab
                for t in (*req.prompt_token_ids, *req.output_token_ids)):
             raise EngineInputError(f"request {req.request_id}: token ids must be in [0, {vocab})")
-        pages = -(-(n + 1) // m.layout.tokens_per_page)
+        longest = min(len(req.prompt_token_ids) + req.sampling.max_tokens,
+                      m.spec.max_context_tokens)
+        pages = -(-longest // m.layout.tokens_per_page)
         if pages > self.pool.num_pages:
             raise EngineInputError(
-                f"request {req.request_id}: needs {pages} KV pages, the pool has "
-                f"{self.pool.num_pages}")
+                f"request {req.request_id}: up to {longest} tokens need {pages} KV pages, "
+                f"the pool has {self.pool.num_pages}")
         return m
 
     def add_request(self, req: EngineRequest) -> None:
