@@ -6,10 +6,10 @@ from __future__ import annotations
 import random
 
 import pytest
+from engine_helpers import greedy, request, run_all, tiny_engine, tokens
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
-from engine_helpers import greedy, request, run_all, tiny_engine, tokens
 from kvfleet.services.worker.engine import Engine
 
 pytestmark = pytest.mark.unit

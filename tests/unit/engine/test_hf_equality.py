@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from engine_helpers import request, run_all, tokens
 from transformers import AutoModelForCausalLM
 
 from kvfleet.common.models import load_tokenizer, resolve_model
 from kvfleet.services.worker.engine import Engine, EngineConfig, SamplingParams
 from kvfleet.services.worker.engine.batch_builder import build_batch
 from kvfleet.services.worker.engine.sequence import Sequence
-
-from engine_helpers import request, run_all, tokens
 
 pytestmark = pytest.mark.unit
 
