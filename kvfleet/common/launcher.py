@@ -108,6 +108,7 @@ class Stack:
             try:
                 s.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in %.0fs; killing it", s.name, timeout_s)
                 s.popen.kill()
                 s.popen.wait()
         self.redis.stop()
