@@ -48,6 +48,7 @@ class EngineRunner:
         self._occ_written_s = 0.0
         self._task: asyncio.Task[None] | None = None
         self._write: asyncio.Task[None] | None = None  # the last step's token writes
+        self.info: rs.WorkerInfo | None = None  # registry entry, renewed with each heartbeat
         self.num_steps = 0
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -79,6 +80,8 @@ class EngineRunner:
         if not force and now - self._occ_written_s < self.occupancy_min_s:
             return
         self._occ_written_s = now
+        if force and self.info is not None:  # a worker taken for dead comes back visible
+            await self.store.register_worker(self.info)
         await self.store.heartbeat(self.occupancy_record(), self.ttl_ms)
 
     def _step(self) -> tuple[list[TokenEvent], Occupancy]:

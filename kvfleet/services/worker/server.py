@@ -87,8 +87,9 @@ async def start(settings: WorkerSettings) -> RunningWorker:
     for model in settings.preload:
         await runner.call(engine.load_model, model)
     await runner.refresh_occupancy()
-    await store.register_worker(rs.WorkerInfo(settings.worker_id, running.address,
-                                              secrets.token_hex(6), time.time()))
+    runner.info = rs.WorkerInfo(settings.worker_id, running.address, secrets.token_hex(6),
+                                time.time())
+    await store.register_worker(runner.info)
     if engine.models():
         await running.set_serving(True)
     task = asyncio.create_task(_heartbeat(runner, settings.heartbeat_s), name="heartbeat")

@@ -51,6 +51,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
 
     async def Assign(self, request, context):  # noqa: N802
         rid = request.request_id
+        if rid in self.runner.running:  # assigned again (a scheduler restarted mid-assign)
+            return worker_pb2.AssignResponse()
         req = EngineRequest(rid, request.model, tuple(request.prompt_token_ids),
                             _sampling(request.sampling), tuple(request.output_token_ids),
                             request.arrival_s)
