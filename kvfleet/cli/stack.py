@@ -93,7 +93,7 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"  scheduler     {stack.endpoint('scheduler')}")
         typer.echo(f"  planner       {stack.endpoint('planner')}")
         for wid, w in stack.workers().items():
-            typer.echo(f"  worker {wid:<7}{w.addresses['grpc']}")
+            typer.echo(f"  {'worker ' + wid:<14}{w.addresses['grpc']}")
         typer.echo(f"  redis         {stack.redis.url}")
         typer.echo(f"  logs          {stack.run_dir / 'logs'}")
         if detach:
