@@ -7,7 +7,9 @@ had reported after every one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import heapq
+from bisect import bisect_left, insort
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from kvfleet.services.scheduler.core.types import (
@@ -59,6 +61,78 @@ class _ChargingPolicy:
         return Decisions(tuple(assignments), tuple(unassigned))
 
 
+class _KeyCache:
+    """Heap keys per worker, reused while the caller passes the same ``WorkerView`` object
+    (a simulator or scheduler that rebuilds only the views that changed)."""
+
+    def __init__(self, key: Callable[[WorkerView, int], object]) -> None:
+        self.key = key
+        self._cache: dict[str, tuple[WorkerView, object]] = {}
+
+    def entries(self, view: ClusterView, model: str) -> list[tuple[object, str, int]]:
+        cache = self._cache
+        key = self.key
+        out: list[tuple[object, str, int]] = []
+        for w in view.workers:
+            hit = cache.get(w.worker_id)
+            if hit is None or hit[0] is not w:
+                hit = cache[w.worker_id] = (w, key(w, w.num_free_pages))
+            if w.alive and not w.draining and model in w.models:
+                out.append((hit[1], w.worker_id, 0))
+        return out
+
+
+def _heap_decide(
+    queue: Sequence[RequestView],
+    view: ClusterView,
+    keys: _KeyCache,
+) -> Decisions:
+    """The charging walk for a policy that picks the minimum of ``(key(w, free), worker_id)``,
+    with one heap per model instead of a scan per request: the same decisions as
+    ``_ChargingPolicy.decide`` in O(log workers) per request (large fleets, the simulator)."""
+    key = keys.key
+    free: dict[str, int] = {}
+    by_id = {w.worker_id: w for w in view.workers}
+    stamp: dict[str, int] = {}
+    heaps: dict[str, list[tuple[object, str, int]]] = {}
+    assignments: list[Assignment] = []
+    unassigned: list[str] = []
+    for request in queue:
+        heap = heaps.get(request.model)
+        if heap is None:
+            heap = keys.entries(view, request.model)
+            if stamp:  # workers charged earlier in this call, for another model
+                heap = [
+                    (key(by_id[e[1]], free[e[1]]), e[1], stamp[e[1]]) if e[1] in stamp else e
+                    for e in heap
+                ]
+            heapq.heapify(heap)
+            heaps[request.model] = heap
+        while heap and heap[0][2] != stamp.get(heap[0][1], 0):
+            heapq.heappop(heap)
+        if not heap:
+            unassigned.append(request.request_id)
+            continue
+        worker = by_id[heap[0][1]]
+        wid = worker.worker_id
+        left = free[wid] = free.get(wid, worker.num_free_pages) - request_pages(request, worker)
+        version = stamp[wid] = stamp.get(wid, 0) + 1
+        for model in worker.models:
+            other = heaps.get(model)
+            if other is not None and worker.can_serve(model):
+                heapq.heappush(other, (key(worker, left), wid, version))
+        assignments.append(Assignment(request.request_id, wid))
+    return Decisions(tuple(assignments), tuple(unassigned))
+
+
+def _free_fraction_key(w: WorkerView, free: int) -> float:
+    return -(free / w.num_total_pages if w.num_total_pages else 0.0)
+
+
+def _free_pages_key(w: WorkerView, free: int) -> int:
+    return -free
+
+
 class MostFreeKvPolicy(_ChargingPolicy):
     """Baseline (vLLM/Llumnix-style least loaded): the live worker with the most free KV.
 
@@ -75,6 +149,12 @@ class MostFreeKvPolicy(_ChargingPolicy):
 
         return min(candidates, key=key).worker_id
 
+    def __init__(self) -> None:
+        self._keys = _KeyCache(_free_fraction_key)
+
+    def decide(self, queue: Sequence[RequestView], view: ClusterView, now_s: float) -> Decisions:
+        return _heap_decide(queue, view, self._keys)
+
 
 class RoundRobinPolicy(_ChargingPolicy):
     """Each model's requests go to its workers in turn, ignoring load."""
@@ -90,6 +170,25 @@ class RoundRobinPolicy(_ChargingPolicy):
         self._next[request.model] = i + 1
         return ordered[i % len(ordered)]
 
+    def decide(self, queue: Sequence[RequestView], view: ClusterView, now_s: float) -> Decisions:
+        """Same decisions as the generic walk, with each model's order computed once."""
+        orders: dict[str, list[str]] = {}
+        assignments: list[Assignment] = []
+        unassigned: list[str] = []
+        for request in queue:
+            ordered = orders.get(request.model)
+            if ordered is None:
+                ordered = orders[request.model] = sorted(
+                    w.worker_id for w in view.workers if w.can_serve(request.model)
+                )
+            if not ordered:
+                unassigned.append(request.request_id)
+                continue
+            i = self._next.get(request.model, 0)
+            self._next[request.model] = i + 1
+            assignments.append(Assignment(request.request_id, ordered[i % len(ordered)]))
+        return Decisions(tuple(assignments), tuple(unassigned))
+
 
 class BestFitPolicy(_ChargingPolicy):
     """Bin packing: the worker with the least free KV that still fits the request."""
@@ -101,6 +200,39 @@ class BestFitPolicy(_ChargingPolicy):
         pool = fitting or candidates
         return min(pool, key=lambda w: (free[w.worker_id], w.worker_id)).worker_id
 
+    def decide(self, queue: Sequence[RequestView], view: ClusterView, now_s: float) -> Decisions:
+        """Same decisions as the generic walk, over a sorted ``(free, worker_id)`` list per
+        model; falls back to the walk when a model's workers differ in tokens per page."""
+        free = {w.worker_id: w.num_free_pages for w in view.workers}
+        by_id = {w.worker_id: w for w in view.workers}
+        lists: dict[str, list[tuple[int, str]]] = {}
+        for request in queue:
+            if request.model not in lists:
+                cands = [w for w in view.workers if w.can_serve(request.model)]
+                if len({w.tokens_per_page.get(request.model, 0) for w in cands}) > 1:
+                    return _ChargingPolicy.decide(self, queue, view, now_s)
+                lists[request.model] = sorted((free[w.worker_id], w.worker_id) for w in cands)
+        assignments: list[Assignment] = []
+        unassigned: list[str] = []
+        for request in queue:
+            ordered = lists[request.model]
+            if not ordered:
+                unassigned.append(request.request_id)
+                continue
+            need = request_pages(request, by_id[ordered[0][1]])
+            i = bisect_left(ordered, (need, ""))
+            wid = ordered[i][1] if i < len(ordered) else ordered[0][1]
+            worker = by_id[wid]
+            old = (free[wid], wid)
+            free[wid] -= request_pages(request, worker)
+            for model in worker.models:
+                other = lists.get(model)
+                if other is not None and worker.can_serve(model):
+                    del other[bisect_left(other, old)]
+                    insort(other, (free[wid], wid))
+            assignments.append(Assignment(request.request_id, wid))
+        return Decisions(tuple(assignments), tuple(unassigned))
+
 
 class WorstFitPolicy(_ChargingPolicy):
     """Bin packing's opposite: the worker with the most free KV pages (absolute)."""
@@ -109,6 +241,12 @@ class WorstFitPolicy(_ChargingPolicy):
 
     def pick(self, request: RequestView, candidates: list[WorkerView], free: dict[str, int]) -> str:
         return min(candidates, key=lambda w: (-free[w.worker_id], w.worker_id)).worker_id
+
+    def __init__(self) -> None:
+        self._keys = _KeyCache(_free_pages_key)
+
+    def decide(self, queue: Sequence[RequestView], view: ClusterView, now_s: float) -> Decisions:
+        return _heap_decide(queue, view, self._keys)
 
 
 DISPATCH_POLICIES: dict[str, type[_ChargingPolicy]] = {

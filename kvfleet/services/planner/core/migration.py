@@ -1,0 +1,153 @@
+"""Migration policies: which running requests move between workers, and where. Pure.
+
+A policy sees each worker's KV occupancy (pages held, pages its queue will need) and a few
+running requests it could move, and returns migration orders. The mechanism (shipping KV
+blocks, or tokens to re-prefill) is the caller's.
+
+``KvBalancePolicy`` is the Llumnix-style baseline: it pairs the most loaded workers with the
+least loaded ones of the same model and moves the newest running request (the cheapest to
+ship) from each overloaded worker to its partner, so that KV load evens out and queued
+requests on the hot worker can start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationCandidate:
+    """A running request that could move: its KV pages and arrival time."""
+
+    request_id: str
+    model: str
+    num_pages: int
+    arrival_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationWorkerView:
+    """One worker as a migration policy sees it."""
+
+    worker_id: str
+    models: tuple[str, ...]
+    num_total_pages: int
+    num_free_pages: int
+    num_queued_pages: int = 0
+    candidates: tuple[MigrationCandidate, ...] = ()
+    draining: bool = False
+
+    @property
+    def load(self) -> float:
+        """Pages held plus pages the queue needs, as a fraction of the pool (can exceed 1)."""
+        if self.num_total_pages <= 0:
+            return 0.0
+        used = self.num_total_pages - self.num_free_pages + self.num_queued_pages
+        return used / self.num_total_pages
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationOrder:
+    request_id: str
+    src_worker_id: str
+    dst_worker_id: str
+
+
+class MigrationPolicy(Protocol):
+    name: str
+
+    def decide(
+        self, workers: Sequence[MigrationWorkerView], now_s: float
+    ) -> tuple[MigrationOrder, ...]: ...
+
+
+class NoMigrationPolicy:
+    """Never migrates (vLLM-like, round-robin, best-fit and worst-fit baselines)."""
+
+    name = "none"
+
+    def decide(
+        self, workers: Sequence[MigrationWorkerView], now_s: float
+    ) -> tuple[MigrationOrder, ...]:
+        return ()
+
+
+class KvBalancePolicy:
+    """Llumnix-like load balancing by migration.
+
+    A worker is a source when its load is at least ``high_load``; a destination when its
+    load is at most ``high_load - min_gap``. Sources (most loaded first) are paired with
+    destinations (least loaded first) serving the request's model; each worker takes part
+    in at most one migration per decision, and the moved request must fit the
+    destination's free pages while leaving it below the source's load.
+    """
+
+    name = "kv-balance"
+
+    def __init__(self, high_load: float = 0.85, min_gap: float = 0.25, max_orders: int = 64) -> None:
+        if not 0.0 < min_gap <= high_load:
+            raise ValueError("need 0 < min_gap <= high_load")
+        self.high_load = high_load
+        self.min_gap = min_gap
+        self.max_orders = max_orders
+
+    def decide(
+        self, workers: Sequence[MigrationWorkerView], now_s: float
+    ) -> tuple[MigrationOrder, ...]:
+        loads = {w.worker_id: w.load for w in workers}
+        sources = sorted(
+            (w for w in workers if loads[w.worker_id] >= self.high_load and w.candidates),
+            key=lambda w: (-loads[w.worker_id], w.worker_id),
+        )
+        if not sources:
+            return ()
+        low = self.high_load - self.min_gap
+        dests = sorted(
+            (w for w in workers if not w.draining and loads[w.worker_id] <= low),
+            key=lambda w: (loads[w.worker_id], w.worker_id),
+        )
+        used: set[str] = set()
+        orders: list[MigrationOrder] = []
+        for src in sources:
+            if len(orders) >= self.max_orders:
+                break
+            # Newest request first: least KV to ship, and FCFS would preempt it first.
+            for cand in sorted(src.candidates, key=lambda c: (-c.arrival_s, c.request_id)):
+                dst = self._partner(src, cand, dests, used, loads)
+                if dst is not None:
+                    used.add(dst.worker_id)
+                    used.add(src.worker_id)
+                    orders.append(MigrationOrder(cand.request_id, src.worker_id, dst.worker_id))
+                    break
+        return tuple(orders)
+
+    def _partner(
+        self,
+        src: MigrationWorkerView,
+        cand: MigrationCandidate,
+        dests: list[MigrationWorkerView],
+        used: set[str],
+        loads: dict[str, float],
+    ) -> MigrationWorkerView | None:
+        for dst in dests:
+            if dst.worker_id in used or dst.worker_id == src.worker_id:
+                continue
+            if cand.model not in dst.models or cand.num_pages > dst.num_free_pages:
+                continue
+            after = loads[dst.worker_id] + cand.num_pages / max(dst.num_total_pages, 1)
+            if after < loads[src.worker_id]:
+                return dst
+        return None
+
+
+MIGRATION_POLICIES: dict[str, type] = {p.name: p for p in (NoMigrationPolicy, KvBalancePolicy)}
+
+
+def make_migration_policy(name: str) -> MigrationPolicy:
+    try:
+        return MIGRATION_POLICIES[name]()  # type: ignore[no-any-return]
+    except KeyError:
+        known = ", ".join(sorted(MIGRATION_POLICIES))
+        raise ValueError(f"unknown migration policy {name!r}; known: {known}") from None

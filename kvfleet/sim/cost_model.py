@@ -1,0 +1,231 @@
+"""Step-time and memory model of one worker: a roofline plus a fixed per-step overhead.
+
+A step feeds some tokens through the model. Its time is the larger of its FLOPs over the
+achievable FLOP/s and its bytes (weights once, plus every KV byte attention reads) over the
+achievable HBM bandwidth, plus a fixed overhead and a small per-sequence overhead. A decode
+step of a small batch is memory bound (weights dominate); a long prefill is compute bound.
+
+Pure arithmetic on floats, so the simulator can sum many decode steps in closed form: in a
+run of decode steps with a fixed batch, each step attends to ``batch`` more context tokens
+than the one before, so both roofline terms grow linearly with the step index.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from kvfleet.sim.presets import GpuSpec, ModelShape
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Calibration:
+    """Measured corrections: every roofline time is multiplied by ``time_scale``; the overhead
+    replaces the preset's when given."""
+
+    time_scale: float = 1.0
+    step_overhead_s: float | None = None
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StepCost:
+    """Roofline terms of one step, seconds (before overhead)."""
+
+    compute_s: float
+    memory_s: float
+    overhead_s: float
+
+    @property
+    def total_s(self) -> float:
+        return max(self.compute_s, self.memory_s) + self.overhead_s
+
+
+class CostModel:
+    """Step times and memory of one model served on ``tp`` GPUs of one kind."""
+
+    def __init__(
+        self,
+        gpu: GpuSpec,
+        model: ModelShape,
+        tp: int = 1,
+        calibration: Calibration | None = None,
+        gpu_memory_utilization: float = 0.9,
+    ) -> None:
+        if tp < 1:
+            raise ValueError("tp must be >= 1")
+        self.gpu = gpu
+        self.model = model
+        self.tp = tp
+        self.calibration = calibration or Calibration()
+        scale = self.calibration.time_scale
+        self.flops_per_s = gpu.peak_flops * gpu.mfu * tp / scale
+        self.bytes_per_s = gpu.hbm_bytes_per_s * gpu.mbu * tp / scale
+        base_overhead = self.calibration.step_overhead_s
+        self.step_overhead_s = gpu.step_overhead_s if base_overhead is None else base_overhead
+        self.seq_overhead_s = gpu.seq_overhead_s
+        self.memory_bytes = int(gpu.memory_bytes * tp * gpu_memory_utilization)
+        self.kv_bytes_per_token = model.kv_bytes_per_token
+        self._linear_flops_per_token = 2.0 * model.matmul_params
+        self._attn = model.attn_flops_per_token_ctx
+        self._weights = float(model.weight_bytes)
+
+    # ----- memory -----
+    def kv_budget_bytes(self, activation_reserve_bytes: int = 0) -> int:
+        """Bytes left for KV after weights (and a reserve for activations)."""
+        return self.memory_bytes - self.model.weight_bytes - activation_reserve_bytes
+
+    # ----- one step -----
+    def step_cost(
+        self, num_tokens: int, attn_pairs: float, kv_read_tokens: float, num_seqs: int
+    ) -> StepCost:
+        """A step feeding ``num_tokens`` tokens whose queries attend ``attn_pairs`` (query,
+        context) pairs in all, reading ``kv_read_tokens`` tokens of KV."""
+        flops = self._linear_flops_per_token * num_tokens + self._attn * attn_pairs
+        nbytes = self._weights + self.kv_bytes_per_token * kv_read_tokens
+        return StepCost(
+            flops / self.flops_per_s,
+            nbytes / self.bytes_per_s,
+            self.step_overhead_s + self.seq_overhead_s * num_seqs,
+        )
+
+    def step_s(self, num_tokens: int, attn_pairs: float, kv_read_tokens: float, num_seqs: int) -> float:
+        """``step_cost(...).total_s`` without building the result (the simulator's hot path)."""
+        compute = (self._linear_flops_per_token * num_tokens + self._attn * attn_pairs) / self.flops_per_s
+        memory = (self._weights + self.kv_bytes_per_token * kv_read_tokens) / self.bytes_per_s
+        top = compute if compute > memory else memory
+        return top + self.step_overhead_s + self.seq_overhead_s * num_seqs
+
+    def prefill_s(self, num_tokens: int, context_tokens: int = 0) -> float:
+        """One step that prefills ``num_tokens`` tokens after ``context_tokens`` cached ones."""
+        pairs = num_tokens * context_tokens + num_tokens * (num_tokens + 1) / 2
+        return self.step_cost(num_tokens, pairs, context_tokens + num_tokens, 1).total_s
+
+    def decode_s(self, batch: int, context_tokens: int) -> float:
+        """One decode step of ``batch`` sequences holding ``context_tokens`` tokens in all."""
+        return self.step_cost(batch, context_tokens, context_tokens, batch).total_s
+
+    # ----- runs of decode steps -----
+    def decode_run(self, batch: int, context_tokens: int) -> DecodeRun:
+        """Coefficients of a run of decode steps starting at ``context_tokens`` total context."""
+        c0 = (self._linear_flops_per_token * batch + self._attn * context_tokens) / self.flops_per_s
+        c1 = self._attn * batch / self.flops_per_s
+        m0 = (self._weights + self.kv_bytes_per_token * context_tokens) / self.bytes_per_s
+        m1 = self.kv_bytes_per_token * batch / self.bytes_per_s
+        return DecodeRun(c0, c1, m0, m1, self.step_overhead_s + self.seq_overhead_s * batch)
+
+
+def _lin_sum(a: float, b: float, n: int) -> float:
+    """sum_{i<n} (a + b i)."""
+    return n * a + b * n * (n - 1) / 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeRun:
+    """Step ``i`` of the run takes ``max(c0 + c1 i, m0 + m1 i) + overhead`` seconds."""
+
+    c0: float
+    c1: float
+    m0: float
+    m1: float
+    overhead: float
+
+    def time_of(self, steps: int) -> float:
+        """Seconds the first ``steps`` steps take."""
+        if steps <= 0:
+            return 0.0
+        c0, c1, m0, m1 = self.c0, self.c1, self.m0, self.m1
+        # A: the line on top at step 0; B: the other. A stays on top until they cross.
+        if c0 > m0 or (c0 == m0 and c1 >= m1):
+            a0, a1, b0, b1 = c0, c1, m0, m1
+        else:
+            a0, a1, b0, b1 = m0, m1, c0, c1
+        if a1 >= b1:
+            split = steps
+        else:
+            split = min(steps, math.ceil((a0 - b0) / (b1 - a1)))
+        total = _lin_sum(a0, a1, split) + _lin_sum(b0 + b1 * split, b1, steps - split)
+        return total + steps * self.overhead
+
+    def steps_by(self, elapsed_s: float, max_steps: int) -> int:
+        """Steps completed when the step running at ``elapsed_s`` ends (at least 1)."""
+        if max_steps <= 1:
+            return max(max_steps, 1)
+        if self.time_of(max_steps) <= elapsed_s:
+            return max_steps
+        lo, hi = 1, max_steps  # invariant: time_of(hi) >= elapsed, answer in [lo, hi]
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.time_of(mid) >= elapsed_s:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
+
+def load_calibration(path: Path, cost: CostModel) -> Calibration:
+    """Read a calibration file for ``cost``'s model and GPU.
+
+    Two forms are accepted:
+
+    - measured steps: ``{"steps": [{"num_tokens": .., "num_seqs": .., "kv_tokens": ..,
+      "attn_pairs": .. (optional), "time_s": ..}, ...]}``: a least-squares fit of
+      ``time = overhead + scale * roofline``;
+    - a ``kvfleet bench engine`` result: ``{"kvfleet_tok_s": .., "batch_size": ..,
+      "input_len": .., "output_len": ..}`` (decode throughput; batch and lengths optional,
+      default 1, 128, 128): one scale so the predicted throughput matches.
+    """
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read calibration {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"calibration {path}: expected a JSON object")
+    if "steps" in data:
+        return _fit_steps(data["steps"], cost, str(path))
+    tok_s = data.get("kvfleet_tok_s")
+    if not isinstance(tok_s, int | float) or tok_s <= 0:
+        raise ValueError(f"calibration {path}: needs 'steps' or a positive 'kvfleet_tok_s'")
+    batch = int(data.get("batch_size", data.get("batch", 1)) or 1)
+    input_len = int(data.get("input_len", data.get("prompt_tokens", 128)) or 128)
+    output_len = int(data.get("output_len", data.get("output_tokens", 128)) or 128)
+    context = batch * (input_len + output_len // 2)
+    base = cost.decode_run(batch, context)
+    roof = max(base.c0, base.m0)
+    measured_step = batch / float(tok_s)
+    scale = max(measured_step - base.overhead, 1e-6) / roof
+    log.info("calibration %s: decode %.1f tok/s at batch %d -> time scale %.3f",
+             path, tok_s, batch, scale)
+    return Calibration(scale, None, str(path))
+
+
+def _fit_steps(steps: object, cost: CostModel, source: str) -> Calibration:
+    if not isinstance(steps, list) or not steps:
+        raise ValueError(f"calibration {source}: 'steps' must be a non-empty list")
+    xs: list[float] = []
+    ys: list[float] = []
+    for i, s in enumerate(steps):
+        try:
+            n = int(s["num_tokens"])
+            kv = float(s.get("kv_tokens", n))
+            pairs = float(s.get("attn_pairs", kv))
+            c = cost.step_cost(n, pairs, kv, int(s.get("num_seqs", 1)))
+            xs.append(max(c.compute_s, c.memory_s))
+            ys.append(float(s["time_s"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"calibration {source}: step {i}: {exc}") from exc
+    if len(xs) == 1 or max(xs) == min(xs):
+        overhead = cost.step_overhead_s
+        scale = max(sum(ys) / len(ys) - overhead, 1e-6) / (sum(xs) / len(xs))
+        return Calibration(scale, overhead, source)
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
+    scale = max(sxy / sxx, 1e-6)
+    overhead = max(my - scale * mx, 0.0)
+    return Calibration(scale, overhead, source)

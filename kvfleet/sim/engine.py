@@ -1,0 +1,346 @@
+"""The discrete-event simulator: a virtual clock, an event heap, and the fleet.
+
+Arrivals are read in order from the workload (they never enter the heap). The scheduler's
+dispatch policy runs on a short tick over the queued requests, as the live scheduler
+batches what it reads from the queue; the planner's migration policy runs on its own tick;
+each worker's batch policy runs at the worker's step boundaries. Nothing reads the wall
+clock except the report of how long the run took.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from kvfleet.services.planner.core.migration import (
+    MigrationCandidate,
+    MigrationOrder,
+    MigrationWorkerView,
+)
+from kvfleet.services.scheduler.core.types import ClusterView, WorkerView
+from kvfleet.sim.fleet import SimConfig, build_fleet, build_workers_like, migration_link
+from kvfleet.sim.policies import PolicySet, policy_set
+from kvfleet.sim.seq import SimSeq
+from kvfleet.sim.worker import SimWorker
+
+log = logging.getLogger(__name__)
+
+_WORKER, _DISPATCH, _MIGRATE, _ARRIVE_MIGRATED, _SAMPLE = range(5)
+INF = float("inf")
+
+FLEET_COLUMNS = (
+    "time_s", "active_gpus", "kv_utilization", "migrations_per_s", "scheduler_queue",
+    "worker_waiting", "worker_running", "finished", "dropped",
+)
+
+
+class RequestLike(Protocol):
+    """What the simulator reads from a workload request (kvfleet.workload's RequestSpec)."""
+
+    @property
+    def request_id(self) -> str: ...
+    @property
+    def arrival_s(self) -> float: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def input_tokens(self) -> int: ...
+    @property
+    def output_tokens(self) -> int: ...
+
+
+@dataclass
+class SimResult:
+    config: SimConfig
+    seqs: list[SimSeq]
+    fleet_rows: list[tuple[float, ...]]
+    num_events: int
+    wall_s: float
+    cpu_s: float
+    num_plans: int
+    num_steps: int
+    num_migrations: int
+    end_s: float
+    workers: list[SimWorker] = field(repr=False)
+
+    @property
+    def events_per_s(self) -> float:
+        return self.num_events / self.wall_s if self.wall_s > 0 else 0.0
+
+
+def map_models(requests: Sequence[RequestLike], presets: Sequence[str]) -> dict[str, str]:
+    """Workload model name -> served model preset. One preset serves everything; otherwise
+    names equal to a preset map to it and the rest are dealt to the presets in turn."""
+    names = sorted({r.model for r in requests})
+    if len(presets) == 1:
+        return {n: presets[0] for n in names}
+    mapping = {n: n for n in names if n in presets}
+    rest = [n for n in names if n not in mapping]
+    for i, n in enumerate(rest):
+        mapping[n] = presets[i % len(presets)]
+    return mapping
+
+
+class Simulator:
+    def __init__(
+        self,
+        config: SimConfig,
+        requests: Sequence[RequestLike],
+        policies: PolicySet | None = None,
+        *,
+        workers: Sequence[WorkerView] | None = None,
+        check_invariants: bool = False,
+        log_dispatch: bool = False,
+    ) -> None:
+        """``workers`` replaces the fleet built from ``config`` by workers shaped like the
+        given views (ids, models, pages); ``check_invariants`` checks every worker's page
+        accounting after each of its events (slow; tests); ``log_dispatch`` keeps every
+        assignment in ``dispatch_log``."""
+        self.config = config
+        self.policies = policies or policy_set(config.policy)
+        if workers is None:
+            self.workers = build_fleet(config, self.policies)
+        else:
+            self.workers = build_workers_like(config, self.policies, workers)
+        self.check_invariants = check_invariants
+        self.dispatch_log: list[tuple[str, str]] | None = [] if log_dispatch else None
+        self.dispatch = self.policies.make_dispatch()
+        self.migration = self.policies.make_migration()
+        self.link = migration_link(config)
+        served = sorted({m for w in self.workers for m in w.models})
+        mapping = map_models(requests, served)
+        order = sorted(range(len(requests)), key=lambda i: requests[i].arrival_s)
+        self.seqs = []
+        for idx, i in enumerate(order):
+            r = requests[i]
+            self.seqs.append(
+                SimSeq(idx, r.request_id, mapping[r.model], float(r.arrival_s),
+                       int(r.input_tokens), int(r.output_tokens))
+            )
+        self._heap: list[tuple[float, int, int, object, object]] = []
+        self._counter = 0
+        self._pending: list[SimSeq] = []
+        self._dispatch_at = INF
+        self._num_done = 0
+        self._num_dropped = 0
+        self._num_migrations = 0
+        self._migrations_in_window = 0
+        self._inflight: dict[str, tuple[int, int]] = {}  # request -> (dst worker, pages held)
+        self._worker_index = {w.worker_id: w for w in self.workers}
+        # The scheduler's picture of the fleet, refreshed for workers that changed.
+        self._dirty: list[int] = []
+        self._views = [w.worker_view() for w in self.workers]
+        for w in self.workers:
+            w._dirty_sink = self._dirty
+        self.fleet_rows: list[tuple[float, ...]] = []
+
+    # ----- event plumbing -----
+    def _push(self, t: float, kind: int, a: object = None, b: object = None) -> None:
+        self._counter += 1
+        heapq.heappush(self._heap, (t, self._counter, kind, a, b))
+
+    def _push_worker(self, worker: SimWorker, t: float | None) -> None:
+        if t is not None:
+            self._counter += 1
+            heapq.heappush(self._heap, (t, self._counter, _WORKER, worker, worker.version))
+
+    def _drop(self, seq: SimSeq, reason: str) -> None:
+        seq.drop_reason = reason
+        self._num_done += 1
+        self._num_dropped += 1
+
+    # ----- the loop -----
+    def run(self) -> SimResult:
+        started = time.perf_counter()
+        cpu_started = time.process_time()
+        seqs = self.seqs
+        n = len(seqs)
+        heap = self._heap
+        horizon = self.config.horizon_s if self.config.horizon_s is not None else INF
+        self._push(0.0, _SAMPLE)
+        if self.migration.name != "none":
+            self._push(self.config.migration_interval_s, _MIGRATE)
+        i = 0
+        events = 0
+        now = 0.0
+        finished: list[SimSeq] = []
+        departed: list[SimSeq] = []
+        interval = self.config.dispatch_interval_s
+        while self._num_done < n:
+            t_arr = seqs[i].arrival_s if i < n else INF
+            t_ev = heap[0][0] if heap else INF
+            if min(t_arr, t_ev) > horizon:
+                now = horizon
+                break
+            events += 1
+            if t_arr <= t_ev:
+                now = t_arr
+                self._pending.append(seqs[i])
+                i += 1
+                if self._dispatch_at == INF:
+                    self._dispatch_at = now + interval
+                    self._push(self._dispatch_at, _DISPATCH)
+                continue
+            now, _, kind, a, b = heapq.heappop(heap)
+            if kind == _WORKER:
+                worker: SimWorker = a  # type: ignore[assignment]
+                if b != worker.version:
+                    events -= 1
+                    continue
+                asked = tuple(worker._detach) if worker._detach else ()
+                t_next = worker.on_boundary(now, finished, departed, self._accept)
+                self._push_worker(worker, t_next)
+                if self.check_invariants:
+                    worker.check()
+                if finished:
+                    self._num_done += len(finished)
+                    finished.clear()
+                if departed:
+                    self._depart(departed, now)
+                    departed.clear()
+                for rid in asked:  # orders the source could not honour are forgotten
+                    entry = self._inflight.get(rid)
+                    if entry is not None and entry[1] == 0:
+                        del self._inflight[rid]
+            elif kind == _DISPATCH:
+                self._dispatch(now)
+            elif kind == _ARRIVE_MIGRATED:
+                self._arrive(a, b, now)  # type: ignore[arg-type]
+            elif kind == _MIGRATE:
+                self._migrate(now)
+                if self._num_done < n:
+                    self._push(now + self.config.migration_interval_s, _MIGRATE)
+            elif kind == _SAMPLE:
+                self._sample(now)
+                if self._num_done < n:
+                    self._push(now + self.config.sample_interval_s, _SAMPLE)
+        if self._num_done < n:
+            for seq in seqs:
+                if not seq.done:
+                    self._drop(seq, "unfinished_at_horizon")
+        self._sample(now)
+        for w in self.workers:
+            if now < horizon:
+                w.check()
+        wall = time.perf_counter() - started
+        result = SimResult(
+            self.config, seqs, self.fleet_rows, events, wall, time.process_time() - cpu_started,
+            sum(w.num_plans for w in self.workers), sum(w.num_steps for w in self.workers),
+            self._num_migrations, now, self.workers,
+        )
+        log.info("simulated %d requests to t=%.1fs: %d events in %.1fs wall, %.1fs CPU "
+                 "(%.0f events/s)", n, now, events, wall, result.cpu_s, result.events_per_s)
+        return result
+
+    # ----- scheduler -----
+    def _dispatch(self, now: float) -> None:
+        self._dispatch_at = INF
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        views = self._views
+        if self._dirty:
+            workers = self.workers
+            for idx in self._dirty:
+                views[idx] = workers[idx].worker_view()
+            self._dirty.clear()
+        view = ClusterView(tuple(views))
+        by_id = {s.request_id: s for s in pending}
+        decisions = self.dispatch.decide([s.request_view() for s in pending], view, now)
+        index = self._worker_index
+        for a in decisions.assignments:
+            seq = by_id[a.request_id]
+            worker = index[a.worker_id]
+            seq.dispatch_s = now
+            if self.dispatch_log is not None:
+                self.dispatch_log.append((seq.request_id, worker.worker_id))
+            if seq.num_prompt_tokens + seq.max_tokens > worker.capacity_tokens(seq.model):
+                self._drop(seq, "exceeds_worker_kv_capacity")
+                continue
+            self._push_worker(worker, worker.enqueue(seq, now))
+        for rid in decisions.unassigned:
+            self._drop(by_id[rid], "no_worker_for_model")
+
+    # ----- migration -----
+    def _migrate(self, now: float) -> None:
+        views = []
+        for w in self.workers:
+            wv = w.worker_view()
+            cands = tuple(
+                MigrationCandidate(s.request_id, s.model, s.num_pages, s.arrival_s)
+                for s in w.running[-4:]
+                if s.num_computed == s.num_tokens - 1 and s.request_id not in self._inflight
+            )
+            queued = w.free_pages - wv.num_free_pages
+            views.append(MigrationWorkerView(w.worker_id, w.models, w.total_pages,
+                                             w.free_pages, queued, cands))
+        orders = self.migration.decide(views, now)
+        for order in orders:
+            self._order(order, now)
+
+    def _order(self, order: MigrationOrder, now: float) -> None:
+        src = self._worker_index.get(order.src_worker_id)
+        dst = self._worker_index.get(order.dst_worker_id)
+        if src is None or dst is None or order.request_id not in src.by_id:
+            log.debug("migration %s dropped: unknown worker or request", order)
+            return
+        self._inflight[order.request_id] = (dst.idx, 0)
+        self._push_worker(src, src.request_detach(order.request_id, now))
+
+    def _accept(self, seq: SimSeq) -> bool:
+        """Called by a source worker at a boundary: can the destination take ``seq`` now?"""
+        entry = self._inflight.get(seq.request_id)
+        if entry is None:
+            return False
+        dst = self.workers[entry[0]]
+        if dst.reserve(seq.num_pages):
+            self._inflight[seq.request_id] = (dst.idx, seq.num_pages)
+            return True
+        del self._inflight[seq.request_id]
+        return False
+
+    def _depart(self, departed: list[SimSeq], now: float) -> None:
+        for seq in departed:
+            dst_idx, _ = self._inflight[seq.request_id]
+            kv_bytes = seq.num_computed * self.workers[dst_idx].costs[seq.model].kv_bytes_per_token
+            self._push(now + self.link.transfer_s(kv_bytes), _ARRIVE_MIGRATED, seq, dst_idx)
+            seq.num_migrations += 1
+            self._num_migrations += 1
+            self._migrations_in_window += 1
+
+    def _arrive(self, seq: SimSeq, dst_idx: int, now: float) -> None:
+        del self._inflight[seq.request_id]
+        dst = self.workers[dst_idx]
+        self._push_worker(dst, dst.attach(seq, now))
+
+    # ----- fleet time series -----
+    def _sample(self, now: float) -> None:
+        active = used = total = waiting = running = 0
+        for w in self.workers:
+            if w.running or w.waiting:
+                active += 1
+            used += w.total_pages - w.free_pages
+            total += w.total_pages
+            waiting += len(w.waiting)
+            running += len(w.running)
+        interval = self.config.sample_interval_s
+        tp = self.workers[0].costs[next(iter(self.workers[0].costs))].tp
+        finished = self._num_done - self._num_dropped
+        self.fleet_rows.append((
+            round(now, 6), active * tp, round(used / total, 6) if total else 0.0,
+            self._migrations_in_window / interval, len(self._pending), waiting, running,
+            finished, self._num_dropped,
+        ))
+        self._migrations_in_window = 0
+
+
+def simulate(
+    config: SimConfig, requests: Sequence[RequestLike], policies: PolicySet | None = None
+) -> SimResult:
+    """Run ``requests`` through a fleet built from ``config``."""
+    return Simulator(config, requests, policies).run()

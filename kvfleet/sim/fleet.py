@@ -1,0 +1,126 @@
+"""Building a simulated fleet: configuration, model placement (the planner's core), page
+pools sized from the memory budget, and one cost model per (model, worker kind)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from kvfleet.services.planner.core.policy import static_plan
+from kvfleet.services.planner.core.types import FleetSpec, ModelSpecRef, WorkerSpec
+from kvfleet.services.scheduler.core.types import WorkerView
+from kvfleet.sim.cost_model import CostModel, load_calibration
+from kvfleet.sim.policies import PolicySet
+from kvfleet.sim.presets import GiB, gpu_preset, link_preset, model_preset
+from kvfleet.sim.worker import SimWorker, WorkerConfig
+
+log = logging.getLogger(__name__)
+
+
+class SimConfig(BaseModel):
+    """One simulated fleet and how it is run."""
+
+    gpu: str = Field(default="H100", description="GPU preset (A100-40G, A100-80G, H100, H200, RTX4090, CPU).")
+    models: list[str] = Field(default_factory=lambda: ["Llama-2-7B"], min_length=1,
+                              description="Model presets; workers are split evenly between them.")
+    num_gpus: int = Field(default=16, ge=1, description="GPUs in the fleet.")
+    tp: int | None = Field(default=None, ge=1, description="GPUs per worker; default: fewest that fit.")
+    policy: str = Field(default="vllm", description="Policy set (see kvfleet.sim.policies).")
+    link: str = Field(default="100gbe", description="Link preset for KV migration.")
+    dispatch_interval_s: float = Field(default=0.005, ge=0.0, description="Scheduler batching tick.")
+    migration_interval_s: float = Field(default=0.5, gt=0.0, description="Migration policy tick.")
+    sample_interval_s: float = Field(default=1.0, gt=0.0, description="fleet.csv row interval.")
+    token_budget: int = Field(default=2048, ge=1, description="Max tokens per engine step.")
+    max_num_seqs: int = Field(default=256, ge=1, description="Max sequences per engine step.")
+    page_tokens: int = Field(default=16, ge=1, description="Tokens per KV page of the largest model.")
+    gpu_memory_utilization: float = Field(default=0.9, gt=0.0, le=1.0, description="Usable memory share.")
+    activation_reserve_gib: float = Field(default=1.0, ge=0.0, description="Per-GPU activation reserve.")
+    horizon_s: float | None = Field(default=None, gt=0.0, description="Stop here; unfinished are dropped.")
+    calibration: str | None = Field(default=None, description="Calibration JSON (see load_calibration).")
+    seed: int = Field(default=0, description="Seed for the workload generator.")
+
+
+def pick_tp(config: SimConfig) -> int:
+    """Fewest GPUs (a power of two) whose memory holds the largest model with half left."""
+    if config.tp is not None:
+        return config.tp
+    gpu = gpu_preset(config.gpu)
+    biggest = max(model_preset(m).weight_bytes for m in config.models)
+    tp = 1
+    while biggest > 0.5 * gpu.memory_bytes * tp * config.gpu_memory_utilization and tp < 8:
+        tp *= 2
+    return tp
+
+
+def build_fleet(config: SimConfig, policies: PolicySet) -> list[SimWorker]:
+    gpu = gpu_preset(config.gpu)
+    shapes = {m: model_preset(m) for m in config.models}
+    tp = pick_tp(config)
+    num_workers = config.num_gpus // tp
+    if num_workers < len(shapes):
+        raise ValueError(
+            f"{config.num_gpus} GPUs at tp={tp} make {num_workers} workers, fewer than "
+            f"{len(shapes)} models"
+        )
+    costs: dict[str, CostModel] = {}
+    for name, shape in shapes.items():
+        cost = CostModel(gpu, shape, tp, gpu_memory_utilization=config.gpu_memory_utilization)
+        if config.calibration:
+            calib = load_calibration(Path(config.calibration), cost)
+            cost = CostModel(gpu, shape, tp, calib, config.gpu_memory_utilization)
+        costs[name] = cost
+    names = list(shapes)
+    memory = int(gpu.memory_bytes * tp * config.gpu_memory_utilization)
+    spec = FleetSpec(
+        models=tuple(ModelSpecRef(n, shapes[n].weight_bytes) for n in names),
+        workers=tuple(
+            WorkerSpec(f"w{i:04d}", memory, (names[i % len(names)],)) for i in range(num_workers)
+        ),
+    )
+    plan = static_plan(spec)
+    reserve = int(config.activation_reserve_gib * GiB * tp)
+    workers: list[SimWorker] = []
+    for i, wspec in enumerate(spec.workers):
+        models = plan.models_of(wspec.worker_id)
+        page_bytes = config.page_tokens * max(shapes[m].kv_bytes_per_token for m in models)
+        kv_bytes = memory - sum(shapes[m].weight_bytes for m in models) - reserve
+        pages = kv_bytes // page_bytes
+        if pages <= 0:
+            raise ValueError(f"{', '.join(models)} leaves no KV memory on {tp}x {gpu.name}")
+        tpp = {m: page_bytes // shapes[m].kv_bytes_per_token for m in models}
+        wcfg = WorkerConfig(wspec.worker_id, models, int(pages), tpp,
+                            config.token_budget, config.max_num_seqs)
+        workers.append(SimWorker(i, wcfg, {m: costs[m] for m in models}, policies.make_batch()))
+    log.info("fleet: %d workers of %dx %s, models %s, %d pages each (%d tokens/page)",
+             num_workers, tp, gpu.name, names, workers[0].total_pages,
+             next(iter(workers[0].tpp.values())))
+    return workers
+
+
+def build_workers_like(
+    config: SimConfig, policies: PolicySet, views: Sequence[WorkerView]
+) -> list[SimWorker]:
+    """Workers shaped like given occupancy views (ids, models, pages, tokens per page), e.g.
+    a live fleet's; every model's step times come from ``config.models[0]``'s cost model."""
+    gpu = gpu_preset(config.gpu)
+    shape = model_preset(config.models[0])
+    cost = CostModel(gpu, shape, config.tp or 1, gpu_memory_utilization=config.gpu_memory_utilization)
+    if config.calibration:
+        calib = load_calibration(Path(config.calibration), cost)
+        cost = CostModel(gpu, shape, config.tp or 1, calib, config.gpu_memory_utilization)
+    workers = []
+    for i, v in enumerate(views):
+        if not v.models or v.num_total_pages <= 0:
+            raise ValueError(f"worker {v.worker_id}: needs models and pages")
+        tpp = {m: v.tokens_per_page.get(m, config.page_tokens) for m in v.models}
+        wcfg = WorkerConfig(v.worker_id, v.models, v.num_total_pages, tpp,
+                            config.token_budget, config.max_num_seqs)
+        workers.append(SimWorker(i, wcfg, dict.fromkeys(v.models, cost), policies.make_batch()))
+    return workers
+
+
+def migration_link(config: SimConfig):  # type: ignore[no-untyped-def]
+    return link_preset(config.link)

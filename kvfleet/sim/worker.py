@@ -1,0 +1,454 @@
+"""One simulated worker: a unified KV page pool and a continuous-batching step loop driven
+by the worker's own batch policy.
+
+The policy is asked for a plan at every composition change (an arrival, a finish, a
+preemption, a migration, a memory checkpoint). When its plan only continues every running
+sequence by one decode token, the worker runs that batch for as many steps as it can before
+the next finish or before the pool could run out, as one event whose duration is summed in
+closed form (see ``DecodeRun``). An arrival in the middle of such a run cuts it short at the
+end of the step in progress.
+"""
+
+from __future__ import annotations
+
+import logging
+from bisect import insort
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from kvfleet.services.scheduler.core.types import WorkerView
+from kvfleet.services.worker.core.batch_policy import BatchPolicy, EngineView, StepPlan
+from kvfleet.sim.cost_model import CostModel, DecodeRun
+from kvfleet.sim.seq import SimSeq
+
+log = logging.getLogger(__name__)
+
+
+class KvAccountingError(RuntimeError):
+    """The page pool went negative or over capacity: a simulator or policy bug."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    worker_id: str
+    models: tuple[str, ...]
+    num_total_pages: int
+    tokens_per_page: dict[str, int]
+    token_budget: int = 2048
+    max_num_seqs: int = 256
+
+
+class SimWorker:
+    """State and step logic of one worker. The simulator owns the clock and the event heap;
+    the worker tells it when its current step or run of steps ends."""
+
+    def __init__(
+        self, idx: int, config: WorkerConfig, costs: dict[str, CostModel], policy: BatchPolicy
+    ) -> None:
+        self.idx = idx
+        self.worker_id = config.worker_id
+        self.config = config
+        self.models = config.models
+        self.tpp = config.tokens_per_page
+        self._tpp_min = min(config.tokens_per_page.values())
+        self.total_pages = config.num_total_pages
+        self.free_pages = config.num_total_pages
+        self.reserved_pages = 0  # held for migrations in flight to this worker
+        self.costs = costs
+        self._single = next(iter(costs.values())) if len(costs) == 1 else None
+        self._dirty_sink: list[int] | None = None  # the simulator's list of changed workers
+        self.policy = policy
+        self.running: list[SimSeq] = []
+        self.waiting: deque[SimSeq] = deque()
+        self.by_id: dict[str, SimSeq] = {}
+        self.version = 0
+        self.busy = False
+        self.step_start_s = 0.0
+        self.step_end_s = 0.0
+        self._chunks: list[tuple[SimSeq, int]] = []
+        self._run: list[DecodeRun] | None = None
+        self._run_steps = 0
+        self._detach: set[str] = set()
+        self._incoming: list[SimSeq] = []
+        self._run_claim = 0  # pages the current run of decode steps may still take
+        self._view: WorkerView | None = None
+        self.num_steps = 0
+        self.num_plans = 0
+        self.busy_s = 0.0
+
+    # ----- what the scheduler and planner see -----
+    def _invalidate(self) -> None:
+        if self._view is not None:
+            self._view = None
+            if self._dirty_sink is not None:
+                self._dirty_sink.append(self.idx)
+
+    def worker_view(self) -> WorkerView:
+        """Occupancy as reported: free pages net of the demand of queued prompts."""
+        if self._view is None:
+            demand = 0
+            for s in self.waiting:
+                demand += -(-(s.num_tokens - s.num_computed) // s.tokens_per_page)
+            self._view = WorkerView(
+                self.worker_id, self.models, self.total_pages,
+                max(0, self.free_pages - demand), self.tpp,
+                len(self.running), len(self.waiting),
+            )
+        return self._view
+
+    @property
+    def used_pages(self) -> int:
+        return self.total_pages - self.free_pages
+
+    @property
+    def active(self) -> bool:
+        return bool(self.running or self.waiting or self.reserved_pages or self._incoming)
+
+    def capacity_tokens(self, model: str) -> int:
+        return self.total_pages * self.tpp[model]
+
+    # ----- arrivals -----
+    def enqueue(self, seq: SimSeq, now: float) -> float | None:
+        """Queue a dispatched request. Returns a new wake-up time if the worker's pending
+        event must move (idle worker, or a run of decode steps to cut short)."""
+        seq.tokens_per_page = self.tpp[seq.model]
+        seq.worker_idx = self.idx
+        self.waiting.append(seq)
+        self.by_id[seq.request_id] = seq
+        self._invalidate()
+        return self._wake(now)
+
+    def attach(self, seq: SimSeq, now: float) -> float | None:
+        """A migrated sequence arrives with its KV (pages were reserved at departure)."""
+        self._incoming.append(seq)
+        return self._wake(now)
+
+    def reserve(self, num_pages: int) -> bool:
+        """Hold pages for a sequence migrating here, if they are free (net of what the
+        current run of decode steps may still take)."""
+        if self.free_pages - self._run_claim < num_pages:
+            return False
+        self.free_pages -= num_pages
+        self.reserved_pages += num_pages
+        self._invalidate()
+        return True
+
+    def request_detach(self, request_id: str, now: float) -> float | None:
+        """Ask for a running sequence to leave at the next step boundary."""
+        self._detach.add(request_id)
+        return self._wake(now)
+
+    def _wake(self, now: float) -> float | None:
+        if not self.busy:
+            self.busy = True
+            self.step_start_s = self.step_end_s = now
+            self._chunks = []
+            self._run = None
+            self.version += 1
+            return now
+        if self._run is not None and self._run_steps > 1:
+            steps = _run_steps_by(self._run, now - self.step_start_s, self._run_steps)
+            if steps < self._run_steps:
+                self._run_steps = steps
+                self.step_end_s = self.step_start_s + _run_time(self._run, steps)
+                self.version += 1
+                return self.step_end_s
+        return None
+
+    # ----- the step loop -----
+    def on_boundary(
+        self,
+        now: float,
+        finished: list[SimSeq],
+        departed: list[SimSeq],
+        accept: Callable[[SimSeq], bool] | None = None,
+    ) -> float | None:
+        """The current step (or run) ended at ``now``: apply it, then plan the next one.
+        Returns when the next one ends, or None when the worker goes idle."""
+        self.busy_s += now - self.step_start_s
+        if self._run is not None:
+            self._finish_run(now, finished)
+        elif self._chunks:
+            self._finish_step(now, finished)
+        self._chunks = []
+        self._run = None
+        self._run_claim = 0
+        self._invalidate()
+        if self._incoming:
+            for seq in self._incoming:
+                self.reserved_pages -= seq.num_pages
+                seq.worker_idx = self.idx
+                insort(self.running, seq, key=lambda s: s.arrival_s)  # oldest first
+                self.by_id[seq.request_id] = seq
+            self._incoming.clear()
+        if self._detach:
+            self._do_detach(departed, accept)
+        return self._plan(now)
+
+    def _finish_step(self, now: float, finished: list[SimSeq]) -> None:
+        done = False
+        for seq, n in self._chunks:
+            seq._view = None
+            seq.num_computed += n
+            if seq.num_computed == seq.num_tokens:
+                seq.num_tokens += 1
+                seq.num_output += 1
+                if seq.first_token_s < 0.0:
+                    seq.first_token_s = now
+                if seq.num_output >= seq.max_tokens:
+                    done = True
+        if done:
+            self._retire(now, finished)
+
+    def _finish_run(self, now: float, finished: list[SimSeq]) -> None:
+        k = self._run_steps
+        free = self.free_pages
+        done = False
+        first_step_end = -1.0
+        for seq in self.running:
+            seq._view = None
+            if seq.first_token_s < 0.0:  # the run's first step fed its last prompt token
+                if first_step_end < 0.0:
+                    first_step_end = self.step_start_s + _run_time(self._run, 1)  # type: ignore[arg-type]
+                seq.first_token_s = first_step_end
+            c = seq.num_computed = seq.num_computed + k
+            seq.num_tokens += k
+            out = seq.num_output = seq.num_output + k
+            pages = -(-c // seq.tokens_per_page)
+            free -= pages - seq.num_pages
+            seq.num_pages = pages
+            if out >= seq.max_tokens:
+                done = True
+        if free < 0:
+            raise KvAccountingError(f"worker {self.worker_id}: free pages {free} < 0")
+        self.free_pages = free
+        if done:
+            self._retire(now, finished)
+
+    def _retire(self, now: float, finished: list[SimSeq]) -> None:
+        keep: list[SimSeq] = []
+        for seq in self.running:
+            if seq.num_output >= seq.max_tokens:
+                seq.finish_s = now
+                self.free_pages += seq.num_pages
+                seq.num_pages = 0
+                del self.by_id[seq.request_id]
+                finished.append(seq)
+            else:
+                keep.append(seq)
+        self.running = keep
+
+    def _do_detach(
+        self, departed: list[SimSeq], accept: Callable[[SimSeq], bool] | None
+    ) -> None:
+        keep: list[SimSeq] = []
+        for seq in self.running:
+            if (
+                seq.request_id in self._detach
+                and seq.num_computed == seq.num_tokens - 1
+                and accept is not None
+                and accept(seq)
+            ):
+                self.free_pages += seq.num_pages
+                del self.by_id[seq.request_id]
+                departed.append(seq)
+            else:
+                keep.append(seq)
+        self.running = keep
+        self._detach.clear()
+
+    def _plan(self, now: float) -> float | None:
+        while True:
+            if not self.running and not self.waiting:
+                self.busy = False
+                return None
+            view = EngineView(
+                tuple([s._view or s.view() for s in self.running]),
+                tuple([s._view or s.view() for s in self.waiting]),
+                self.free_pages, self.config.token_budget, self.config.max_num_seqs,
+            )
+            plan = self.policy.plan(view, now)
+            self.num_plans += 1
+            if plan.preempt:
+                self._preempt(plan)
+            if plan.chunks:
+                return self._start(plan, now)
+            if not plan.preempt:
+                # Nothing can run: only possible when the pool is too small for the queue head.
+                raise KvAccountingError(
+                    f"worker {self.worker_id}: policy planned nothing with "
+                    f"{len(self.running)} running, {len(self.waiting)} waiting, "
+                    f"{self.free_pages} free pages"
+                )
+
+    def _preempt(self, plan: StepPlan) -> None:
+        gone = set(plan.preempt)
+        victims = [s for s in self.running if s.request_id in gone]
+        self.running = [s for s in self.running if s.request_id not in gone]
+        for seq in victims:
+            seq._view = None
+            self.free_pages += seq.num_pages
+            seq.num_pages = 0
+            seq.num_computed = 0
+            seq.num_preemptions += 1
+        victims.sort(key=lambda s: s.arrival_s)
+        self.waiting.extendleft(reversed(victims))
+
+    def _start(self, plan: StepPlan, now: float) -> float:
+        by_id = self.by_id
+        chunks = [(by_id[c.seq_id], c.num_tokens) for c in plan.chunks]
+        pure_decode = len(chunks) == len(self.running)
+        new: list[SimSeq] = []
+        free = self.free_pages
+        for seq, n in chunks:
+            if seq.num_pages == 0:
+                new.append(seq)  # only waiting sequences hold no pages
+            if n != 1 or seq.num_tokens - seq.num_computed != 1:
+                pure_decode = False
+            pages = -(-(seq.num_computed + n) // seq.tokens_per_page)
+            if pages > seq.num_pages:
+                free -= pages - seq.num_pages
+                seq.num_pages = pages
+                seq._view = None
+        if free < 0:
+            raise KvAccountingError(f"worker {self.worker_id}: plan overdraws the pool ({free})")
+        self.free_pages = free
+        if new:
+            pure_decode = False
+            self._admit(new)
+        self.step_start_s = now
+        self.num_steps += 1
+        self.version += 1
+        if pure_decode:
+            steps = self._safe_run_steps()
+            if steps > 1:
+                self._run = self._decode_runs()
+                self._run_steps = steps
+                b = len(self.running)
+                self._run_claim = min(self.free_pages, b * -(-steps // self._tpp_min))
+                self.step_end_s = now + _run_time(self._run, steps)
+                self.num_steps += steps - 1
+                return self.step_end_s
+        self._chunks = chunks
+        self.step_end_s = now + self._step_time(chunks)
+        return self.step_end_s
+
+    def _admit(self, new: list[SimSeq]) -> None:
+        """Move newly scheduled waiting sequences to running, in plan order."""
+        waiting = self.waiting
+        if all(i < len(waiting) and waiting[i] is s for i, s in enumerate(new)):
+            for _ in new:
+                waiting.popleft()
+        else:
+            ids = {id(s) for s in new}
+            self.waiting = deque(s for s in waiting if id(s) not in ids)
+        self.running.extend(new)
+
+    def _safe_run_steps(self) -> int:
+        """Decode steps the current batch can run before a finish or before the pool could
+        run short (then the policy decides again)."""
+        running = self.running
+        limit = min([s.max_tokens - s.num_output for s in running])
+        if limit <= 1:
+            return 1
+        b = len(running)
+        tpp_min = self._tpp_min
+        free = self.free_pages
+        # Each sequence gains at most ceil(j / tpp) pages in j steps.
+        bound = (free // b) * tpp_min
+        if bound >= limit:
+            return limit
+        lo, hi = max(1, bound), limit  # extra(lo) <= free; find the largest such j
+        slack = [s.num_pages * s.tokens_per_page - s.num_computed for s in running]
+        tpps = [s.tokens_per_page for s in running]
+
+        def extra(j: int) -> int:
+            return sum(-(-(j - sl) // t) for sl, t in zip(slack, tpps, strict=True) if j > sl)
+
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if extra(mid) <= free:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def _decode_runs(self) -> list[DecodeRun]:
+        if self._single is not None:
+            running = self.running
+            return [self._single.decode_run(len(running), sum([s.num_tokens for s in running]))]
+        per_model: dict[str, list[int]] = {}
+        for s in self.running:
+            acc = per_model.get(s.model)
+            if acc is None:
+                per_model[s.model] = [1, s.num_tokens]
+            else:
+                acc[0] += 1
+                acc[1] += s.num_tokens
+        runs: list[DecodeRun] = []
+        for i, (model, (b, ctx)) in enumerate(per_model.items()):
+            run = self.costs[model].decode_run(b, ctx)
+            if i:
+                run = DecodeRun(run.c0, run.c1, run.m0, run.m1, 0.0)
+            runs.append(run)
+        return runs
+
+    def _step_time(self, chunks: list[tuple[SimSeq, int]]) -> float:
+        if self._single is not None:
+            tokens = 0
+            pairs = 0.0
+            kv = 0
+            for seq, n in chunks:
+                c = seq.num_computed
+                tokens += n
+                pairs += n * c + n * (n + 1) / 2
+                kv += c + n
+            return self._single.step_s(tokens, pairs, kv, len(chunks))
+        per_model: dict[str, list[float]] = {}
+        for seq, n in chunks:
+            c = seq.num_computed
+            acc = per_model.get(seq.model)
+            if acc is None:
+                acc = per_model[seq.model] = [0, 0.0, 0.0, 0]
+            acc[0] += n
+            acc[1] += n * c + n * (n + 1) / 2
+            acc[2] += c + n
+            acc[3] += 1
+        total = 0.0
+        overhead = 0.0
+        for model, (ntok, npairs, kv_read, seqs) in per_model.items():
+            cost = self.costs[model].step_cost(int(ntok), npairs, kv_read, int(seqs))
+            total += max(cost.compute_s, cost.memory_s)
+            overhead = max(overhead, cost.overhead_s)
+        return total + overhead
+
+    def check(self) -> None:
+        """Page accounting invariant (used by tests and at the end of a run)."""
+        held = sum(s.num_pages for s in self.running)
+        if self.free_pages < 0 or self.free_pages > self.total_pages:
+            raise KvAccountingError(f"worker {self.worker_id}: free pages {self.free_pages}")
+        if held + self.free_pages + self.reserved_pages != self.total_pages:
+            raise KvAccountingError(
+                f"worker {self.worker_id}: held {held} + free {self.free_pages} + reserved "
+                f"{self.reserved_pages} != {self.total_pages}"
+            )
+
+
+def _run_time(runs: list[DecodeRun], steps: int) -> float:
+    if len(runs) == 1:
+        return runs[0].time_of(steps)
+    return sum(r.time_of(steps) for r in runs)
+
+
+def _run_steps_by(runs: list[DecodeRun], elapsed_s: float, max_steps: int) -> int:
+    if len(runs) == 1:
+        return runs[0].steps_by(elapsed_s, max_steps)
+    lo, hi = 1, max_steps
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if _run_time(runs, mid) >= elapsed_s:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo

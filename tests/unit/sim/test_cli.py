@@ -1,0 +1,48 @@
+import csv
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from kvfleet.cli.main import app
+
+pytestmark = pytest.mark.unit
+
+WORKLOAD = ["--arrivals", "poisson", "--rate", "8", "--duration-s", "10", "--input-len",
+            "100-800", "--output-len", "10-100", "--gpus", "2", "--gpu", "A100-80G"]
+
+
+def test_sim_writes_load_generator_files_and_fleet_series(tmp_path):
+    result = CliRunner().invoke(app, ["sim", *WORKLOAD, "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["completed"] == summary["num_prompts"] > 0
+    for key in ("mean_ttft_ms", "p99_tpot_ms", "mean_itl_ms", "median_e2el_ms",
+                "request_throughput", "output_throughput"):
+        assert summary[key] is not None and summary[key] > 0
+    with (tmp_path / "fleet.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert rows and {"active_gpus", "kv_utilization", "migrations_per_s",
+                     "scheduler_queue"} <= set(rows[0])
+    assert max(int(r["active_gpus"]) for r in rows) >= 1
+    with (tmp_path / "requests.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == summary["num_prompts"]
+    assert "events/s" in result.output
+
+
+def test_sim_compare_prints_one_row_per_policy_and_size(tmp_path):
+    result = CliRunner().invoke(app, ["sim", *WORKLOAD, "compare", "--policies",
+                                      "vllm,round-robin", "--gpus", "1,2", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    with (tmp_path / "compare.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["policy"], r["GPUs"]) for r in rows] == [
+        ("vllm", "1"), ("round-robin", "1"), ("vllm", "2"), ("round-robin", "2")]
+    assert (tmp_path / "vllm-2gpu" / "summary.json").is_file()
+
+
+def test_sim_rejects_bad_input_clearly():
+    result = CliRunner().invoke(app, ["sim", *WORKLOAD, "--policy", "nope"])
+    assert result.exit_code == 2 and "unknown policy" in result.output
+    result = CliRunner().invoke(app, ["sim", "--trace", "no/such/file.csv"])
+    assert result.exit_code == 2 and "not found" in result.output

@@ -1,0 +1,69 @@
+import pytest
+
+from kvfleet.services.planner.core.migration import (
+    KvBalancePolicy,
+    MigrationCandidate,
+    MigrationOrder,
+    MigrationWorkerView,
+    NoMigrationPolicy,
+    make_migration_policy,
+)
+
+pytestmark = pytest.mark.unit
+
+
+def worker(wid, free, total=100, queued=0, cands=(), models=("m",)):
+    return MigrationWorkerView(
+        wid, models, total, free, queued,
+        tuple(MigrationCandidate(f"{wid}-r{i}", "m", pages, float(t)) for i, (pages, t) in enumerate(cands)),
+    )
+
+
+def test_moves_newest_request_from_most_loaded_to_least_loaded():
+    views = [
+        worker("hot", free=5, cands=[(20, 1.0), (10, 3.0)]),
+        worker("warm", free=10, cands=[(5, 2.0)]),
+        worker("cold", free=90),
+        worker("idle", free=100),
+    ]
+    orders = KvBalancePolicy().decide(views, 0.0)
+    assert orders == (
+        MigrationOrder("hot-r1", "hot", "idle"),
+        MigrationOrder("warm-r0", "warm", "cold"),
+    )
+
+
+def test_no_move_when_balanced_or_the_destination_cannot_hold_it():
+    balanced = [worker("a", free=50, cands=[(5, 1.0)]), worker("b", free=50, cands=[(5, 1.0)])]
+    assert KvBalancePolicy().decide(balanced, 0.0) == ()
+    full = [worker("a", free=0, cands=[(80, 1.0)]), worker("b", free=70)]
+    assert KvBalancePolicy().decide(full, 0.0) == ()
+    other_model = [worker("a", free=0, cands=[(5, 1.0)]), worker("b", free=100, models=("x",))]
+    assert KvBalancePolicy().decide(other_model, 0.0) == ()
+
+
+def test_queued_demand_counts_as_load():
+    views = [worker("a", free=40, queued=50, cands=[(10, 1.0)]), worker("b", free=100)]
+    assert KvBalancePolicy().decide(views, 0.0) == (MigrationOrder("a-r0", "a", "b"),)
+
+
+def test_factory_and_baseline():
+    assert isinstance(make_migration_policy("none"), NoMigrationPolicy)
+    assert make_migration_policy("kv-balance").decide([worker("a", 0, cands=[(1, 0.0)])], 0.0) == ()
+    with pytest.raises(ValueError, match="unknown migration policy"):
+        make_migration_policy("x")
+
+
+def test_policy_cores_import_no_mechanism():
+    import ast
+    import pathlib
+
+    import kvfleet.services.planner.core.migration as migration
+    import kvfleet.services.scheduler.core.policy as dispatch
+
+    forbidden = {"grpc", "redis", "torch", "asyncio", "time", "os"}
+    for module in (migration, dispatch):
+        tree = ast.parse(pathlib.Path(module.__file__).read_text())
+        names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert not names & forbidden, module.__name__
