@@ -174,6 +174,11 @@ class WorkerSettings(ServiceSettings):
         default=0.05, gt=0, description="Occupancy writes at most this often."
     )
     transfer_host: str = Field(default="127.0.0.1", description="Host peers reach our TCPStore on.")
+    transfer_backend: str = Field(
+        default="auto",
+        pattern="^(auto|gloo|nccl)$",
+        description="auto: NCCL on CUDA, gloo on CPU; gloo stages device KV through host memory.",
+    )
     transfer_timeout_s: float = Field(
         default=60.0, gt=0, description="Process group/transfer timeout."
     )

@@ -73,7 +73,9 @@ async def start(settings: WorkerSettings) -> RunningWorker:
     store = RedisStore.from_url(settings.redis_url)
     runner = EngineRunner(engine, store, settings.worker_id, settings.heartbeat_ttl_s,
                           settings.occupancy_min_s)
-    backend = "nccl" if es.device.startswith("cuda") else "gloo"
+    backend = settings.transfer_backend
+    if backend == "auto":
+        backend = "nccl" if es.device.startswith("cuda") else "gloo"
     groups = PairGroups(settings.worker_id, settings.transfer_host, settings.transfer_timeout_s,
                         backend)
     servicer = WorkerServicer(runner, groups, settings)
