@@ -173,7 +173,14 @@ class WorkerSettings(ServiceSettings):
     occupancy_min_s: float = Field(
         default=0.05, gt=0, description="Occupancy writes at most this often."
     )
-    transfer_host: str = Field(default="127.0.0.1", description="Host peers reach our TCPStore on.")
+    advertise_host: str = Field(
+        default="",
+        description="Host others reach this worker on (a pod IP when binding 0.0.0.0); "
+        "empty: the bind host.",
+    )
+    transfer_host: str = Field(
+        default="", description="Host peers reach our TCPStore on; empty: the advertised host."
+    )
     transfer_backend: str = Field(
         default="auto",
         pattern="^(auto|gloo|nccl)$",

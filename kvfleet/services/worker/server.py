@@ -76,6 +76,9 @@ async def start(settings: WorkerSettings) -> RunningWorker:
     backend = settings.transfer_backend
     if backend == "auto":
         backend = "nccl" if es.device.startswith("cuda") else "gloo"
+    advertised = settings.advertise_host or settings.host
+    if not settings.transfer_host:
+        settings = settings.model_copy(update={"transfer_host": advertised})
     groups = PairGroups(settings.worker_id, settings.transfer_host, settings.transfer_timeout_s,
                         backend)
     servicer = WorkerServicer(runner, groups, settings)
@@ -89,8 +92,8 @@ async def start(settings: WorkerSettings) -> RunningWorker:
     for model in settings.preload:
         await runner.call(engine.load_model, model)
     await runner.refresh_occupancy()
-    runner.info = rs.WorkerInfo(settings.worker_id, running.address, secrets.token_hex(6),
-                                time.time())
+    runner.info = rs.WorkerInfo(settings.worker_id, f"{advertised}:{running.port}",
+                                secrets.token_hex(6), time.time())
     await store.register_worker(runner.info)
     if engine.models():
         await running.set_serving(True)
