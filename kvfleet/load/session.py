@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,16 +28,20 @@ class RunOutput:
     out_dir: Path | None
 
 
-def make_client(target: Target, opts: LoadOptions, tok: TokenizerLike | None) -> LoadClient:
+def make_client(
+    target: Target, opts: LoadOptions, count_tokens: Callable[[str], int] | None = None
+) -> LoadClient:
     if target.kind == "grpc":
         from kvfleet.load.grpc_client import GrpcClient
 
         return GrpcClient(target, request_timeout_s=opts.request_timeout_s)
     from kvfleet.load.http_client import HttpClient
 
-    count = (lambda text: len(tok.encode(text))) if tok is not None else None
     return HttpClient(
-        target, opts.length_control, request_timeout_s=opts.request_timeout_s, count_tokens=count
+        target,
+        opts.length_control,
+        request_timeout_s=opts.request_timeout_s,
+        count_tokens=count_tokens,
     )
 
 
@@ -97,16 +102,20 @@ async def execute(
         raise ValueError("the workload is empty (check --start/--duration/--rate)")
     models = sorted({s.model for s in specs})
     tokenizers: dict[str, TokenizerLike] = {}
-    builders: dict[str, PromptBuilder] = {}
-    for model in models:
-        tok = load_tokenizer(opts.tokenizer or model)
-        tokenizers[model] = tok
-        builders[model] = PromptBuilder(tok, seed=opts.seed)
-    prepared = prepare(specs, builders)
-    client = make_client(target, opts, tokenizers[models[0]] if len(models) == 1 else None)
+
+    def tokenizer_of(model: str) -> TokenizerLike:
+        if model not in tokenizers:
+            tokenizers[model] = load_tokenizer(opts.tokenizer or model)
+        return tokenizers[model]
+
+    # The target is checked first, so an unreachable one fails fast, before prompts are built.
+    count = (lambda text: len(tokenizer_of(models[0]).encode(text))) if len(models) == 1 else None
+    client = make_client(target, opts, count)
     try:
         for model in models:
             await client.check(check_timeout_s, model)
+        builders = {m: PromptBuilder(tokenizer_of(m), seed=opts.seed) for m in models}
+        prepared = prepare(specs, builders)
         with Progress(len(prepared), opts.label or str(target), progress) as bar:
             result = await run_load(
                 client,

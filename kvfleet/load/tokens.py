@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -44,28 +43,17 @@ class HfTokenizer:
 
 
 def load_tokenizer(name_or_path: str) -> TokenizerLike:
-    """The tokenizer of a kvfleet model name, a checkpoint directory, or a ``.gguf`` file."""
+    """The tokenizer of a kvfleet model name, a checkpoint directory, or a ``.gguf`` file
+    (the same one kvfleet's gateway uses)."""
+    from kvfleet.common.models import UnknownModelError
+    from kvfleet.common.models import load_tokenizer as kv_load
+
     try:
-        from kvfleet.common.models import load_tokenizer as kv_load  # type: ignore[attr-defined]
-    except ImportError:
-        kv_load = None
-    if kv_load is not None:
         return HfTokenizer(kv_load(name_or_path).hf)
-    from transformers import AutoTokenizer
-
-    path = Path(name_or_path).expanduser()
-    if name_or_path == "smollm2-135m":
-        from kvfleet.load.peer_model import smollm2_gguf_path
-
-        path = smollm2_gguf_path()
-    if path.is_file() and path.suffix == ".gguf":
-        return HfTokenizer(AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name))
-    if path.is_dir():
-        return HfTokenizer(AutoTokenizer.from_pretrained(str(path)))
-    raise ValueError(
-        f"no tokenizer for model {name_or_path!r}: give a kvfleet model name, a checkpoint "
-        "directory or a .gguf file (--tokenizer)"
-    )
+    except UnknownModelError as exc:
+        raise ValueError(
+            f"no tokenizer for model {name_or_path!r} ({exc}); use --tokenizer"
+        ) from None
 
 
 def word_token_ids(tok: TokenizerLike, limit: int = 4096) -> list[int]:

@@ -43,8 +43,10 @@ class SleepyClient:
 
 
 def reqs(n, arrival_gap_s, out):
-    return [Prepared(RequestSpec(f"r{i}", i * arrival_gap_s, "m", 4, out), (1, 2, 3, 4), "x")
-            for i in range(n)]
+    return [
+        Prepared(RequestSpec(f"r{i}", i * arrival_gap_s, "m", 4, out), (1, 2, 3, 4), "x")
+        for i in range(n)
+    ]
 
 
 def test_arrivals_are_honoured_and_timings_measured():
@@ -88,9 +90,19 @@ def test_options_need_a_workload_and_build_one():
         LoadOptions()
     with pytest.raises(ValueError, match="cannot be combined"):
         LoadOptions(trace="x.csv", arrivals="poisson")
-    specs = build_workload(LoadOptions(arrivals="gamma", rate=5, cv=2, model="m", duration_s=20,
-                                       input_len="10-20", output_len="3", speed=2.0,
-                                       num_requests=30))
+    specs = build_workload(
+        LoadOptions(
+            arrivals="gamma",
+            rate=5,
+            cv=2,
+            model="m",
+            duration_s=20,
+            input_len="10-20",
+            output_len="3",
+            speed=2.0,
+            num_requests=30,
+        )
+    )
     assert len(specs) == 30 and {s.model for s in specs} == {"m"}
     assert all(10 <= s.input_tokens <= 20 and s.output_tokens == 3 for s in specs)
     assert specs[-1].arrival_s < 10.0

@@ -20,8 +20,11 @@ def test_targets_parse_and_default_to_loopback_only():
     with pytest.raises(TargetError, match="--allow-remote"):
         parse_target("grpc://example.com:443")
     assert parse_target("grpc://example.com:443", allow_remote=True).host == "example.com"
-    for bad, match in [("ftp://127.0.0.1:1", "expected grpc"), ("grpc://127.0.0.1", "need a port"),
-                       ("http://127.0.0.1:99999/v1", "bad target")]:
+    for bad, match in [
+        ("ftp://127.0.0.1:1", "expected grpc"),
+        ("grpc://127.0.0.1", "need a port"),
+        ("http://127.0.0.1:99999/v1", "bad target"),
+    ]:
         with pytest.raises(TargetError, match=match):
             parse_target(bad)
 
