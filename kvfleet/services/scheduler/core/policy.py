@@ -62,24 +62,31 @@ class _ChargingPolicy:
 
 
 class _KeyCache:
-    """Heap keys per worker, reused while the caller passes the same ``WorkerView`` object
-    (a simulator or scheduler that rebuilds only the views that changed)."""
+    """Heap entries per model, patched only where the caller passed a different
+    ``WorkerView`` object than last time (a simulator or scheduler that rebuilds only the
+    views that changed pays for those alone)."""
 
     def __init__(self, key: Callable[[WorkerView, int], object]) -> None:
         self.key = key
-        self._cache: dict[str, tuple[WorkerView, object]] = {}
+        self._last: dict[str, tuple[tuple[WorkerView, ...], list[tuple[object, str, int] | None]]] = {}
+
+    def _entry(self, w: WorkerView, model: str) -> tuple[object, str, int] | None:
+        if w.alive and not w.draining and model in w.models:
+            return (self.key(w, w.num_free_pages), w.worker_id, 0)
+        return None
 
     def entries(self, view: ClusterView, model: str) -> list[tuple[object, str, int]]:
-        cache = self._cache
-        key = self.key
-        out: list[tuple[object, str, int]] = []
-        for w in view.workers:
-            hit = cache.get(w.worker_id)
-            if hit is None or hit[0] is not w:
-                hit = cache[w.worker_id] = (w, key(w, w.num_free_pages))
-            if w.alive and not w.draining and model in w.models:
-                out.append((hit[1], w.worker_id, 0))
-        return out
+        workers = view.workers
+        last = self._last.get(model)
+        if last is not None and len(last[0]) == len(workers):
+            old, ents = last
+            changed = [i for i, (a, b) in enumerate(zip(old, workers, strict=True)) if a is not b]
+            for i in changed:
+                ents[i] = self._entry(workers[i], model)
+        else:
+            ents = [self._entry(w, model) for w in workers]
+        self._last[model] = (workers, ents)
+        return [e for e in ents if e is not None]
 
 
 def _heap_decide(
