@@ -61,6 +61,11 @@ class _ChargingPolicy:
         return Decisions(tuple(assignments), tuple(unassigned))
 
 
+# Heap entry: (key, worker_id, stamp, view). Worker ids are unique and a worker's stamps
+# differ, so comparisons never reach the view.
+_Entry = tuple[object, str, int, WorkerView]
+
+
 class _KeyCache:
     """Heap entries per model, patched only where the caller passed a different
     ``WorkerView`` object than last time (a simulator or scheduler that rebuilds only the
@@ -68,14 +73,14 @@ class _KeyCache:
 
     def __init__(self, key: Callable[[WorkerView, int], object]) -> None:
         self.key = key
-        self._last: dict[str, tuple[tuple[WorkerView, ...], list[tuple[object, str, int] | None]]] = {}
+        self._last: dict[str, tuple[tuple[WorkerView, ...], list[_Entry | None]]] = {}
 
-    def _entry(self, w: WorkerView, model: str) -> tuple[object, str, int] | None:
+    def _entry(self, w: WorkerView, model: str) -> _Entry | None:
         if w.alive and not w.draining and model in w.models:
-            return (self.key(w, w.num_free_pages), w.worker_id, 0)
+            return (self.key(w, w.num_free_pages), w.worker_id, 0, w)
         return None
 
-    def entries(self, view: ClusterView, model: str) -> list[tuple[object, str, int]]:
+    def entries(self, view: ClusterView, model: str) -> list[_Entry]:
         workers = view.workers
         last = self._last.get(model)
         if last is not None and len(last[0]) == len(workers):
@@ -99,9 +104,8 @@ def _heap_decide(
     ``_ChargingPolicy.decide`` in O(log workers) per request (large fleets, the simulator)."""
     key = keys.key
     free: dict[str, int] = {}
-    by_id = {w.worker_id: w for w in view.workers}
     stamp: dict[str, int] = {}
-    heaps: dict[str, list[tuple[object, str, int]]] = {}
+    heaps: dict[str, list[_Entry]] = {}
     assignments: list[Assignment] = []
     unassigned: list[str] = []
     for request in queue:
@@ -110,7 +114,7 @@ def _heap_decide(
             heap = keys.entries(view, request.model)
             if stamp:  # workers charged earlier in this call, for another model
                 heap = [
-                    (key(by_id[e[1]], free[e[1]]), e[1], stamp[e[1]]) if e[1] in stamp else e
+                    (key(e[3], free[e[1]]), e[1], stamp[e[1]], e[3]) if e[1] in stamp else e
                     for e in heap
                 ]
             heapq.heapify(heap)
@@ -120,14 +124,14 @@ def _heap_decide(
         if not heap:
             unassigned.append(request.request_id)
             continue
-        worker = by_id[heap[0][1]]
+        worker = heap[0][3]
         wid = worker.worker_id
         left = free[wid] = free.get(wid, worker.num_free_pages) - request_pages(request, worker)
         version = stamp[wid] = stamp.get(wid, 0) + 1
         for model in worker.models:
             other = heaps.get(model)
             if other is not None and worker.can_serve(model):
-                heapq.heappush(other, (key(worker, left), wid, version))
+                heapq.heappush(other, (key(worker, left), wid, version, worker))
         assignments.append(Assignment(request.request_id, wid))
     return Decisions(tuple(assignments), tuple(unassigned))
 
