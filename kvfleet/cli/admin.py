@@ -1,7 +1,273 @@
-"""`kvfleet admin` commands."""
+"""`kvfleet admin` commands: show and steer a running fleet.
+
+Reads come straight from Redis (the fleet's state lives there); steering goes through
+the scheduler's gRPC API. Addresses default to those of the stack started by `kvfleet up`.
+"""
 
 from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
 app = typer.Typer(no_args_is_help=True)
+
+_state: dict[str, Any] = {}
+
+
+@app.callback()
+def _options(
+    redis_url: Annotated[
+        str | None, typer.Option(help="Redis URL (default: the stack's, or REDIS_URL).")
+    ] = None,
+    scheduler: Annotated[
+        str | None, typer.Option(help="Scheduler gRPC address (default: the stack's).")
+    ] = None,
+    run_dir: Annotated[Path | None, typer.Option(help="The stack's run directory.")] = None,
+) -> None:
+    from kvfleet.common.launcher import read_stack
+
+    desc = read_stack(run_dir) or {}
+    _state["redis_url"] = redis_url or desc.get("redis_url") or os.environ.get("REDIS_URL")
+    sched = scheduler
+    for s in desc.get("services", []):
+        if s["kind"] == "scheduler" and not sched:
+            sched = s["grpc"]
+    _state["scheduler"] = sched
+
+
+def _store():  # type: ignore[no-untyped-def]
+    from kvfleet.common.redis_store import RedisStore
+
+    url = _state.get("redis_url")
+    if not url:
+        raise typer.BadParameter("no stack found: pass --redis-url or start one with `kvfleet up`")
+    return RedisStore.from_url(url)
+
+
+def _console():  # type: ignore[no-untyped-def]
+    from rich.console import Console
+
+    return Console()
+
+
+async def _workers_table():  # type: ignore[no-untyped-def]
+    from rich.table import Table
+
+    store = _store()
+    try:
+        workers = await store.workers()
+        draining = await store.draining()
+        counts = {w: len(await store.worker_requests(w)) for w in workers}
+    finally:
+        await store.close()
+    t = Table(title="workers")
+    for col in (
+        "worker",
+        "address",
+        "state",
+        "models",
+        "free/total pages",
+        "running",
+        "waiting",
+        "requests",
+    ):
+        t.add_column(col)
+    for wid, (info, occ) in sorted(workers.items()):
+        state = "dead" if occ is None else ("loading" if occ.loading else "live")
+        if wid in draining:
+            state += ", draining"
+        t.add_row(
+            wid,
+            info.address,
+            state,
+            ", ".join(occ.models) if occ else "-",
+            f"{occ.num_free_pages}/{occ.num_total_pages}" if occ else "-",
+            str(occ.num_running) if occ else "-",
+            str(occ.num_waiting) if occ else "-",
+            str(counts[wid]),
+        )
+    return t
+
+
+@app.command()
+def workers() -> None:
+    """Workers: liveness, models, KV pages, load."""
+    _console().print(asyncio.run(_workers_table()))
+
+
+@app.command()
+def requests(limit: int = typer.Option(50, min=1)) -> None:
+    """Unfinished requests: where they run and how far they are."""
+    from rich.table import Table
+
+    from kvfleet.common import redis_schema as rs
+
+    async def run() -> Table:
+        store = _store()
+        t = Table(title="active requests")
+        for col in ("request", "model", "state", "worker", "prompt", "output", "resumes", "age"):
+            t.add_column(col)
+        try:
+            now = time.time()
+            for rid in await store.active_requests(limit):
+                rec = await store.get_request(rid)
+                if rec is None:
+                    continue
+                n_out = await store.r.xlen(rs.tokens_key(rid))
+                t.add_row(
+                    rid,
+                    rec.model,
+                    rec.state + (" (cancelled)" if rec.cancelled else ""),
+                    rec.worker_id or "-",
+                    str(len(rec.prompt_token_ids)),
+                    str(n_out),
+                    str(rec.num_resumes),
+                    f"{now - rec.arrival_s:.1f}s",
+                )
+        finally:
+            await store.close()
+        return t
+
+    _console().print(asyncio.run(run()))
+
+
+@app.command()
+def plan() -> None:
+    """The current placement plan."""
+    from rich.table import Table
+
+    async def run() -> Any:
+        store = _store()
+        try:
+            return await store.get_plan()
+        finally:
+            await store.close()
+
+    p = asyncio.run(run())
+    if p is None:
+        typer.echo("no plan published")
+        raise typer.Exit(1)
+    t = Table(title=f"plan v{p.version}")
+    t.add_column("worker")
+    t.add_column("models")
+    by_worker: dict[str, list[str]] = {}
+    for w, m in p.placements:
+        by_worker.setdefault(w, []).append(m)
+    for w, ms in sorted(by_worker.items()):
+        t.add_row(w, ", ".join(ms))
+    _console().print(t)
+
+
+@app.command()
+def status(events: int = typer.Option(10, min=0, help="Recent events to show.")) -> None:
+    """Fleet summary: plan, workers, queues, recent events."""
+    from rich.table import Table
+
+    from kvfleet.common import redis_schema as rs
+
+    async def run() -> tuple[Any, Table, Table]:
+        store = _store()
+        try:
+            p = await store.get_plan()
+            q = Table(title="queues")
+            for col in ("model", "entries", "active requests"):
+                q.add_column(col)
+            active = await store.active_requests(100000)
+            for m in sorted(await store.r.smembers(rs.QUEUE_MODELS_KEY)):
+                q.add_row(m, str(await store.r.xlen(rs.queue_key(m))), "")
+            q.add_row("all", "", str(len(active)))
+            ev = Table(title="recent events")
+            for col in ("time", "kind", "data"):
+                ev.add_column(col)
+            for e in await store.events(events):
+                ev.add_row(
+                    time.strftime("%H:%M:%S", time.localtime(e.ts)),
+                    e.kind,
+                    ", ".join(f"{k}={v}" for k, v in e.data.items()),
+                )
+        finally:
+            await store.close()
+        return p, q, ev
+
+    p, q, ev = asyncio.run(run())
+    console = _console()
+    console.print(f"plan: v{p.version}" if p else "plan: none")
+    console.print(asyncio.run(_workers_table()))
+    console.print(q)
+    if events:
+        console.print(ev)
+
+
+def _scheduler_stub():  # type: ignore[no-untyped-def]
+    import grpc
+
+    from kvfleet.common.proto.scheduler.v1 import scheduler_pb2_grpc
+
+    address = _state.get("scheduler")
+    if not address:
+        raise typer.BadParameter("no scheduler address: pass --scheduler")
+    channel = grpc.aio.insecure_channel(address)
+    return channel, scheduler_pb2_grpc.SchedulerStub(channel)
+
+
+@app.command()
+def migrate(
+    request_id: Annotated[str, typer.Argument(help="A running request.")],
+    to: Annotated[str, typer.Option("--to", help="Target worker id.")],
+) -> None:
+    """Move a running request to another worker (KV shipped over torch.distributed)."""
+    import grpc
+
+    from kvfleet.common.proto.scheduler.v1 import scheduler_pb2
+
+    async def run() -> Any:
+        channel, stub = _scheduler_stub()
+        try:
+            return await stub.Migrate(
+                scheduler_pb2.MigrateRequest(request_id=request_id, target_worker_id=to),
+                timeout=180,
+            )
+        finally:
+            await channel.close()
+
+    try:
+        r = asyncio.run(run())
+    except grpc.aio.AioRpcError as e:
+        typer.echo(f"migration failed: {e.code().name}: {e.details()}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(
+        f"migrated {request_id}: {r.source_worker_id} -> {r.target_worker_id}, "
+        f"{r.num_tokens} tokens, {r.num_bytes} bytes in {r.duration_s * 1000:.1f} ms"
+    )
+
+
+@app.command()
+def drain(
+    worker_id: Annotated[str, typer.Argument()],
+    undo: Annotated[bool, typer.Option("--undo", help="Dispatch to the worker again.")] = False,
+) -> None:
+    """Stop dispatching new requests to a worker (its running requests finish there)."""
+    import grpc
+
+    from kvfleet.common.proto.scheduler.v1 import scheduler_pb2
+
+    async def run() -> Any:
+        channel, stub = _scheduler_stub()
+        try:
+            return await stub.Drain(
+                scheduler_pb2.DrainRequest(worker_id=worker_id, undrain=undo), timeout=10
+            )
+        finally:
+            await channel.close()
+
+    try:
+        r = asyncio.run(run())
+    except grpc.aio.AioRpcError as e:
+        typer.echo(f"drain failed: {e.code().name}: {e.details()}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{worker_id}: {'undrained' if undo else 'draining'}, {r.num_running} running")

@@ -2,8 +2,220 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+RUN_DIR_HELP = "Where the stack keeps configs, logs and stack.json (env KVFLEET_RUN_DIR)."
+
+
+def _gateway_address(grpc_address: str | None, run_dir: Path | None) -> str:
+    if grpc_address:
+        return grpc_address
+    from kvfleet.common.launcher import read_stack
+
+    desc = read_stack(run_dir)
+    if desc:
+        for s in desc["services"]:
+            if s["kind"] == "gateway":
+                return str(s["grpc"])
+    return "127.0.0.1:50051"
+
+
+def _default_model(address: str, api_key: str | None) -> str:
+    import asyncio
+
+    from kvfleet.common.client import GatewayClient
+
+    async def first() -> str:
+        async with GatewayClient(address, api_key) as c:
+            models = await c.models()
+        if not models:
+            raise typer.BadParameter("the gateway serves no model yet")
+        return models[0]
+
+    return asyncio.run(first())
 
 
 def register(app: typer.Typer) -> None:
     """Add the stack's top-level commands to ``app``."""
+
+    @app.command()
+    def up(
+        config: Annotated[
+            Path | None, typer.Option("--config", help="Fleet description (YAML/TOML).")
+        ] = None,
+        http_port: Annotated[
+            int | None, typer.Option(help="OpenAI HTTP port (default 8000).")
+        ] = None,
+        grpc_port: Annotated[
+            int | None, typer.Option(help="Gateway gRPC port (default 50051).")
+        ] = None,
+        model: Annotated[
+            list[str] | None,
+            typer.Option("--model", help="Serve these models (overrides the config)."),
+        ] = None,
+        api_key: Annotated[
+            list[str] | None, typer.Option("--api-key", help="Require one of these keys.")
+        ] = None,
+        detach: Annotated[
+            bool, typer.Option("--detach", "-d", help="Leave the stack running.")
+        ] = False,
+        run_dir: Annotated[Path | None, typer.Option(help=RUN_DIR_HELP)] = None,
+        timeout_s: Annotated[float, typer.Option(help="Give up if not healthy by then.")] = 900.0,
+    ) -> None:
+        """Start Redis, planner, scheduler, workers and gateway; wait until all serve."""
+        import signal
+
+        from kvfleet.common.config import FleetConfig, ModelConfig
+        from kvfleet.common.launcher import launch
+
+        fleet = FleetConfig.load(config)
+        if http_port is not None:
+            fleet.http_port = http_port
+        if grpc_port is not None:
+            fleet.grpc_port = grpc_port
+        if model:
+            fleet.models = [ModelConfig(name=m) for m in model]
+        if api_key:
+            fleet.api_keys = list(api_key)
+        t0 = time.monotonic()
+        typer.echo(
+            f"starting kvfleet: {len(fleet.workers)} workers, models "
+            f"{', '.join(m.name for m in fleet.models)} ..."
+        )
+        stack = launch(fleet, run_dir, timeout_s)
+        typer.echo(f"kvfleet is up in {time.monotonic() - t0:.1f}s")
+        typer.echo(f"  OpenAI HTTP   {stack.http_url}/v1")
+        typer.echo(f"  gateway gRPC  {stack.grpc_address}")
+        typer.echo(f"  scheduler     {stack.endpoint('scheduler')}")
+        typer.echo(f"  planner       {stack.endpoint('planner')}")
+        for wid, w in stack.workers().items():
+            typer.echo(f"  worker {wid:<7}{w.addresses['grpc']}")
+        typer.echo(f"  redis         {stack.redis.url}")
+        typer.echo(f"  logs          {stack.run_dir / 'logs'}")
+        if detach:
+            typer.echo("detached; stop it with `kvfleet down`")
+            return
+        typer.echo("Ctrl-C stops the stack")
+        stopping = False
+
+        def on_signal(signum: int, frame: object) -> None:
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+        try:
+            while not stopping:
+                dead = stack.dead()
+                if dead:
+                    typer.echo(f"service(s) exited: {', '.join(dead)}; stopping", err=True)
+                    break
+                time.sleep(0.2)
+        finally:
+            typer.echo("stopping ...")
+            stack.stop()
+            typer.echo("stopped")
+
+    @app.command()
+    def down(run_dir: Annotated[Path | None, typer.Option(help=RUN_DIR_HELP)] = None) -> None:
+        """Stop a stack started with `kvfleet up --detach`."""
+        from kvfleet.common.launcher import down as stop
+
+        n = stop(run_dir)
+        typer.echo(f"stopped {n} processes" if n else "no stack running")
+
+    @app.command()
+    def generate(
+        prompt: Annotated[str, typer.Argument(help="Prompt text.")],
+        model: Annotated[
+            str | None, typer.Option(help="Model (default: the first served).")
+        ] = None,
+        max_tokens: Annotated[int, typer.Option(min=1)] = 64,
+        temperature: Annotated[float, typer.Option(min=0.0)] = 0.0,
+        chat_template: Annotated[
+            bool, typer.Option("--chat", help="Send as a user chat message.")
+        ] = False,
+        grpc_address: Annotated[
+            str | None, typer.Option("--grpc", help="Gateway gRPC address.")
+        ] = None,
+        api_key: Annotated[str | None, typer.Option(envvar="KVFLEET_API_KEY")] = None,
+        run_dir: Annotated[Path | None, typer.Option(help=RUN_DIR_HELP)] = None,
+    ) -> None:
+        """Generate from a prompt through the running stack, streaming to stdout."""
+        import asyncio
+
+        from kvfleet.common.client import GatewayClient, sampling
+
+        address = _gateway_address(grpc_address, run_dir)
+        name = model or _default_model(address, api_key)
+
+        async def run() -> None:
+            async with GatewayClient(address, api_key) as c:
+                kw: dict = (
+                    {"messages": [{"role": "user", "content": prompt}]}
+                    if chat_template
+                    else {"prompt": prompt}
+                )
+                async for msg in c.stream(name, params=sampling(max_tokens, temperature), **kw):
+                    typer.echo(msg.text, nl=False)
+            typer.echo()
+
+        asyncio.run(run())
+
+    @app.command()
+    def chat(
+        message: Annotated[
+            str | None, typer.Option("--message", "-m", help="Ask once and exit.")
+        ] = None,
+        model: Annotated[
+            str | None, typer.Option(help="Model (default: the first served).")
+        ] = None,
+        max_tokens: Annotated[int, typer.Option(min=1)] = 256,
+        temperature: Annotated[float, typer.Option(min=0.0)] = 0.0,
+        system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
+        grpc_address: Annotated[
+            str | None, typer.Option("--grpc", help="Gateway gRPC address.")
+        ] = None,
+        api_key: Annotated[str | None, typer.Option(envvar="KVFLEET_API_KEY")] = None,
+        run_dir: Annotated[Path | None, typer.Option(help=RUN_DIR_HELP)] = None,
+    ) -> None:
+        """Chat with a model of the running stack (interactive, or once with --message)."""
+        import asyncio
+
+        from kvfleet.common.client import GatewayClient, sampling
+
+        address = _gateway_address(grpc_address, run_dir)
+        name = model or _default_model(address, api_key)
+        history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+
+        async def turn(c: GatewayClient, text: str) -> None:
+            history.append({"role": "user", "content": text})
+            parts: list[str] = []
+            async for msg in c.stream(
+                name, messages=history, params=sampling(max_tokens, temperature)
+            ):
+                typer.echo(msg.text, nl=False)
+                parts.append(msg.text)
+            typer.echo()
+            history.append({"role": "assistant", "content": "".join(parts)})
+
+        async def run() -> None:
+            async with GatewayClient(address, api_key) as c:
+                if message is not None:
+                    await turn(c, message)
+                    return
+                typer.echo(f"chatting with {name}; an empty line or Ctrl-D ends")
+                while True:
+                    try:
+                        text = await asyncio.to_thread(input, "> ")
+                    except EOFError:
+                        break
+                    if not text.strip():
+                        break
+                    await turn(c, text)
+
+        asyncio.run(run())

@@ -1,0 +1,266 @@
+"""Start the whole stack as processes (``kvfleet up``) and stop it (``kvfleet down``).
+
+Order: Redis (``REDIS_URL`` or a private one), workers, planner, scheduler, gateway. Each
+service writes its bound addresses to a file in the run directory; the launcher polls
+for them and then polls gRPC health (and the gateway's ``/health``) until everything
+serves, workers only once their models are loaded. ``stack.json`` in the run directory
+records the processes for ``kvfleet down``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from kvfleet.common.config import FleetConfig
+from kvfleet.common.grpc_util import check_health
+from kvfleet.common.redis_server import RedisServer, redis_url_or_start
+
+log = logging.getLogger(__name__)
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def default_run_dir() -> Path:
+    env = os.environ.get("KVFLEET_RUN_DIR")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("KVFLEET_CACHE_DIR", Path.home() / ".cache" / "kvfleet")) / "stack"
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    kind: str
+    popen: subprocess.Popen[bytes]
+    address_file: Path
+    log_file: Path
+    addresses: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Stack:
+    run_dir: Path
+    redis: RedisServer
+    services: list[ServiceProcess]
+    configs: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+
+    def endpoint(self, name: str, key: str = "grpc") -> str:
+        return next(s.addresses[key] for s in self.services if s.name == name)
+
+    @property
+    def http_url(self) -> str:
+        return self.endpoint("gateway", "http")
+
+    @property
+    def grpc_address(self) -> str:
+        return self.endpoint("gateway")
+
+    def workers(self) -> dict[str, ServiceProcess]:
+        return {s.name.removeprefix("worker-"): s for s in self.services if s.kind == "worker"}
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "redis_url": self.redis.url,
+            "redis_pid": self.redis.process.pid if self.redis.process else None,
+            "services": [{"name": s.name, "kind": s.kind, "pid": s.popen.pid,
+                          "log": str(s.log_file), **s.addresses} for s in self.services],
+        }
+
+    def dead(self) -> list[str]:
+        return [s.name for s in self.services if s.popen.poll() is not None]
+
+    def service(self, name: str) -> ServiceProcess:
+        return next(s for s in self.services if s.name == name)
+
+    def restart(self, name: str, timeout_s: float = 300.0) -> ServiceProcess:
+        """Start a stopped (or killed) service again with its config; wait until healthy."""
+        old = self.service(name)
+        if old.popen.poll() is None:
+            old.popen.terminate()
+            old.popen.wait(timeout=15)
+        kind, config = self.configs[name]
+        new = _spawn(self.run_dir, name, kind, config)
+        self.services[self.services.index(old)] = new
+        asyncio.run(_wait_ready(Stack(self.run_dir, self.redis, [new]), timeout_s))
+        (self.run_dir / "stack.json").write_text(json.dumps(self.describe(), indent=2))
+        return new
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """SIGTERM every service (gateway first, workers last), wait, then SIGKILL."""
+        order = {"gateway": 0, "scheduler": 1, "planner": 2, "worker": 3}
+        for s in sorted(self.services, key=lambda s: order.get(s.kind, 9)):
+            if s.popen.poll() is None:
+                s.popen.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for s in self.services:
+            try:
+                s.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                s.popen.kill()
+                s.popen.wait()
+        self.redis.stop()
+        (self.run_dir / "stack.json").unlink(missing_ok=True)
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    paths = [str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def _spawn(run_dir: Path, name: str, kind: str, config: dict[str, Any]) -> ServiceProcess:
+    cfg = run_dir / f"{name}.yaml"
+    cfg.write_text(yaml.safe_dump(config, sort_keys=False))
+    addr = run_dir / f"{name}.addr.json"
+    addr.unlink(missing_ok=True)
+    logf = run_dir / "logs" / f"{name}.log"
+    logf.parent.mkdir(parents=True, exist_ok=True)
+    with open(logf, "ab") as out:
+        popen = subprocess.Popen(
+            [sys.executable, "-m", f"kvfleet.services.{kind}", "--config", str(cfg),
+             "--address-file", str(addr)],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=_child_env(),
+            start_new_session=True,
+        )
+    return ServiceProcess(name, kind, popen, addr, logf)
+
+
+def service_configs(fleet: FleetConfig, redis_url: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """(name, kind, settings) for every process of the fleet."""
+    host = fleet.host
+    engine = fleet.engine.model_dump()
+    if engine.get("num_threads") is None:
+        engine["num_threads"] = max(1, (os.cpu_count() or 1) // max(1, len(fleet.workers)))
+    out: list[tuple[str, str, dict[str, Any]]] = []
+    for w in fleet.workers:
+        out.append((f"worker-{w.id}", "worker", {
+            **fleet.worker, "redis_url": redis_url, "host": host, "port": w.port,
+            "worker_id": w.id, "memory_bytes": w.memory_bytes,
+            "engine": {**engine, "device": w.device}, "transfer_host": host,
+        }))
+    out.append(("planner", "planner", {
+        "redis_url": redis_url, "host": host, "port": fleet.planner_port,
+        "models": [m.model_dump() for m in fleet.models],
+        "workers": [w.model_dump() for w in fleet.workers],
+    }))
+    out.append(("scheduler", "scheduler", {
+        **fleet.scheduler, "redis_url": redis_url, "host": host, "port": fleet.scheduler_port,
+    }))
+    out.append(("gateway", "gateway", {
+        **fleet.gateway, "redis_url": redis_url, "host": host, "port": fleet.grpc_port,
+        "http_port": fleet.http_port, "api_keys": fleet.api_keys,
+    }))
+    return out
+
+
+async def _wait_ready(stack: Stack, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    pending = list(stack.services)
+    async with httpx.AsyncClient(timeout=2.0) as http:
+        while pending:
+            dead = stack.dead()
+            if dead:
+                logs = "; ".join(f"{n}: see {stack.run_dir / 'logs' / (n + '.log')}" for n in dead)
+                raise RuntimeError(f"service exited during start: {logs}")
+            if time.monotonic() > deadline:
+                names = ", ".join(s.name for s in pending)
+                raise TimeoutError(f"not healthy after {timeout_s:.0f}s: {names}")
+            still = []
+            for s in pending:
+                if not s.addresses and s.address_file.exists():
+                    s.addresses = {k: v for k, v in json.loads(s.address_file.read_text()).items()
+                                   if k != "pid"}
+                ok = bool(s.addresses) and await check_health(s.addresses["grpc"])
+                if ok and "http" in s.addresses:
+                    try:
+                        ok = (await http.get(s.addresses["http"] + "/health")).status_code == 200
+                    except httpx.HTTPError:
+                        ok = False
+                if not ok:
+                    still.append(s)
+            pending = still
+            if pending:
+                await asyncio.sleep(0.1)
+
+
+def launch(fleet: FleetConfig, run_dir: Path | None = None, timeout_s: float = 600.0) -> Stack:
+    """Start everything and return once every service is healthy (or raise, stopping all)."""
+    run_dir = Path(run_dir or default_run_dir())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    existing = run_dir / "stack.json"
+    if existing.exists() and _any_alive(json.loads(existing.read_text())):
+        raise RuntimeError(f"a stack is already running from {run_dir}; `kvfleet down` first")
+    redis = redis_url_or_start(run_dir / "redis")
+    stack = Stack(run_dir, redis, [])
+    try:
+        for name, kind, config in service_configs(fleet, redis.url):
+            stack.configs[name] = (kind, config)
+            stack.services.append(_spawn(run_dir, name, kind, config))
+        asyncio.run(_wait_ready(stack, timeout_s))
+    except BaseException:
+        stack.stop()
+        raise
+    existing.write_text(json.dumps(stack.describe(), indent=2))
+    return stack
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a reaped-and-reused pid must not be signalled: check it is one of ours
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        return b"kvfleet" in cmdline or b"redis-server" in cmdline
+    except OSError:
+        return True
+
+
+def _any_alive(desc: dict[str, Any]) -> bool:
+    return any(_alive(s.get("pid")) for s in desc.get("services", []))
+
+
+def read_stack(run_dir: Path | None = None) -> dict[str, Any] | None:
+    path = Path(run_dir or default_run_dir()) / "stack.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def down(run_dir: Path | None = None, timeout_s: float = 15.0) -> int:
+    """Stop a detached stack; returns how many processes were signalled."""
+    run_dir = Path(run_dir or default_run_dir())
+    desc = read_stack(run_dir)
+    if desc is None:
+        return 0
+    pids = [s["pid"] for s in desc.get("services", []) if _alive(s.get("pid"))]
+    for pid in pids:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in pids:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    redis_pid = desc.get("redis_pid")
+    if _alive(redis_pid):
+        os.kill(redis_pid, signal.SIGTERM)
+        pids.append(redis_pid)
+    (run_dir / "stack.json").unlink(missing_ok=True)
+    return len(pids)

@@ -1,0 +1,310 @@
+"""Every Redis key and value layout kvfleet uses, in one place.
+
+Values are JSON or plain strings, never pickle. Each record carries the schema version
+``v``; a reader refuses a record from another version rather than guess. Keys share the
+prefix ``kvfleet:v<SCHEMA_VERSION>:`` so two schema versions never collide.
+
+| key | type | holds |
+| --- | --- | --- |
+| ``queue:{model}`` | stream, group ``schedulers`` | one entry per request to place: ``{v, rid}`` |
+| ``queue-models`` | set | models that have a queue stream |
+| ``request:{rid}`` | hash | :class:`RequestRecord` fields |
+| ``tokens:{rid}`` | stream | :class:`TokenEntry` per output token, the last one with ``f`` |
+| ``active`` | sorted set | unfinished request ids, scored by arrival time |
+| ``workers`` | hash | worker id -> :class:`WorkerInfo` JSON (registry; survives death) |
+| ``worker:{id}:hb`` | string with TTL | :class:`Occupancy` JSON; absent = dead |
+| ``worker:{id}:requests`` | set | request ids assigned to the worker and not finished |
+| ``draining`` | set | worker ids the scheduler must not dispatch to |
+| ``plan`` | string | :class:`PlanRecord` JSON |
+| ``events`` | stream (capped) | :class:`Event` per assignment, migration, failure, plan |
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+SCHEMA_VERSION = 1
+PREFIX = f"kvfleet:v{SCHEMA_VERSION}:"
+QUEUE_GROUP = "schedulers"
+EVENTS_MAXLEN = 10_000
+FINISHED_TTL_S = 3600  # request hash and token stream linger this long after finishing
+
+
+class SchemaError(ValueError):
+    """A Redis value does not match this schema version."""
+
+
+# keys ------------------------------------------------------------------------------------
+
+
+def queue_key(model: str) -> str:
+    return f"{PREFIX}queue:{model}"
+
+
+QUEUE_MODELS_KEY = f"{PREFIX}queue-models"
+ACTIVE_KEY = f"{PREFIX}active"
+WORKERS_KEY = f"{PREFIX}workers"
+DRAINING_KEY = f"{PREFIX}draining"
+PLAN_KEY = f"{PREFIX}plan"
+EVENTS_KEY = f"{PREFIX}events"
+
+
+def request_key(request_id: str) -> str:
+    return f"{PREFIX}request:{request_id}"
+
+
+def tokens_key(request_id: str) -> str:
+    return f"{PREFIX}tokens:{request_id}"
+
+
+def heartbeat_key(worker_id: str) -> str:
+    return f"{PREFIX}worker:{worker_id}:hb"
+
+
+def worker_requests_key(worker_id: str) -> str:
+    return f"{PREFIX}worker:{worker_id}:requests"
+
+
+# values ----------------------------------------------------------------------------------
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _check_version(v: Any) -> None:
+    if str(v) != str(SCHEMA_VERSION):
+        raise SchemaError(f"schema version {v!r}, expected {SCHEMA_VERSION}")
+
+
+def _loads(raw: bytes | str) -> dict[str, Any]:
+    data = json.loads(raw)
+    if not isinstance(data, dict):
+        raise SchemaError("expected a JSON object")
+    _check_version(data.get("v"))
+    return data
+
+
+def queue_entry(request_id: str) -> dict[str, str]:
+    return {"v": str(SCHEMA_VERSION), "rid": request_id}
+
+
+def parse_queue_entry(fields: dict[Any, Any]) -> str:
+    f = {_s(k): _s(v) for k, v in fields.items()}
+    _check_version(f.get("v"))
+    return f["rid"]
+
+
+# request states
+QUEUED = "queued"
+ASSIGNED = "assigned"
+FINISHED = "finished"
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingRecord:
+    max_tokens: int = 16
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop_token_ids: tuple[int, ...] = ()
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: str) -> SamplingRecord:
+        d = json.loads(raw)
+        d["stop_token_ids"] = tuple(d.get("stop_token_ids", ()))
+        d["stop"] = tuple(d.get("stop", ()))
+        return cls(**d)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """The request hash: what any scheduler or worker needs to (re)start the request."""
+
+    request_id: str
+    model: str
+    prompt_token_ids: tuple[int, ...]
+    sampling: SamplingRecord
+    arrival_s: float
+    state: str = QUEUED
+    worker_id: str = ""
+    cancelled: bool = False
+    finish_reason: str = ""
+    num_resumes: int = 0
+
+    def to_fields(self) -> dict[str, str]:
+        return {
+            "v": str(SCHEMA_VERSION),
+            "model": self.model,
+            "prompt": json.dumps(list(self.prompt_token_ids)),
+            "sampling": self.sampling.to_json(),
+            "arrival_s": repr(self.arrival_s),
+            "state": self.state,
+            "worker": self.worker_id,
+            "cancelled": "1" if self.cancelled else "0",
+            "finish_reason": self.finish_reason,
+            "resumes": str(self.num_resumes),
+        }
+
+    @classmethod
+    def from_fields(cls, request_id: str, fields: dict[Any, Any]) -> RequestRecord:
+        f = {_s(k): _s(v) for k, v in fields.items()}
+        if not f:
+            raise KeyError(request_id)
+        _check_version(f.get("v"))
+        return cls(
+            request_id=request_id,
+            model=f["model"],
+            prompt_token_ids=tuple(json.loads(f["prompt"])),
+            sampling=SamplingRecord.from_json(f["sampling"]),
+            arrival_s=float(f["arrival_s"]),
+            state=f.get("state", QUEUED),
+            worker_id=f.get("worker", ""),
+            cancelled=f.get("cancelled") == "1",
+            finish_reason=f.get("finish_reason", ""),
+            num_resumes=int(f.get("resumes", "0")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TokenEntry:
+    """One output token (or a bare finish) in a request's token stream, by output index.
+
+    Readers keep the next index they expect and drop entries below it, so a token written
+    twice (a resume that re-generates it, a migration) reaches the client once.
+    """
+
+    index: int
+    token_id: int | None
+    text: str
+    finish_reason: str | None = None
+    worker_id: str = ""
+
+    def to_fields(self) -> dict[str, str]:
+        out = {"i": str(self.index), "x": self.text, "w": self.worker_id}
+        if self.token_id is not None:
+            out["t"] = str(self.token_id)
+        if self.finish_reason:
+            out["f"] = self.finish_reason
+        return out
+
+    @classmethod
+    def from_fields(cls, fields: dict[Any, Any]) -> TokenEntry:
+        f = {_s(k): _s(v) for k, v in fields.items()}
+        return cls(
+            index=int(f["i"]),
+            token_id=int(f["t"]) if "t" in f else None,
+            text=f.get("x", ""),
+            finish_reason=f.get("f") or None,
+            worker_id=f.get("w", ""),
+        )
+
+
+def output_tokens(entries: list[TokenEntry]) -> list[int]:
+    """The generated token ids in order, each index once (first write wins)."""
+    by_index: dict[int, int] = {}
+    for e in entries:
+        if e.token_id is not None and e.index not in by_index:
+            by_index[e.index] = e.token_id
+    out: list[int] = []
+    while len(out) in by_index:
+        out.append(by_index[len(out)])
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    worker_id: str
+    address: str
+    boot_id: str
+    started_s: float
+
+    def to_json(self) -> str:
+        return json.dumps({"v": SCHEMA_VERSION, **asdict(self)})
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> WorkerInfo:
+        d = _loads(raw)
+        d.pop("v")
+        return cls(**d)
+
+
+@dataclass(frozen=True, slots=True)
+class Occupancy:
+    """A worker's heartbeat: its models and KV pages. Stored with a TTL."""
+
+    worker_id: str
+    models: tuple[str, ...]
+    num_total_pages: int
+    num_free_pages: int
+    num_reserved_pages: int = 0
+    tokens_per_page: dict[str, int] = field(default_factory=dict)
+    num_running: int = 0
+    num_waiting: int = 0
+    loading: bool = False
+    ts: float = 0.0
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["models"] = list(self.models)
+        return json.dumps({"v": SCHEMA_VERSION, **d})
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Occupancy:
+        d = _loads(raw)
+        d.pop("v")
+        d["models"] = tuple(d["models"])
+        return cls(**d)
+
+
+@dataclass(frozen=True, slots=True)
+class PlanRecord:
+    version: int
+    placements: tuple[tuple[str, str], ...]  # (worker_id, model)
+    ts: float = 0.0
+
+    def models(self) -> tuple[str, ...]:
+        return tuple(sorted({m for _, m in self.placements}))
+
+    def models_of(self, worker_id: str) -> tuple[str, ...]:
+        return tuple(m for w, m in self.placements if w == worker_id)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"v": SCHEMA_VERSION, "version": self.version, "ts": self.ts,
+             "placements": [{"worker_id": w, "model": m} for w, m in self.placements]}
+        )
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> PlanRecord:
+        d = _loads(raw)
+        return cls(
+            version=int(d["version"]),
+            placements=tuple((p["worker_id"], p["model"]) for p in d["placements"]),
+            ts=float(d.get("ts", 0.0)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    kind: str  # assign, requeue, migrate, worker_dead, plan, load, unload, cancel, drain
+    ts: float
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_fields(self) -> dict[str, str]:
+        return {"v": str(SCHEMA_VERSION), "kind": self.kind, "ts": repr(self.ts),
+                "data": json.dumps(self.data)}
+
+    @classmethod
+    def from_fields(cls, fields: dict[Any, Any]) -> Event:
+        f = {_s(k): _s(v) for k, v in fields.items()}
+        _check_version(f.get("v"))
+        return cls(f["kind"], float(f["ts"]), json.loads(f.get("data", "{}")))

@@ -1,0 +1,47 @@
+"""Errors the gateway answers with, in OpenAI's shape, and their gRPC codes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+
+@dataclass
+class ApiError(Exception):
+    status: int
+    message: str
+    type: str = "invalid_request_error"
+    code: str | None = None
+    param: str | None = None
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param,
+                          "code": self.code}}
+
+    def grpc_code(self) -> grpc.StatusCode:
+        return {
+            400: grpc.StatusCode.INVALID_ARGUMENT,
+            401: grpc.StatusCode.UNAUTHENTICATED,
+            404: grpc.StatusCode.NOT_FOUND,
+            409: grpc.StatusCode.ALREADY_EXISTS,
+            413: grpc.StatusCode.INVALID_ARGUMENT,
+            429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+            503: grpc.StatusCode.UNAVAILABLE,
+            504: grpc.StatusCode.DEADLINE_EXCEEDED,
+        }.get(self.status, grpc.StatusCode.INTERNAL)
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> ApiError:
+    return ApiError(400, message, param=param, code=code)
+
+
+def unauthorized() -> ApiError:
+    return ApiError(401, "Invalid or missing API key. Pass it as 'Authorization: Bearer <key>'.",
+                    type="authentication_error", code="invalid_api_key")
+
+
+def model_not_found(model: str) -> ApiError:
+    return ApiError(404, f"The model '{model}' does not exist or is not served.",
+                    param="model", code="model_not_found")

@@ -1,0 +1,216 @@
+"""What both front doors (gRPC and OpenAI HTTP) share: validate, tokenize, enqueue,
+relay the token stream, cancel.
+
+The gateway keeps no state of its own beyond caches: a request lives in Redis, so any
+replica can serve any client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from kvfleet.common import redis_schema as rs
+from kvfleet.common.config import GatewaySettings
+from kvfleet.common.grpc_util import ChannelPool
+from kvfleet.common.ids import new_request_id, valid_request_id
+from kvfleet.common.proto.worker.v1 import worker_pb2, worker_pb2_grpc
+from kvfleet.common.redis_store import RedisStore
+from kvfleet.services.gateway.errors import ApiError, bad_request, model_not_found
+from kvfleet.services.gateway.tokenizers import TokenizerCache
+
+log = logging.getLogger(__name__)
+
+MAX_STOP_STRINGS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    request_id: str
+    model: str
+    prompt_token_ids: tuple[int, ...]
+    sampling: rs.SamplingRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """A piece of output: tokens from ``index`` on, with their text, or the finish."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    index: int
+    finish_reason: str | None = None
+
+
+class Frontend:
+    def __init__(self, store: RedisStore, settings: GatewaySettings) -> None:
+        self.store = store
+        self.settings = settings
+        self.tokenizers = TokenizerCache()
+        self._pool = ChannelPool()
+        self._plan_models: tuple[str, ...] = ()
+        self._plan_read_s = 0.0
+
+    async def models(self) -> dict[str, tuple[str, ...]]:
+        """Served models -> workers that hold them in the current plan."""
+        plan = await self.store.get_plan()
+        if plan is None:
+            return {}
+        out: dict[str, list[str]] = {}
+        for w, m in plan.placements:
+            out.setdefault(m, []).append(w)
+        return {m: tuple(ws) for m, ws in sorted(out.items())}
+
+    async def _known(self, model: str) -> bool:
+        if model in self._plan_models and time.monotonic() - self._plan_read_s < 2.0:
+            return True
+        plan = await self.store.get_plan()
+        self._plan_models = plan.models() if plan else ()
+        self._plan_read_s = time.monotonic()
+        return model in self._plan_models
+
+    async def prepare(
+        self,
+        model: str,
+        *,
+        prompt: str | None = None,
+        messages: Sequence[dict[str, str]] | None = None,
+        prompt_token_ids: Sequence[int] | None = None,
+        sampling: rs.SamplingRecord,
+        request_id: str = "",
+    ) -> Prepared:
+        """Validate and tokenize; raises :class:`ApiError` (4xx) on bad input."""
+        if not model:
+            raise bad_request("'model' is required.", param="model")
+        if not await self._known(model):
+            raise model_not_found(model)
+        if request_id and not valid_request_id(request_id):
+            raise bad_request("request_id must be 1-128 characters of [A-Za-z0-9._:-].",
+                              param="request_id")
+        self.check_sampling(sampling)
+        tok = await self.tokenizers.get(model)
+        if messages is not None:
+            if not messages:
+                raise bad_request("'messages' must not be empty.", param="messages")
+            try:
+                ids = list(tok.apply_chat_template(list(messages)))
+            except Exception as e:  # a template error is the caller's input
+                raise bad_request(f"cannot apply the chat template: {e}", param="messages") from e
+        elif prompt_token_ids is not None:
+            ids = list(prompt_token_ids)
+            vocab = getattr(tok, "vocab_size", None)
+            if any(t < 0 or (vocab is not None and t >= vocab) for t in ids):
+                raise bad_request(f"prompt token ids must be in [0, {vocab}).", param="prompt")
+        else:
+            if prompt is None:
+                raise bad_request("a prompt is required.", param="prompt")
+            ids = list(tok.encode(prompt))
+        if not ids:
+            raise bad_request("the prompt is empty.", param="prompt")
+        limit = int(getattr(tok, "max_context_tokens", 0) or 0)
+        if limit and len(ids) + sampling.max_tokens > limit:
+            raise bad_request(
+                f"This model's maximum context length is {limit} tokens. However, you "
+                f"requested {len(ids) + sampling.max_tokens} tokens ({len(ids)} in the prompt, "
+                f"{sampling.max_tokens} for the completion).",
+                param="messages" if messages is not None else "prompt",
+                code="context_length_exceeded",
+            )
+        return Prepared(request_id or new_request_id(), model, tuple(ids), sampling)
+
+    def check_sampling(self, s: rs.SamplingRecord) -> None:
+        if not 1 <= s.max_tokens <= self.settings.max_tokens_limit:
+            raise bad_request(f"max_tokens must be in [1, {self.settings.max_tokens_limit}].",
+                              param="max_tokens")
+        if not 0.0 <= s.temperature <= 2.0:
+            raise bad_request("temperature must be in [0, 2].", param="temperature")
+        if not 0.0 < s.top_p <= 1.0:
+            raise bad_request("top_p must be in (0, 1].", param="top_p")
+        if s.top_k < 0:
+            raise bad_request("top_k must be >= 0.", param="top_k")
+        if s.seed is not None and not 0 <= s.seed < 2**63:
+            raise bad_request("seed must be in [0, 2^63).", param="seed")
+        if len(s.stop) > MAX_STOP_STRINGS or any(not x for x in s.stop):
+            raise bad_request(f"stop takes up to {MAX_STOP_STRINGS} non-empty strings.",
+                              param="stop")
+        if any(t < 0 for t in s.stop_token_ids):
+            raise bad_request("stop_token_ids must be >= 0.", param="stop_token_ids")
+
+    async def submit(self, p: Prepared) -> str:
+        rec = rs.RequestRecord(p.request_id, p.model, p.prompt_token_ids, p.sampling, time.time())
+        if await self.store.r.exists(rs.request_key(p.request_id)):
+            raise ApiError(409, f"request id {p.request_id!r} is already in use.",
+                           param="request_id", code="duplicate_request_id")
+        await self.store.enqueue(rec)
+        log.debug("request %s: queued for %s (%d prompt tokens)", p.request_id, p.model,
+                  len(p.prompt_token_ids))
+        return p.request_id
+
+    async def stream(self, request_id: str) -> AsyncIterator[Chunk]:
+        """Relay the request's token stream; each output index once, in order."""
+        last_id = "0"
+        next_index = 0
+        block_ms = 1000
+        waited_s = 0.0
+        while True:
+            entries, last_id = await self.store.read_tokens(request_id, last_id, block_ms)
+            if not entries:
+                waited_s += block_ms / 1000
+                if next_index == 0 and waited_s > self.settings.first_token_timeout_s:
+                    raise ApiError(504, "no output in time", type="timeout")
+                continue
+            text: list[str] = []
+            ids: list[int] = []
+            start = next_index
+            finish: str | None = None
+            for e in entries:
+                if e.token_id is not None:
+                    if e.index < next_index:
+                        continue  # written again by a resumed or migrated run
+                    if e.index > next_index:
+                        log.warning("request %s: token index %d after %d", request_id,
+                                    e.index, next_index)
+                    ids.append(e.token_id)
+                    text.append(e.text)
+                    next_index = e.index + 1
+                if e.finish_reason:
+                    finish = e.finish_reason
+                    break
+            if ids or finish:
+                yield Chunk("".join(text), tuple(ids), start, finish)
+            if finish:
+                return
+
+    async def cancel(self, request_id: str) -> bool:
+        """Cancel a request wherever it is; True if it existed."""
+        worker_id = await self.store.mark_cancelled(request_id)
+        if worker_id is None:
+            return False
+        if worker_id:
+            address = await self.store.worker_address(worker_id)
+            if address:
+                try:
+                    stub = worker_pb2_grpc.WorkerStub(self._pool.get(address))
+                    await stub.Cancel(worker_pb2.CancelRequest(request_id=request_id), timeout=5)
+                except grpc.aio.AioRpcError as e:
+                    log.warning("request %s: cancel on %s failed: %s", request_id, worker_id,
+                                e.code())
+        log.info("request %s: cancelled", request_id)
+        return True
+
+    def cancel_soon(self, request_id: str) -> None:
+        """Cancel from a finally block of a task that is itself being cancelled."""
+        task = asyncio.get_running_loop().create_task(self.cancel(request_id))
+        _BACKGROUND.add(task)
+        task.add_done_callback(_BACKGROUND.discard)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+
+_BACKGROUND: set[asyncio.Task[bool]] = set()

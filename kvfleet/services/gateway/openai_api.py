@@ -1,0 +1,252 @@
+"""The OpenAI-compatible HTTP API: /v1/completions, /v1/chat/completions (stream or not),
+/v1/models, /health and /metrics. Errors are 4xx with OpenAI's error body."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from kvfleet.common import redis_schema as rs
+from kvfleet.services.gateway.errors import ApiError, bad_request, unauthorized
+from kvfleet.services.gateway.frontend import Chunk, Frontend, Prepared
+from kvfleet.services.gateway.metrics import GatewayMetrics
+from kvfleet.services.gateway.relay import relay
+
+log = logging.getLogger(__name__)
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    max_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] = Field(default_factory=list)
+    ignore_eos: bool = False
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    n: int = 1
+
+    def sampling(self, default_max_tokens: int) -> rs.SamplingRecord:
+        if self.n != 1:
+            raise bad_request("only n=1 is supported.", param="n")
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        return rs.SamplingRecord(
+            max_tokens=self.max_tokens if self.max_tokens is not None else default_max_tokens,
+            temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, seed=self.seed,
+            stop_token_ids=tuple(self.stop_token_ids), stop=stop, ignore_eos=self.ignore_eos,
+        )
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.get("include_usage"))
+
+
+class CompletionBody(_Body):
+    prompt: str | list[str] | list[int]
+
+
+class ContentPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: str | list[ContentPart]
+
+    def plain(self) -> dict[str, str]:
+        text = self.content if isinstance(self.content, str) else "".join(
+            p.text for p in self.content)
+        role = "system" if self.role == "developer" else self.role
+        return {"role": role, "content": text}
+
+
+class ChatBody(_Body):
+    messages: list[ChatMessage]
+    max_completion_tokens: int | None = None
+
+
+def _error(e: ApiError) -> JSONResponse:
+    return JSONResponse(e.body(), status_code=e.status)
+
+
+async def _parse(request: Request, cls: type[_Body], max_bytes: int) -> Any:
+    body = await request.body()
+    if len(body) > max_bytes:
+        raise ApiError(413, f"request body over {max_bytes} bytes", code="body_too_large")
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise bad_request(f"malformed JSON body: {e}") from e
+    if not isinstance(data, dict):
+        raise bad_request("the JSON body must be an object")
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first.get("loc", ()))
+        raise bad_request(f"{where}: {first.get('msg')}", param=where or None) from e
+
+
+def _usage(p: Prepared, n: int) -> dict[str, int]:
+    return {"prompt_tokens": len(p.prompt_token_ids), "completion_tokens": n,
+            "total_tokens": len(p.prompt_token_ids) + n}
+
+
+def _sse(obj: Any) -> bytes:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n".encode()
+
+
+def create_app(frontend: Frontend, metrics: GatewayMetrics, api_keys: list[str]) -> FastAPI:
+    app = FastAPI(title="kvfleet", docs_url=None, redoc_url=None)
+    keys = set(api_keys)
+    settings = frontend.settings
+
+    def check_key(request: Request) -> None:
+        if not keys:
+            return
+        auth = request.headers.get("authorization", "")
+        key = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+        if key not in keys:
+            raise unauthorized()
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, e: ApiError) -> JSONResponse:
+        metrics.requests.labels("http", "", str(e.status)).inc()
+        return _error(e)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        await frontend.store.r.ping()
+        return {"status": "ok"}
+
+    @app.get("/metrics")
+    async def prom() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def list_models(request: Request) -> dict[str, Any]:
+        check_key(request)
+        models = await frontend.models()
+        return {"object": "list", "data": [
+            {"id": m, "object": "model", "created": 0, "owned_by": "kvfleet",
+             "workers": list(ws)} for m, ws in models.items()]}
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        check_key(request)
+        body: CompletionBody = await _parse(request, CompletionBody, settings.max_body_bytes)
+        kwargs: dict[str, Any]
+        if isinstance(body.prompt, str):
+            kwargs = {"prompt": body.prompt}
+        elif body.prompt and all(isinstance(x, str) for x in body.prompt):
+            if len(body.prompt) != 1:
+                raise bad_request("only one prompt per request is supported.", param="prompt")
+            kwargs = {"prompt": body.prompt[0]}
+        else:
+            kwargs = {"prompt_token_ids": [int(x) for x in body.prompt]}
+        p = await frontend.prepare(body.model, sampling=body.sampling(settings.default_max_tokens),
+                                   **kwargs)
+        return await _respond(request, p, body, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        check_key(request)
+        body: ChatBody = await _parse(request, ChatBody, settings.max_body_bytes)
+        if body.max_completion_tokens is not None and body.max_tokens is None:
+            body.max_tokens = body.max_completion_tokens
+        p = await frontend.prepare(body.model, messages=[m.plain() for m in body.messages],
+                                   sampling=body.sampling(settings.default_max_tokens))
+        return await _respond(request, p, body, chat=True)
+
+    async def _respond(request: Request, p: Prepared, body: _Body, chat: bool) -> Response:
+        created = int(time.time())
+        rid = ("chatcmpl-" if chat else "cmpl-") + p.request_id
+        obj = "chat.completion" if chat else "text_completion"
+        api = "chat" if chat else "completions"
+        if body.stream:
+            return StreamingResponse(
+                _stream(p, body, chat, rid, created, api), media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Request-Id": p.request_id})
+        text, n, finish = await _collect(request, p, api)
+        if finish == "error":
+            raise bad_request("the worker rejected the request")
+        choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
+        if chat:
+            choice["message"] = {"role": "assistant", "content": text}
+        else:
+            choice["text"] = text
+        return JSONResponse({"id": rid, "object": obj, "created": created, "model": p.model,
+                             "choices": [choice], "usage": _usage(p, n)},
+                            headers={"X-Request-Id": p.request_id})
+
+    async def _collect(request: Request, p: Prepared, api: str) -> tuple[str, int, str | None]:
+        async def run() -> tuple[str, int, str | None]:
+            parts: list[str] = []
+            n = 0
+            finish = None
+            async for c in relay(frontend, metrics, p, api):
+                parts.append(c.text)
+                n += len(c.token_ids)
+                finish = c.finish_reason or finish
+            return "".join(parts), n, finish
+
+        task = asyncio.ensure_future(run())
+        while not task.done():
+            await asyncio.wait([task], timeout=0.25)
+            if not task.done() and await request.is_disconnected():
+                task.cancel()  # relay's finally cancels the request and frees its KV
+                raise ApiError(499, "client closed the request")
+        return task.result()
+
+    async def _stream(p: Prepared, body: _Body, chat: bool, rid: str, created: int,
+                      api: str) -> AsyncIterator[bytes]:
+        obj = "chat.completion.chunk" if chat else "text_completion"
+        n = 0
+
+        def chunk(delta: dict[str, Any] | str, finish: str | None) -> dict[str, Any]:
+            choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
+            if chat:
+                choice["delta"] = delta
+            else:
+                choice["text"] = delta
+            out = {"id": rid, "object": obj, "created": created, "model": p.model,
+                   "choices": [choice]}
+            if body.include_usage:
+                out["usage"] = None
+            return out
+
+        if chat:
+            yield _sse(chunk({"role": "assistant", "content": ""}, None))
+        try:
+            c: Chunk
+            async for c in relay(frontend, metrics, p, api):
+                n += len(c.token_ids)
+                if c.text or c.finish_reason:
+                    delta: dict[str, Any] | str = ({"content": c.text} if c.text else {}) \
+                        if chat else c.text
+                    yield _sse(chunk(delta, c.finish_reason))
+        except ApiError as e:
+            yield _sse(e.body())
+        if body.include_usage:
+            yield _sse({"id": rid, "object": obj, "created": created, "model": p.model,
+                        "choices": [], "usage": _usage(p, n)})
+        yield b"data: [DONE]\n\n"
+
+    return app

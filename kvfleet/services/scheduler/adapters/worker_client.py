@@ -1,0 +1,39 @@
+"""Calls from the scheduler to workers."""
+
+from __future__ import annotations
+
+from kvfleet.common import redis_schema as rs
+from kvfleet.common.convert import sampling_to_pb
+from kvfleet.common.grpc_util import ChannelPool
+from kvfleet.common.proto.worker.v1 import worker_pb2, worker_pb2_grpc
+
+
+class WorkerClient:
+    def __init__(self, timeout_s: float) -> None:
+        self._pool = ChannelPool()
+        self._timeout_s = timeout_s
+
+    def _stub(self, address: str) -> worker_pb2_grpc.WorkerStub:
+        return worker_pb2_grpc.WorkerStub(self._pool.get(address))
+
+    async def assign(self, address: str, rec: rs.RequestRecord, output: list[int]) -> None:
+        await self._stub(address).Assign(
+            worker_pb2.AssignRequest(
+                request_id=rec.request_id, model=rec.model,
+                prompt_token_ids=list(rec.prompt_token_ids), output_token_ids=output,
+                sampling=sampling_to_pb(rec.sampling), arrival_s=rec.arrival_s,
+            ),
+            timeout=self._timeout_s,
+        )
+
+    async def migrate(
+        self, address: str, request_id: str, target_id: str, target_address: str, timeout_s: float
+    ) -> worker_pb2.MigrateResponse:
+        return await self._stub(address).Migrate(
+            worker_pb2.MigrateRequest(request_id=request_id, target_worker_id=target_id,
+                                      target_address=target_address),
+            timeout=timeout_s,
+        )
+
+    async def close(self) -> None:
+        await self._pool.close()

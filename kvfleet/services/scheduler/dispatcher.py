@@ -1,0 +1,188 @@
+"""The scheduler's loop: read queues, watch worker liveness, dispatch through the pure core.
+
+One iteration (``tick``): pull new queue entries, requeue the requests of workers whose
+heartbeat expired, ask the dispatch policy for assignments, and send ``Assign`` to the
+chosen workers. Queue entries are acknowledged only after their request is assigned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import grpc
+
+from kvfleet.common import redis_schema as rs
+from kvfleet.common.clock import Clock, WallClock
+from kvfleet.common.redis_store import RedisStore
+from kvfleet.services.scheduler.adapters.queue import RequestQueues
+from kvfleet.services.scheduler.adapters.worker_client import WorkerClient
+from kvfleet.services.scheduler.core.policy import DispatchPolicy
+from kvfleet.services.scheduler.core.types import ClusterView, RequestView, WorkerView
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Queued:
+    model: str
+    entry_id: str
+    record: rs.RequestRecord
+    num_output: int
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: RedisStore,
+        policy: DispatchPolicy,
+        consumer: str,
+        rpc_timeout_s: float,
+        reclaim_idle_s: float,
+        clock: Clock | None = None,
+    ) -> None:
+        self.store = store
+        self.policy = policy
+        self.queues = RequestQueues(store.r, consumer)
+        self.workers = WorkerClient(rpc_timeout_s)
+        self.clock = clock or WallClock()
+        self.reclaim_idle_ms = int(reclaim_idle_s * 1000)
+        self.queue: dict[str, Queued] = {}
+        self._last_claim = 0.0
+        self.num_assigned = 0
+        self.num_ticks = 0
+
+    async def recover(self) -> None:
+        """After a (re)start: take back our own pending entries, and idle ones of others."""
+        entries = await self.queues.read_own_pending()
+        entries += await self.queues.claim_idle(self.reclaim_idle_ms)
+        await self._admit(entries, await self.store.workers())
+        log.info("recovered %d pending queue entries", len(entries))
+
+    async def tick(self, block_ms: int | None) -> None:
+        self.num_ticks += 1
+        workers = await self.store.workers()
+        await self._reap_dead(workers)
+        entries = await self.queues.read_new(block_ms if not self.queue else None)
+        if time.monotonic() - self._last_claim > max(1.0, self.reclaim_idle_ms / 2000):
+            self._last_claim = time.monotonic()
+            entries += await self.queues.claim_idle(self.reclaim_idle_ms)
+        if entries:
+            workers = await self.store.workers()
+            await self._admit(entries, workers)
+        if self.queue:
+            await self._dispatch(workers)
+
+    async def _admit(
+        self, entries: list[tuple[str, str, str]],
+        workers: dict[str, tuple[rs.WorkerInfo, rs.Occupancy | None]],
+    ) -> None:
+        for model, entry_id, rid in entries:
+            if rid in self.queue:
+                continue
+            rec = await self.store.get_request(rid)
+            if rec is None or rec.state == rs.FINISHED:
+                await self.queues.ack(model, entry_id)
+                continue
+            if rec.cancelled:
+                await self._drop_cancelled(rec, model, entry_id)
+                continue
+            if rec.state == rs.ASSIGNED and rec.worker_id and workers.get(rec.worker_id, (0, None))[1]:
+                await self.queues.ack(model, entry_id)  # assigned by a predecessor already
+                continue
+            num_output = len(rs.output_tokens(await self.store.all_tokens(rid)))
+            self.queue[rid] = Queued(model, entry_id, rec, num_output)
+
+    async def _drop_cancelled(self, rec: rs.RequestRecord, model: str, entry_id: str) -> None:
+        await self.store.append_tokens(rec.request_id, [rs.TokenEntry(
+            len(rs.output_tokens(await self.store.all_tokens(rec.request_id))), None, "",
+            "abort")])
+        await self.store.finish(rec.request_id, "abort")
+        await self.queues.ack(model, entry_id)
+
+    async def _reap_dead(self, workers: dict[str, tuple[rs.WorkerInfo, rs.Occupancy | None]]) -> None:
+        for wid, (_info, occ) in workers.items():
+            if occ is not None:
+                continue
+            rids = await self.store.worker_requests(wid)
+            now_s = self.clock.now_s()
+            log.warning("worker %s: heartbeat expired; requeueing %d requests", wid, len(rids))
+            for rid in sorted(rids):
+                rec = await self.store.get_request(rid)
+                if rec is None or rec.state == rs.FINISHED or rec.worker_id != wid:
+                    continue
+                if rec.cancelled:
+                    await self.store.finish(rid, "abort", wid)
+                    continue
+                await self.store.requeue(rec, now_s, reason=f"worker {wid} dead")
+            await self.store.r.delete(rs.worker_requests_key(wid))
+            await self.store.forget_worker(wid)
+            await self.store.event("worker_dead", now_s, worker_id=wid, num_requeued=len(rids))
+
+    def _view(self, workers: dict[str, tuple[rs.WorkerInfo, rs.Occupancy | None]],
+              draining: set[str]) -> ClusterView:
+        views = []
+        for wid, (_info, occ) in sorted(workers.items()):
+            if occ is None or occ.loading and not occ.models:
+                continue
+            views.append(WorkerView(
+                worker_id=wid, models=occ.models, num_total_pages=occ.num_total_pages,
+                num_free_pages=occ.num_free_pages, tokens_per_page=dict(occ.tokens_per_page),
+                num_running=occ.num_running, num_waiting=occ.num_waiting, alive=True,
+                draining=wid in draining,
+            ))
+        return ClusterView(tuple(views))
+
+    async def _dispatch(self, workers: dict[str, tuple[rs.WorkerInfo, rs.Occupancy | None]]) -> None:
+        view = self._view(workers, await self.store.draining())
+        ordered = sorted(self.queue.values(), key=lambda q: (q.record.arrival_s, q.record.request_id))
+        requests = [
+            RequestView(q.record.request_id, q.model, q.record.arrival_s,
+                        len(q.record.prompt_token_ids), q.record.sampling.max_tokens, q.num_output)
+            for q in ordered
+        ]
+        decisions = self.policy.decide(requests, view, self.clock.now_s())
+        await asyncio.gather(*(
+            self._assign(self.queue[a.request_id], a.worker_id, workers[a.worker_id][0].address)
+            for a in decisions.assignments
+        ))
+
+    async def _assign(self, q: Queued, worker_id: str, address: str) -> None:
+        rid = q.record.request_id
+        if not await self.store.set_assigned(rid, worker_id):
+            await self.store.r.srem(rs.worker_requests_key(worker_id), rid)
+            await self._drop_cancelled(q.record, q.model, q.entry_id)
+            self.queue.pop(rid, None)
+            return
+        output = rs.output_tokens(await self.store.all_tokens(rid))
+        try:
+            await self.workers.assign(address, q.record, output)
+        except grpc.RpcError as e:
+            code = e.code() if isinstance(e, grpc.aio.AioRpcError) else None
+            if code == grpc.StatusCode.INVALID_ARGUMENT:
+                log.warning("request %s: rejected by worker %s: %s", rid, worker_id,
+                            e.details() if isinstance(e, grpc.aio.AioRpcError) else e)
+                await self.store.append_tokens(rid, [rs.TokenEntry(len(output), None, "", "error")])
+                await self.store.finish(rid, "error", worker_id)
+                await self.queues.ack(q.model, q.entry_id)
+                self.queue.pop(rid, None)
+                return
+            log.warning("request %s: assign to %s failed (%s); keeping it queued", rid,
+                        worker_id, code)
+            async with self.store.r.pipeline(transaction=True) as p:
+                p.hset(rs.request_key(rid), mapping={"state": rs.QUEUED, "worker": ""})
+                p.srem(rs.worker_requests_key(worker_id), rid)
+                await p.execute()
+            return
+        await self.queues.ack(q.model, q.entry_id)
+        self.queue.pop(rid, None)
+        self.num_assigned += 1
+        log.debug("request %s: assigned to %s (%d output tokens so far)", rid, worker_id,
+                  len(output))
+        await self.store.event("assign", self.clock.now_s(), request_id=rid, worker_id=worker_id,
+                               num_output=len(output))
+
+    async def close(self) -> None:
+        await self.workers.close()

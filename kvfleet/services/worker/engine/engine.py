@@ -1,0 +1,349 @@
+"""The engine: models, one KV page pool, and a continuous-batching step loop.
+
+``step()`` reads as: drain the inbox -> ask the batch policy for a plan -> preempt and
+allocate -> run each model's forward over its chunks -> sample and emit events.
+``add_request`` and ``abort`` may be called from another thread while ``step`` runs: they
+go through an inbox drained at the start of the next step.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import torch
+
+from kvfleet.common.models import UnknownModelError, read_spec, read_weights, resolve_model
+from kvfleet.common.models.errors import UnsupportedModelError
+from kvfleet.common.models.tokenizer import load_tokenizer
+from kvfleet.services.worker.core.batch_policy import (
+    BatchPolicy,
+    EngineView,
+    FcfsBatchPolicy,
+    SeqView,
+    StepPlan,
+)
+from kvfleet.services.worker.engine.batch_builder import build_batch
+from kvfleet.services.worker.engine.config import EngineConfig
+from kvfleet.services.worker.engine.kv_pool import PagePool
+from kvfleet.services.worker.engine.loaded_model import (
+    LoadedModel,
+    weights_bytes,
+    workspace_bytes,
+)
+from kvfleet.services.worker.engine.model import ModelStage
+from kvfleet.services.worker.engine.sampler import sample
+from kvfleet.services.worker.engine.sequence import Sequence
+from kvfleet.services.worker.engine.types import (
+    Accounting,
+    EngineInputError,
+    EngineRequest,
+    ModelNotFoundError,
+    Occupancy,
+    OutOfMemoryBudgetError,
+    TokenEvent,
+    WeightsEntry,
+)
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class Engine:
+    def __init__(self, config: EngineConfig, policy: BatchPolicy | None = None) -> None:
+        self.config = config
+        self.policy: BatchPolicy = policy or FcfsBatchPolicy()
+        self.device = torch.device(config.device)
+        self.dtype = _DTYPES[config.dtype]
+        if self.device.type == "cpu":
+            torch.set_flush_denormal(True)
+            torch.set_num_threads(config.num_threads or torch.get_num_threads())
+        self.memory_bytes = self._budget(config)
+        self._models: dict[str, LoadedModel] = {}
+        self.pool = PagePool(config.page_size_bytes, self._pool_pages({}), self.dtype, self.device)
+        self._lock = threading.RLock()  # held by step, loads and migrations
+        self._inbox_lock = threading.Lock()
+        self._inbox: list[EngineRequest] = []
+        self._aborts: list[str] = []
+        self._live: set[str] = set()
+        self._seqs: dict[str, Sequence] = {}
+        self._running: list[Sequence] = []
+        self._waiting: list[Sequence] = []
+        self._order = 0
+        self.num_preemptions = 0  # recompute preemptions since start (a metric)
+
+    # ------------------------------------------------------------------ memory
+    def _budget(self, config: EngineConfig) -> int:
+        if config.memory_bytes is not None:
+            return config.memory_bytes
+        if self.device.type != "cuda":
+            raise EngineInputError("memory_bytes is required on CPU")
+        free, _total = torch.cuda.mem_get_info(self.device)
+        return max(0, free - config.cuda_reserve_bytes)
+
+    def _pool_pages(self, models: dict[str, LoadedModel]) -> int:
+        used = sum(m.stage.num_bytes() for m in models.values())
+        ws = max((workspace_bytes(m.spec, self.config.max_num_batched_tokens,
+                                  self.config.max_num_seqs, self.dtype)
+                  for m in models.values()), default=0)
+        return max(0, (self.memory_bytes - used - ws) // self.config.page_size_bytes)
+
+    def _resize_pool(self) -> None:
+        remap = self.pool.resize(self._pool_pages(self._models))
+        if remap:
+            for seq in self._seqs.values():
+                seq.pages = [remap.get(p, p) for p in seq.pages]
+
+    # ------------------------------------------------------------------ models
+    def load_model(self, name_or_path: str, layers: tuple[int, int] | None = None) -> None:
+        """Load a model (or layers [a, b) of it); refused if it does not fit the budget."""
+        with self._lock:
+            if name_or_path in self._models:
+                raise EngineInputError(f"model {name_or_path!r} is already loaded")
+            try:
+                source = resolve_model(name_or_path)
+                spec = read_spec(source)
+            except UnknownModelError as e:
+                raise ModelNotFoundError(str(e)) from e
+            except UnsupportedModelError as e:
+                raise EngineInputError(str(e)) from e
+            first, last = layers if layers is not None else (0, spec.num_layers)
+            if not 0 <= first < last <= spec.num_layers:
+                raise EngineInputError(
+                    f"layer range [{first}, {last}) is invalid for {spec.num_layers} layers")
+            need = weights_bytes(spec, first, last, self.dtype) + workspace_bytes(
+                spec, self.config.max_num_batched_tokens, self.config.max_num_seqs, self.dtype)
+            have = self.memory_bytes - sum(m.stage.num_bytes() for m in self._models.values())
+            have -= self.pool.num_used_pages * self.config.page_size_bytes
+            if need > have:
+                raise OutOfMemoryBudgetError(
+                    f"model {name_or_path!r} layers [{first}, {last}) needs {need} bytes "
+                    f"(weights + workspace) but only {have} of {self.memory_bytes} are free")
+            layout = self.pool.layout_for(last - first, spec.num_kv_heads, spec.head_dim)
+            if layout.tokens_per_page < 1:
+                raise EngineInputError(
+                    f"page_size_bytes={self.config.page_size_bytes} is smaller than one token "
+                    f"of {name_or_path!r} KV")
+            stage = ModelStage(spec, read_weights(source, first, last), first, last,
+                               self.dtype, self.device)
+            tok = load_tokenizer(name_or_path) if stage.is_last else None
+            self._models[name_or_path] = LoadedModel(name_or_path, source, spec, stage, layout, tok)
+            self._resize_pool()
+            log.info("loaded %s layers [%d, %d): %d weight bytes, %d tokens/page", name_or_path,
+                     first, last, stage.num_bytes(), layout.tokens_per_page)
+
+    def unload_model(self, name: str) -> None:
+        with self._lock:
+            if name not in self._models:
+                raise ModelNotFoundError(f"model {name!r} is not loaded")
+            for seq in [s for s in self._seqs.values() if s.model == name]:
+                self._finish(seq, "abort")
+            del self._models[name]
+            self._resize_pool()
+
+    def models(self) -> list[str]:
+        return list(self._models)
+
+    def model(self, name: str) -> LoadedModel:
+        try:
+            return self._models[name]
+        except KeyError:
+            raise ModelNotFoundError(f"model {name!r} is not loaded on this engine") from None
+
+    # ------------------------------------------------------------------ requests
+    def validate(self, req: EngineRequest) -> LoadedModel:
+        m = self.model(req.model)
+        if not isinstance(req.request_id, str) or not req.request_id:
+            raise EngineInputError("request_id must be a non-empty string")
+        req.sampling.validate()
+        n = len(req.prompt_token_ids) + len(req.output_token_ids)
+        if not req.prompt_token_ids:
+            raise EngineInputError(f"request {req.request_id}: the prompt is empty")
+        if n >= m.spec.max_context_tokens:
+            raise EngineInputError(
+                f"request {req.request_id}: {n} prompt tokens do not fit the context of "
+                f"{req.model!r} ({m.spec.max_context_tokens} tokens, one left to generate)")
+        vocab = m.spec.vocab_size
+        if any((not isinstance(t, int)) or not 0 <= t < vocab
+               for t in (*req.prompt_token_ids, *req.output_token_ids)):
+            raise EngineInputError(f"request {req.request_id}: token ids must be in [0, {vocab})")
+        pages = -(-(n + 1) // m.layout.tokens_per_page)
+        if pages > self.pool.num_pages:
+            raise EngineInputError(
+                f"request {req.request_id}: needs {pages} KV pages, the pool has "
+                f"{self.pool.num_pages}")
+        return m
+
+    def add_request(self, req: EngineRequest) -> None:
+        """Validate (raising EngineInputError) and queue. Thread-safe."""
+        self.validate(req)
+        with self._inbox_lock:
+            if req.request_id in self._live:
+                raise EngineInputError(f"request id {req.request_id!r} is already in use")
+            self._live.add(req.request_id)
+            self._inbox.append(req)
+
+    def abort(self, request_id: str) -> bool:
+        """Stop a request; the next step emits its abort event. Thread-safe."""
+        with self._inbox_lock:
+            if request_id not in self._live:
+                return False
+            self._aborts.append(request_id)
+            return True
+
+    def has_unfinished(self) -> bool:
+        with self._inbox_lock:
+            return bool(self._live)
+
+    # ------------------------------------------------------------------ stepping
+    def step(self) -> list[TokenEvent]:
+        with self._lock:
+            events = self._drain_inbox()
+            if not self._running and not self._waiting:
+                return events
+            plan = self.policy.plan(self._view(), time.monotonic())
+            groups = self._apply_plan(plan)
+            for model_name, items in groups.items():
+                m = self._models[model_name]
+                batch = build_batch(items, m.layout.tokens_per_page, self.device)
+                logits = m.stage.forward(self.pool.view(m.layout), batch)
+                events.extend(self._postprocess(m, items, logits))
+            return events
+
+    def _drain_inbox(self) -> list[TokenEvent]:
+        with self._inbox_lock:
+            new, self._inbox = self._inbox, []
+            aborts, self._aborts = self._aborts, []
+        events: list[TokenEvent] = []
+        for req in new:
+            m = self._models.get(req.model)
+            if m is None:  # unloaded between add_request and now
+                events.append(self._abort_event(req.request_id, len(req.output_token_ids)))
+                with self._inbox_lock:
+                    self._live.discard(req.request_id)
+                continue
+            seq = Sequence(req, self._order, m.tokenizer, m.spec.max_context_tokens)
+            self._order += 1
+            self._seqs[seq.seq_id] = seq
+            self._waiting.append(seq)
+        self._waiting.sort(key=lambda s: (s.req.arrival_s, s.order))
+        for rid in aborts:
+            seq = self._seqs.get(rid)
+            if seq is not None:
+                events.append(self._abort_event(rid, seq.num_output_tokens))
+                self._finish(seq, "abort")
+        return events
+
+    @staticmethod
+    def _abort_event(rid: str, index: int) -> TokenEvent:
+        return TokenEvent(rid, None, "", index, "abort")
+
+    def _view(self) -> EngineView:
+        def sv(s: Sequence) -> SeqView:
+            return SeqView(
+                seq_id=s.seq_id, model=s.model, arrival_s=s.req.arrival_s,
+                num_prompt_tokens=s.num_prompt_tokens, num_tokens=s.num_tokens,
+                num_computed_tokens=s.num_computed, num_pages=len(s.pages),
+                tokens_per_page=self._models[s.model].layout.tokens_per_page,
+                max_tokens=s.sampling.max_tokens, num_output_tokens=s.num_output_tokens)
+
+        return EngineView(
+            running=tuple(sv(s) for s in self._running),
+            waiting=tuple(sv(s) for s in self._waiting),
+            num_free_pages=self.pool.num_free_pages,
+            token_budget=self.config.max_num_batched_tokens,
+            max_num_seqs=self.config.max_num_seqs,
+        )
+
+    def _apply_plan(self, plan: StepPlan) -> dict[str, list[tuple[Sequence, int]]]:
+        for sid in plan.preempt:
+            seq = self._seqs[sid]
+            log.debug("preempting %s (recompute %d tokens)", sid, seq.num_tokens)
+            self.pool.free(seq.pages)
+            seq.pages = []
+            seq.num_computed = 0
+            self.num_preemptions += 1
+            self._running.remove(seq)
+            self._waiting.append(seq)
+        if plan.preempt:
+            self._waiting.sort(key=lambda s: (s.req.arrival_s, s.order))
+        groups: dict[str, list[tuple[Sequence, int]]] = {}
+        for chunk in plan.chunks:
+            seq = self._seqs[chunk.seq_id]
+            tpp = self._models[seq.model].layout.tokens_per_page
+            need = -(-(seq.num_computed + chunk.num_tokens) // tpp) - len(seq.pages)
+            if need > 0:
+                pages = self.pool.allocate(need)
+                if pages is None:
+                    raise RuntimeError(f"batch policy planned beyond free pages for {seq.seq_id}")
+                seq.pages.extend(pages)
+            if seq in self._waiting:
+                self._waiting.remove(seq)
+                self._running.append(seq)
+            groups.setdefault(seq.model, []).append((seq, chunk.num_tokens))
+        return groups
+
+    def _postprocess(self, m: LoadedModel, items: list[tuple[Sequence, int]],
+                     logits: torch.Tensor) -> list[TokenEvent]:
+        sampled: list[Sequence] = []
+        for seq, n in items:
+            seq.num_computed += n
+            if seq.num_computed == seq.num_tokens:
+                sampled.append(seq)
+        events: list[TokenEvent] = []
+        if not sampled:
+            return events
+        for seq, tok in zip(sampled, sample(logits, sampled), strict=True):
+            delta = seq.append(tok, m.eos_ids)
+            events.append(TokenEvent(seq.seq_id, tok, delta, seq.num_output_tokens - 1,
+                                     seq.finish_reason))
+            if seq.finish_reason is not None:
+                self._finish(seq, seq.finish_reason)
+        return events
+
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        seq.finish_reason = reason
+        if seq.pages:
+            self.pool.free(seq.pages)
+            seq.pages = []
+        self._seqs.pop(seq.seq_id, None)
+        if seq in self._running:
+            self._running.remove(seq)
+        if seq in self._waiting:
+            self._waiting.remove(seq)
+        with self._inbox_lock:
+            self._live.discard(seq.seq_id)
+
+    # ------------------------------------------------------------------ snapshots
+    def occupancy(self) -> Occupancy:
+        with self._inbox_lock:
+            num_inbox = len(self._inbox)
+        return Occupancy(
+            num_total_pages=self.pool.num_pages,
+            num_free_pages=self.pool.num_free_pages,
+            num_reserved_pages=0,
+            tokens_per_page={n: m.layout.tokens_per_page for n, m in self._models.items()},
+            num_running=len(self._running),
+            num_waiting=len(self._waiting) + num_inbox,
+            models=tuple(self._models),
+        )
+
+    def accounting(self) -> Accounting:
+        return Accounting(
+            memory_bytes=self.memory_bytes,
+            workspace_bytes=max((workspace_bytes(m.spec, self.config.max_num_batched_tokens,
+                                                 self.config.max_num_seqs, self.dtype)
+                                 for m in self._models.values()), default=0),
+            page_size_bytes=self.config.page_size_bytes,
+            weights=tuple(WeightsEntry(n, m.stage.first, m.stage.last, m.stage.num_bytes())
+                          for n, m in self._models.items()),
+            num_total_pages=self.pool.num_pages,
+            num_used_pages=self.pool.num_used_pages,
+            num_reserved_pages=0,
+            tokens_per_page={n: m.layout.tokens_per_page for n, m in self._models.items()},
+        )
+
+
+__all__ = ["Engine", "ModelStage"]

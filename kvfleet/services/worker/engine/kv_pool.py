@@ -1,0 +1,114 @@
+"""One KV page pool per worker, shared by every model it holds.
+
+A page is ``page_size_bytes`` of one flat storage tensor. Allocation hands out page ids and
+knows nothing about models; each model views the storage as
+[num_pages, num_layers, 2, tokens_per_page, num_kv_heads, head_dim] with its own
+tokens per page, so a page freed by one model serves another at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class KvLayout:
+    """How one model (for the layers held) lays its KV out in a page."""
+
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    tokens_per_page: int
+
+    @property
+    def token_elems(self) -> int:
+        return self.num_layers * 2 * self.num_kv_heads * self.head_dim
+
+
+class PagePool:
+    def __init__(self, page_size_bytes: int, num_pages: int, dtype: torch.dtype,
+                 device: torch.device) -> None:
+        self.page_size_bytes = page_size_bytes
+        self.dtype = dtype
+        self.device = device
+        self.elem_bytes = torch.empty((), dtype=dtype).element_size()
+        self.page_elems = page_size_bytes // self.elem_bytes
+        self.storage = torch.empty(num_pages * self.page_elems, dtype=dtype, device=device)
+        self.num_pages = num_pages
+        self._free: list[int] = list(range(num_pages - 1, -1, -1))  # pop() gives low ids first
+        self._used: set[int] = set()
+
+    # ---- allocation (model-agnostic)
+    @property
+    def num_free_pages(self) -> int:
+        return len(self._free)
+
+    @property
+    def num_used_pages(self) -> int:
+        return len(self._used)
+
+    def allocate(self, n: int) -> list[int] | None:
+        if n > len(self._free):
+            return None
+        pages = [self._free.pop() for _ in range(n)]
+        self._used.update(pages)
+        # Fresh pages read as zeros: masked attention over unwritten slots stays finite.
+        self._pages().index_fill_(0, torch.tensor(pages, device=self.device), 0)
+        return pages
+
+    def free(self, pages: list[int]) -> None:
+        for p in pages:
+            self._used.remove(p)  # KeyError on a double free: a bug, not bad input
+        self._free.extend(sorted(pages, reverse=True))
+        self._free.sort(reverse=True)
+
+    def resize(self, num_pages: int) -> dict[int, int]:
+        """Grow or shrink to ``num_pages``; pages in use above the new size move down.
+
+        Returns {old page id: new page id} for moved pages; the caller rewrites page tables.
+        """
+        if num_pages < len(self._used):
+            raise ValueError(f"cannot shrink to {num_pages} pages: {len(self._used)} in use")
+        remap: dict[int, int] = {}
+        if num_pages < self.num_pages:
+            high = sorted(p for p in self._used if p >= num_pages)
+            low_free = sorted(p for p in self._free if p < num_pages)
+            for old, new in zip(high, low_free, strict=False):
+                remap[old] = new
+                self._page(new).copy_(self._page(old))
+            self._used = {remap.get(p, p) for p in self._used}
+        if num_pages != self.num_pages:
+            old_pages = self._pages()
+            self.storage = torch.empty(num_pages * self.page_elems, dtype=self.dtype,
+                                       device=self.device)
+            if self._used:
+                keep = torch.tensor(sorted(self._used), device=self.device)
+                self._pages(num_pages).index_copy_(0, keep, old_pages.index_select(0, keep))
+        self.num_pages = num_pages
+        self._free = sorted((p for p in range(num_pages) if p not in self._used), reverse=True)
+        log.info("KV pool resized to %d pages (%d moved)", num_pages, len(remap))
+        return remap
+
+    def _pages(self, num_pages: int | None = None) -> torch.Tensor:
+        n = self.num_pages if num_pages is None else num_pages
+        return self.storage.view(n, self.page_elems)
+
+    def _page(self, p: int) -> torch.Tensor:
+        return self.storage[p * self.page_elems : (p + 1) * self.page_elems]
+
+    # ---- model views
+    def layout_for(self, num_layers: int, num_kv_heads: int, head_dim: int) -> KvLayout:
+        token_elems = num_layers * 2 * num_kv_heads * head_dim
+        return KvLayout(num_layers, num_kv_heads, head_dim, self.page_elems // token_elems)
+
+    def view(self, layout: KvLayout) -> torch.Tensor:
+        """[num_pages, num_layers, 2, tokens_per_page, num_kv_heads, head_dim] over storage."""
+        t, h, d = layout.tokens_per_page, layout.num_kv_heads, layout.head_dim
+        shape = (self.num_pages, layout.num_layers, 2, t, h, d)
+        stride = (self.page_elems, 2 * t * h * d, t * h * d, h * d, d, 1)
+        return self.storage.as_strided(shape, stride)

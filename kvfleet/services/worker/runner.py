@@ -1,0 +1,160 @@
+"""The worker's mechanism around the engine.
+
+The engine's step loop runs in a single-thread executor, so the event loop never blocks
+and every call that touches engine state (step, load, export, import) is serialized on that
+one thread. Tokens go to each request's Redis stream after every step, and occupancy goes
+to the heartbeat key, rate-limited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from kvfleet.common import redis_schema as rs
+from kvfleet.common.redis_store import RedisStore
+from kvfleet.services.worker.engine import (
+    Engine,
+    EngineRequest,
+    Occupancy,
+    SequenceExport,
+    TokenEvent,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class EngineRunner:
+    def __init__(self, engine: Engine, store: RedisStore, worker_id: str, heartbeat_ttl_s: float,
+                 occupancy_min_s: float) -> None:
+        self.engine = engine
+        self.store = store
+        self.worker_id = worker_id
+        self.ttl_ms = int(heartbeat_ttl_s * 1000)
+        self.occupancy_min_s = occupancy_min_s
+        self._exec = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="engine")
+        self.step_lock = asyncio.Lock()  # held across step + token writes, and by export
+        self._wake = asyncio.Event()
+        self.running: set[str] = set()     # requests this worker owns, not finished
+        self.migrated: set[str] = set()    # exported away: their events here are not ours
+        self.cancelled: set[str] = set()   # cancels that arrived before the Assign
+        self.loading = False
+        self._occ: Occupancy | None = None
+        self._occ_written_s = 0.0
+        self._task: asyncio.Task[None] | None = None
+        self.num_steps = 0
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` on the engine thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._exec, fn, *args)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name=f"engine-{self.worker_id}")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def refresh_occupancy(self, force: bool = True) -> None:
+        self._occ = await self.call(self.engine.occupancy)
+        await self.write_occupancy(force)
+
+    def occupancy_record(self) -> rs.Occupancy:
+        occ = self._occ
+        if occ is None:
+            return rs.Occupancy(self.worker_id, (), 0, 0, loading=self.loading, ts=time.time())
+        return rs.Occupancy(
+            self.worker_id, tuple(occ.models), occ.num_total_pages, occ.num_free_pages,
+            occ.num_reserved_pages, dict(occ.tokens_per_page), occ.num_running, occ.num_waiting,
+            self.loading, time.time(),
+        )
+
+    async def write_occupancy(self, force: bool) -> None:
+        now = time.monotonic()
+        if not force and now - self._occ_written_s < self.occupancy_min_s:
+            return
+        self._occ_written_s = now
+        await self.store.heartbeat(self.occupancy_record(), self.ttl_ms)
+
+    def _step(self) -> tuple[list[TokenEvent], Occupancy]:
+        return self.engine.step(), self.engine.occupancy()
+
+    async def _loop(self) -> None:
+        while True:
+            if not self.engine.has_unfinished():
+                self._wake.clear()
+                if not self.engine.has_unfinished():
+                    await self._wake.wait()
+                    continue
+            async with self.step_lock:
+                try:
+                    events, self._occ = await self.call(self._step)
+                except Exception:
+                    log.exception("worker %s: engine step failed", self.worker_id)
+                    await asyncio.sleep(0.1)
+                    continue
+                self.num_steps += 1
+                if events:
+                    await self._publish(events)
+            await self.write_occupancy(force=False)
+
+    async def _publish(self, events: list[TokenEvent]) -> None:
+        by_request: dict[str, list[rs.TokenEntry]] = {}
+        finished: list[tuple[str, str]] = []
+        for ev in events:
+            if ev.request_id in self.migrated:
+                continue
+            by_request.setdefault(ev.request_id, []).append(
+                rs.TokenEntry(ev.index, ev.token_id, ev.text, ev.finish_reason, self.worker_id))
+            if ev.finish_reason:
+                finished.append((ev.request_id, ev.finish_reason))
+        async with self.store.r.pipeline(transaction=False) as p:
+            for rid, entries in by_request.items():
+                for e in entries:
+                    p.xadd(rs.tokens_key(rid), e.to_fields())
+            await p.execute()
+        for rid, reason in finished:
+            self.running.discard(rid)
+            await self.store.finish(rid, reason, self.worker_id)
+            log.debug("request %s: finished (%s) on %s", rid, reason, self.worker_id)
+
+    async def add(self, req: EngineRequest) -> None:
+        """Queue a request (validated synchronously by the engine; raises on bad input)."""
+        self.engine.add_request(req)
+        self.running.add(req.request_id)
+        self.migrated.discard(req.request_id)
+        self.wake()
+
+    def abort(self, request_id: str) -> bool:
+        found = self.engine.abort(request_id)
+        self.wake()
+        return found
+
+    async def export(self, request_id: str) -> SequenceExport:
+        """Stop a request here and return its state. Holding the step lock guarantees every
+        token produced here is already in Redis and no step runs in between."""
+        async with self.step_lock:
+            export = await self.call(self.engine.export_sequence, request_id, 0, True)
+            self.migrated.add(request_id)
+            self.running.discard(request_id)
+        return export
+
+    async def import_(self, request_id: str, export: SequenceExport) -> None:
+        async with self.step_lock:
+            await self.call(self.engine.import_sequence, export)
+            self.running.add(request_id)
+            self.migrated.discard(request_id)
+        self.wake()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._exec.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,96 @@
+"""Start a worker: engine, runner, gRPC server, registry entry and heartbeat."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+
+from kvfleet.common import redis_schema as rs
+from kvfleet.common.config import WorkerSettings
+from kvfleet.common.grpc_util import Running, start_server
+from kvfleet.common.proto.worker.v1 import worker_pb2_grpc
+from kvfleet.common.redis_store import RedisStore
+from kvfleet.services.worker.engine import Engine, EngineConfig
+from kvfleet.services.worker.runner import EngineRunner
+from kvfleet.services.worker.servicer import WorkerServicer
+from kvfleet.services.worker.transfer import PairGroups
+
+log = logging.getLogger(__name__)
+SERVICE = "kvfleet.worker.v1.Worker"
+
+
+@dataclass
+class RunningWorker:
+    grpc: Running
+    runner: EngineRunner
+    servicer: WorkerServicer
+    heartbeat: asyncio.Task[None]
+    settings: WorkerSettings
+
+    @property
+    def address(self) -> str:
+        return self.grpc.address
+
+    def addresses(self) -> dict[str, str]:
+        return {"grpc": self.grpc.address}
+
+    async def stop(self) -> None:
+        self.heartbeat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.heartbeat
+        await self.grpc.stop(grace_s=1.0)
+        await self.runner.stop()
+        await self.servicer.close()
+        store = self.runner.store
+        await store.clear_heartbeat(self.settings.worker_id)  # the scheduler requeues at once
+        await store.close()
+
+
+async def _heartbeat(runner: EngineRunner, period_s: float) -> None:
+    while True:
+        try:
+            await runner.write_occupancy(force=True)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("worker %s: heartbeat failed", runner.worker_id)
+        await asyncio.sleep(period_s)
+
+
+async def start(settings: WorkerSettings) -> RunningWorker:
+    if not settings.redis_url:
+        raise ValueError("worker: redis_url is required")
+    es = settings.engine
+    engine = Engine(EngineConfig(
+        memory_bytes=settings.memory_bytes, page_size_bytes=es.page_size_bytes,
+        max_num_batched_tokens=es.max_num_batched_tokens, max_num_seqs=es.max_num_seqs,
+        device=es.device, dtype=es.dtype, num_threads=es.num_threads,
+    ))
+    store = RedisStore.from_url(settings.redis_url)
+    runner = EngineRunner(engine, store, settings.worker_id, settings.heartbeat_ttl_s,
+                          settings.occupancy_min_s)
+    backend = "nccl" if es.device.startswith("cuda") else "gloo"
+    groups = PairGroups(settings.worker_id, settings.transfer_host, settings.transfer_timeout_s,
+                        backend)
+    servicer = WorkerServicer(runner, groups, settings)
+    running = await start_server(
+        settings.host, settings.port,
+        lambda s: worker_pb2_grpc.add_WorkerServicer_to_server(servicer, s),
+        [SERVICE], serving=False,
+    )
+    servicer.grpc = running
+    runner.start()
+    for model in settings.preload:
+        await runner.call(engine.load_model, model)
+    await runner.refresh_occupancy()
+    await store.register_worker(rs.WorkerInfo(settings.worker_id, running.address,
+                                              secrets.token_hex(6), time.time()))
+    if engine.models():
+        await running.set_serving(True)
+    task = asyncio.create_task(_heartbeat(runner, settings.heartbeat_s), name="heartbeat")
+    log.info("worker %s on %s (models %s)", settings.worker_id, running.address, engine.models())
+    return RunningWorker(running, runner, servicer, task, settings)

@@ -1,0 +1,163 @@
+"""The worker's gRPC API: converts and delegates to the runner and the transfer channel."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+
+import grpc
+
+from kvfleet.common.config import WorkerSettings
+from kvfleet.common.grpc_util import ChannelPool, Running
+from kvfleet.common.proto.worker.v1 import worker_pb2, worker_pb2_grpc
+from kvfleet.services.worker.engine import (
+    EngineInputError,
+    EngineRequest,
+    ModelNotFoundError,
+    SamplingParams,
+    SequenceExport,
+)
+from kvfleet.services.worker.runner import EngineRunner
+from kvfleet.services.worker.transfer import PairGroups, recv_payload, send_payload
+
+log = logging.getLogger(__name__)
+
+
+def _sampling(msg) -> SamplingParams:  # type: ignore[no-untyped-def]
+    return SamplingParams(
+        max_tokens=msg.max_tokens or 16, temperature=msg.temperature, top_k=msg.top_k,
+        top_p=msg.top_p if msg.HasField("top_p") else 1.0,
+        seed=msg.seed if msg.HasField("seed") else None,
+        stop_token_ids=tuple(msg.stop_token_ids), stop=tuple(msg.stop),
+        ignore_eos=msg.ignore_eos,
+    )
+
+
+class WorkerServicer(worker_pb2_grpc.WorkerServicer):
+    def __init__(self, runner: EngineRunner, groups: PairGroups, settings: WorkerSettings) -> None:
+        self.runner = runner
+        self.groups = groups
+        self.settings = settings
+        self.grpc: Running | None = None  # set once the server is up (health updates)
+        self._pool = ChannelPool()
+        self._transfer = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="transfer")
+        self._pair_locks: dict[str, asyncio.Lock] = {}
+        self._load_lock = asyncio.Lock()
+
+    async def _run(self, fn, *args):  # type: ignore[no-untyped-def]
+        return await asyncio.get_running_loop().run_in_executor(self._transfer, fn, *args)
+
+    async def Assign(self, request, context):  # noqa: N802
+        rid = request.request_id
+        req = EngineRequest(rid, request.model, tuple(request.prompt_token_ids),
+                            _sampling(request.sampling), tuple(request.output_token_ids),
+                            request.arrival_s)
+        try:
+            await self.runner.add(req)
+        except ModelNotFoundError as e:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        except EngineInputError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        if rid in self.runner.cancelled:
+            self.runner.cancelled.discard(rid)
+            self.runner.abort(rid)
+        log.debug("request %s: accepted on %s (%d prompt, %d resumed tokens)", rid,
+                  self.settings.worker_id, len(req.prompt_token_ids), len(req.output_token_ids))
+        return worker_pb2.AssignResponse()
+
+    async def Cancel(self, request, context):  # noqa: N802
+        rid = request.request_id
+        found = self.runner.abort(rid)
+        if not found and rid not in self.runner.running:
+            self.runner.cancelled.add(rid)  # the Assign may still be on its way
+        return worker_pb2.CancelResponse(found=found)
+
+    async def Load(self, request, context):  # noqa: N802
+        async with self._load_lock:
+            self.runner.loading = True
+            await self.runner.write_occupancy(force=True)
+            try:
+                if request.model not in self.runner.engine.models():
+                    t0 = time.monotonic()
+                    await self.runner.call(self.runner.engine.load_model, request.model)
+                    log.info("worker %s: loaded %s in %.1fs", self.settings.worker_id,
+                             request.model, time.monotonic() - t0)
+            except EngineInputError as e:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            finally:
+                self.runner.loading = False
+            await self.runner.refresh_occupancy()
+            if self.grpc is not None:
+                await self.grpc.set_serving(True)
+            return worker_pb2.LoadResponse(models=self.runner.engine.models())
+
+    async def Unload(self, request, context):  # noqa: N802
+        async with self._load_lock:
+            if request.model in self.runner.engine.models():
+                await self.runner.call(self.runner.engine.unload_model, request.model)
+            await self.runner.refresh_occupancy()
+            return worker_pb2.UnloadResponse(models=self.runner.engine.models())
+
+    async def Migrate(self, request, context):  # noqa: N802
+        rid, target = request.request_id, request.target_worker_id
+        if rid not in self.runner.running:
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"request {rid} is not running on {self.settings.worker_id}")
+        lock = self._pair_locks.setdefault(target, asyncio.Lock())
+        async with lock:
+            t0 = time.monotonic()
+            try:
+                export = await self.runner.export(rid)
+            except (EngineInputError, KeyError) as e:
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"cannot export: {e}")
+            group, new = self.groups.outgoing(target)
+            stub = worker_pb2_grpc.WorkerStub(self._pool.get(request.target_address))
+            call = stub.ReceiveSequence(worker_pb2.ReceiveSequenceRequest(
+                source_worker_id=self.settings.worker_id, group_id=group.group_id,
+                store_host=self.settings.transfer_host, store_port=self.groups.store_port,
+                request_id=rid), timeout=self.settings.transfer_timeout_s)
+            try:
+                pg = await self._run(self.groups.form_outgoing, group) if new else group.pg
+                num_bytes = await self._run(send_payload, pg, 1, export.meta, export.tensors)
+                reply = await call
+            except Exception as e:
+                call.cancel()
+                self.groups.drop(group)
+                log.warning("request %s: migration to %s failed (%s); resuming here", rid,
+                            target, e)
+                await self.runner.import_(rid, export)
+                detail = e.details() if isinstance(e, grpc.aio.AioRpcError) else str(e)
+                await context.abort(grpc.StatusCode.ABORTED, f"migration failed: {detail}")
+            dt = time.monotonic() - t0
+        log.info("request %s: migrated %s -> %s, %d tokens, %d bytes in %.3fs", rid,
+                 self.settings.worker_id, target, reply.num_tokens, num_bytes, dt)
+        return worker_pb2.MigrateResponse(num_tokens=reply.num_tokens, num_bytes=num_bytes,
+                                          duration_s=dt)
+
+    async def ReceiveSequence(self, request, context):  # noqa: N802
+        rid = request.request_id
+        try:
+            group = await self._run(self.groups.join_incoming, request.group_id,
+                                    request.source_worker_id, request.store_host,
+                                    request.store_port)
+            meta, tensors = await self._run(recv_payload, group.pg, 0,
+                                            self.settings.engine.device)
+        except Exception as e:
+            log.warning("request %s: receive from %s failed: %s", rid, request.source_worker_id, e)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"receive failed: {e}")
+        export = SequenceExport(meta=meta, tensors=tensors)
+        await self.runner.store.move_request(rid, request.source_worker_id, self.settings.worker_id)
+        try:
+            await self.runner.import_(rid, export)
+        except EngineInputError as e:
+            await self.runner.store.move_request(rid, self.settings.worker_id,
+                                                 request.source_worker_id)
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        num_tokens = int(tensors[0].shape[2]) if tensors and tensors[0].dim() >= 3 else 0
+        return worker_pb2.ReceiveSequenceResponse(num_tokens=num_tokens)
+
+    async def close(self) -> None:
+        await self._pool.close()
+        self._transfer.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,62 @@
+import asyncio
+import time
+
+import pytest
+
+from kvfleet.common import redis_schema as rs
+from kvfleet.common.redis_store import RedisStore
+
+pytestmark = pytest.mark.integration
+
+
+def _rec(rid: str, model: str = "m") -> rs.RequestRecord:
+    return rs.RequestRecord(rid, model, (1, 2, 3), rs.SamplingRecord(max_tokens=4), time.time())
+
+
+async def test_enqueue_assign_finish_lifecycle(redis_url):
+    store = RedisStore.from_url(redis_url)
+    try:
+        await store.enqueue(_rec("r1"))
+        assert await store.r.xlen(rs.queue_key("m")) == 1
+        assert await store.active_requests() == ["r1"]
+        assert await store.set_assigned("r1", "w0")
+        assert await store.worker_requests("w0") == {"r1"}
+        await store.append_tokens(
+            "r1", [rs.TokenEntry(0, 5, "a"), rs.TokenEntry(1, 6, "b", "stop")]
+        )
+        await store.finish("r1", "stop", "w0")
+        rec = await store.get_request("r1")
+        assert (rec.state, rec.finish_reason) == (rs.FINISHED, "stop")
+        assert await store.worker_requests("w0") == set()
+        assert await store.active_requests() == []
+        assert 0 < await store.r.ttl(rs.tokens_key("r1")) <= rs.FINISHED_TTL_S
+        entries, last = await store.read_tokens("r1", "0", None)
+        assert [e.token_id for e in entries] == [5, 6] and last != "0"
+    finally:
+        await store.close()
+
+
+async def test_cancel_before_assign_is_seen_by_the_assigner(redis_url):
+    store = RedisStore.from_url(redis_url)
+    try:
+        await store.enqueue(_rec("r2"))
+        assert await store.mark_cancelled("r2") == ""  # no worker yet
+        assert not await store.set_assigned("r2", "w0")
+        assert await store.mark_cancelled("nope") is None
+        assert await store.get_request("nope") is None
+    finally:
+        await store.close()
+
+
+async def test_heartbeat_expiry_marks_the_worker_dead(redis_url):
+    store = RedisStore.from_url(redis_url)
+    try:
+        await store.register_worker(rs.WorkerInfo("w0", "127.0.0.1:1", "b", 0.0))
+        await store.heartbeat(rs.Occupancy("w0", ("m",), 8, 8), ttl_ms=100)
+        assert (await store.workers())["w0"][1] is not None
+        deadline = time.monotonic() + 5
+        while (await store.workers())["w0"][1] is not None:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+    finally:
+        await store.close()

@@ -1,0 +1,75 @@
+import json
+
+import pytest
+
+from kvfleet.common import redis_schema as rs
+
+pytestmark = pytest.mark.unit
+
+
+def test_request_record_round_trips_through_hash_fields():
+    rec = rs.RequestRecord(
+        "req-1",
+        "tiny-llama",
+        (1, 2, 3),
+        rs.SamplingRecord(max_tokens=5, seed=7, stop=("\n",)),
+        12.5,
+        state=rs.ASSIGNED,
+        worker_id="w0",
+        num_resumes=2,
+    )
+    fields = rec.to_fields()
+    assert all(isinstance(v, str) for v in fields.values())
+    assert rs.RequestRecord.from_fields("req-1", fields) == rec
+
+
+def test_reader_refuses_another_schema_version():
+    occ = rs.Occupancy("w0", ("m",), 10, 4, tokens_per_page={"m": 16})
+    data = json.loads(occ.to_json())
+    assert rs.Occupancy.from_json(json.dumps(data)) == occ
+    data["v"] = rs.SCHEMA_VERSION + 1
+    with pytest.raises(rs.SchemaError):
+        rs.Occupancy.from_json(json.dumps(data))
+    fields = rs.RequestRecord("r", "m", (1,), rs.SamplingRecord(), 0.0).to_fields()
+    fields["v"] = "0"
+    with pytest.raises(rs.SchemaError):
+        rs.RequestRecord.from_fields("r", fields)
+
+
+def test_output_tokens_keeps_each_index_once_and_stops_at_a_gap():
+    entries = [
+        rs.TokenEntry(0, 10, "a"),
+        rs.TokenEntry(1, 11, "b"),
+        rs.TokenEntry(1, 99, "dup"),  # written again after a resume: first wins
+        rs.TokenEntry(2, 12, "c"),
+        rs.TokenEntry(4, 14, "gap"),
+        rs.TokenEntry(3, None, "", "abort"),
+    ]
+    assert rs.output_tokens(entries) == [10, 11, 12]
+
+
+def test_token_entry_round_trip_with_and_without_token():
+    for e in (rs.TokenEntry(3, 42, "x", None, "w1"), rs.TokenEntry(4, None, "", "abort", "w1")):
+        assert rs.TokenEntry.from_fields(e.to_fields()) == e
+
+
+def test_plan_record_round_trip_and_views():
+    plan = rs.PlanRecord(3, (("w0", "a"), ("w1", "a"), ("w1", "b")), 1.0)
+    assert rs.PlanRecord.from_json(plan.to_json()) == plan
+    assert plan.models() == ("a", "b")
+    assert plan.models_of("w1") == ("a", "b")
+
+
+def test_keys_share_the_versioned_prefix():
+    keys = [
+        rs.queue_key("m"),
+        rs.request_key("r"),
+        rs.tokens_key("r"),
+        rs.heartbeat_key("w"),
+        rs.worker_requests_key("w"),
+        rs.PLAN_KEY,
+        rs.EVENTS_KEY,
+        rs.WORKERS_KEY,
+    ]
+    assert all(k.startswith(f"kvfleet:v{rs.SCHEMA_VERSION}:") for k in keys)
+    assert len(set(keys)) == len(keys)

@@ -1,0 +1,80 @@
+"""The deployment files validate: Kubernetes manifests against the API schemas, the compose
+stack with the compose tool itself."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.unit
+
+DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
+MANIFESTS = sorted((DEPLOY / "k8s").glob("*.yaml"))
+
+
+def _docs(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+def test_kubernetes_manifest_validates_strictly(path: Path) -> None:
+    import kubernetes_validate
+
+    for doc in _docs(path):
+        kubernetes_validate.validate(doc, "1.37.0", strict=True)
+
+
+def test_kubernetes_validate_rejects_a_broken_manifest() -> None:
+    import kubernetes_validate
+
+    doc = _docs(DEPLOY / "k8s" / "gateway.yaml")[0]
+    doc["spec"]["replicas"] = "two"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(doc, "1.37.0", strict=True)
+
+
+def test_one_gpu_per_worker_pod_and_replicated_front_door() -> None:
+    kinds = {(d["kind"], d["metadata"]["name"]): d for p in MANIFESTS for d in _docs(p)}
+    worker = kinds[("StatefulSet", "worker")]["spec"]["template"]["spec"]["containers"][0]
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert kinds[("Deployment", "gateway")]["spec"]["replicas"] >= 2
+    assert ("Deployment", "scheduler") in kinds
+
+
+def _compose_cmd() -> list[str] | None:
+    if shutil.which("docker"):
+        probe = subprocess.run(["docker", "compose", "version"], capture_output=True)
+        if probe.returncode == 0:
+            return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    return None
+
+
+@pytest.mark.parametrize(
+    "files",
+    [["docker-compose.yml"], ["docker-compose.yml", "docker-compose.gpu.yml"]],
+    ids=["cpu", "gpu"],
+)
+def test_compose_stack_validates(files: list[str]) -> None:
+    cmd = _compose_cmd()
+    if cmd is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must have a compose tool (.ci/run installs one)")
+        pytest.skip("no docker compose or docker-compose here")
+    args = [*cmd]
+    for f in files:
+        args += ["-f", str(DEPLOY / f)]
+    out = subprocess.run([*args, "config"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    config = yaml.safe_load(out.stdout)
+    services = set(config["services"])
+    assert {"redis", "gateway", "scheduler", "planner", "worker-0", "worker-1"} <= services
+    gpu = "docker-compose.gpu.yml" in files
+    devices = config["services"]["worker-0"].get("deploy", {}).get("resources", {})
+    assert bool(devices.get("reservations")) == gpu
