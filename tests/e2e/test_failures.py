@@ -160,6 +160,7 @@ async def test_migrate_with_admin_cli_keeps_output_and_each_token_once(stack, re
             drained = asyncio.create_task(_drain(it, msgs))
             out, _ = await cli.communicate()
             assert cli.returncode == 0, out.decode()
+            print(out.decode().strip())  # the figures of the move, shown with -s
             assert f"{src} -> {dst}" in out.decode()
             await drained
         _check_exactly_once(msgs, ref)
