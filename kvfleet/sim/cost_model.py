@@ -193,13 +193,16 @@ def load_calibration(path: Path, cost: CostModel) -> Calibration:
     tok_s = data.get("kvfleet_tok_s")
     if not isinstance(tok_s, int | float) or tok_s <= 0:
         raise ValueError(f"calibration {path}: needs 'steps' or a positive 'kvfleet_tok_s'")
-    workload = data.get("workload") if isinstance(data.get("workload"), dict) else {}
+    raw_workload = data.get("workload")
+    workload: dict[str, object] = raw_workload if isinstance(raw_workload, dict) else {}
 
     def pick(*keys: str, default: int) -> int:
+        source: dict[str, object]
         for source in (workload, data):
             for k in keys:
-                if isinstance(source.get(k), int | float) and source[k] > 0:
-                    return int(source[k])
+                value = source.get(k)
+                if isinstance(value, int | float) and value > 0:
+                    return int(value)
         return default
 
     batch = pick("num_requests", "batch_size", default=1)
