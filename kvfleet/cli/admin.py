@@ -52,7 +52,8 @@ def _store():  # type: ignore[no-untyped-def]
 def _console():  # type: ignore[no-untyped-def]
     from rich.console import Console
 
-    return Console()
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
 
 
 async def _workers_table():  # type: ignore[no-untyped-def]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -13,14 +14,14 @@ def register(app: typer.Typer) -> None:
 
     @app.command("engine")
     def bench_engine(
-        model: str = typer.Option("smollm2-135m", help="Model name or checkpoint path."),
-        num_requests: int = typer.Option(16, min=1, help="Requests in the workload."),
-        prompt_tokens: int = typer.Option(128, min=1, help="Prompt length in tokens."),
-        output_tokens: int = typer.Option(64, min=1, help="Generated tokens per request."),
-        repeats: int = typer.Option(2, min=1, help="Timed runs per path; the best counts."),
-        threads: int = typer.Option(0, min=0, help="torch threads (0: torch's default)."),
-        quick: bool = typer.Option(False, "--quick", help="A small workload, under a minute."),
-        json_path: Path | None = typer.Option(None, "--json", help="Write the results here."),
+        model: Annotated[str, typer.Option(help="Model name or checkpoint path.")] = "smollm2-135m",
+        num_requests: Annotated[int, typer.Option(min=1, help="Requests in the workload.")] = 16,
+        prompt_tokens: Annotated[int, typer.Option(min=1, help="Prompt length in tokens.")] = 128,
+        output_tokens: Annotated[int, typer.Option(min=1, help="Generated tokens per request.")] = 64,
+        repeats: Annotated[int, typer.Option(min=1, help="Timed runs per path; the best counts.")] = 2,
+        threads: Annotated[int, typer.Option(min=0, help="torch threads (0: torch's default).")] = 0,
+        quick: Annotated[bool, typer.Option("--quick", help="A small workload, under a minute.")] = False,
+        json_path: Annotated[Path | None, typer.Option("--json", help="Write the results here.")] = None,
     ) -> None:
         """kvfleet engine vs transformers generate, generate_batch and the bare forward passes."""
         import logging

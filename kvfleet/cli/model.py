@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -10,7 +11,9 @@ app = typer.Typer(no_args_is_help=True)
 
 
 @app.command("make-tiny")
-def make_tiny(directory: Path = typer.Argument(..., help="Where to write the checkpoint.")) -> None:
+def make_tiny(
+    directory: Annotated[Path, typer.Argument(help="Where to write the checkpoint.")],
+) -> None:
     """Create the seeded random-weight tiny-llama checkpoint (with a real tokenizer) offline."""
     from kvfleet.common.models.tiny import make_tiny_llama
 

@@ -148,8 +148,10 @@ def sim(
         summary = summarize(result, slos, options=options)
     _print_table([(policy, gpus, summary)])
     typer.echo(
-        f"{result.num_events} events in {result.wall_s:.1f} s "
-        f"({result.events_per_s:,.0f} events/s); virtual time {result.end_s:.1f} s"
+        f"{result.num_events} events in {result.wall_s:.1f} s wall, {result.cpu_s:.1f} s CPU "
+        f"({result.events_per_s:,.0f} events/s wall, "
+        f"{result.num_events / max(result.cpu_s, 1e-9):,.0f} per CPU second); "
+        f"virtual time {result.end_s:.1f} s"
         + (f"; results in {out}" if out else "")
     )
 

@@ -86,14 +86,21 @@ def register(app: typer.Typer) -> None:
             f"starting kvfleet: {len(fleet.workers)} workers, models "
             f"{', '.join(m.name for m in fleet.models)} ..."
         )
-        stack = launch(fleet, run_dir, timeout_s)
+        try:
+            stack = launch(fleet, run_dir, timeout_s)
+        except KeyboardInterrupt:
+            typer.echo("interrupted; everything started was stopped", err=True)
+            raise typer.Exit(130) from None
+        except (RuntimeError, TimeoutError) as e:
+            typer.echo(f"kvfleet up failed: {e}", err=True)
+            raise typer.Exit(1) from None
         typer.echo(f"kvfleet is up in {time.monotonic() - t0:.1f}s")
         typer.echo(f"  OpenAI HTTP   {stack.http_url}/v1")
         typer.echo(f"  gateway gRPC  {stack.grpc_address}")
         typer.echo(f"  scheduler     {stack.endpoint('scheduler')}")
         typer.echo(f"  planner       {stack.endpoint('planner')}")
         for wid, w in stack.workers().items():
-            typer.echo(f"  worker {wid:<7}{w.addresses['grpc']}")
+            typer.echo(f"  {'worker ' + wid:<14}{w.addresses['grpc']}")
         typer.echo(f"  redis         {stack.redis.url}")
         typer.echo(f"  logs          {stack.run_dir / 'logs'}")
         if detach:

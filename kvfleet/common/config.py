@@ -45,10 +45,10 @@ class ServiceSettings(BaseSettings):
     section: ClassVar[str] = ""
     model_config = SettingsConfigDict(extra="ignore", env_nested_delimiter="__")
 
-    redis_url: str = Field("", description="Redis URL (redis:// or unix://).")
-    host: str = Field("127.0.0.1", description="Address the gRPC server binds.")
-    port: int = Field(0, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
-    log_level: str = Field("INFO", description="Python logging level.")
+    redis_url: str = Field(default="", description="Redis URL (redis:// or unix://).")
+    host: str = Field(default="127.0.0.1", description="Address the gRPC server binds.")
+    port: int = Field(default=0, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+    log_level: str = Field(default="INFO", description="Python logging level.")
 
     @classmethod
     def settings_customise_sources(
@@ -59,8 +59,11 @@ class ServiceSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings,
-                InitSettingsSource(settings_cls, init_kwargs=_FILE_DATA.get() or {}))
+        return (
+            init_settings,
+            env_settings,
+            InitSettingsSource(settings_cls, init_kwargs=_FILE_DATA.get() or {}),
+        )
 
     @classmethod
     def load(cls, path: str | Path | None = None, **overrides: Any) -> Any:
@@ -81,79 +84,114 @@ class ServiceSettings(BaseSettings):
 class EngineSettings(BaseModel):
     """What a worker passes to its engine."""
 
-    page_size_bytes: int = Field(64 << 10, ge=1024, description="KV page size in bytes.")
-    max_num_batched_tokens: int = Field(2048, ge=16, description="Per-step token budget.")
-    max_num_seqs: int = Field(64, ge=1, description="Sequences in one batch at most.")
-    device: str = Field("cpu", description="cpu, cuda or cuda:N.")
-    dtype: str = Field("float32", description="float32 on CPU; bfloat16/float16 on CUDA.")
-    num_threads: int | None = Field(None, ge=1, description="torch threads; None: default.")
+    page_size_bytes: int = Field(
+        default=1 << 20, ge=1024,
+        description="KV page size in bytes (1 MiB: 22 tokens of SmolLM2-135M in float32).",
+    )
+    max_num_batched_tokens: int = Field(default=2048, ge=16, description="Per-step token budget.")
+    max_num_seqs: int = Field(default=64, ge=1, description="Sequences in one batch at most.")
+    device: str = Field(default="cpu", description="cpu, cuda or cuda:N.")
+    dtype: str = Field(default="float32", description="float32 on CPU; bfloat16/float16 on CUDA.")
+    num_threads: int | None = Field(default=None, ge=1, description="torch threads; None: default.")
 
 
 class GatewaySettings(ServiceSettings):
     section: ClassVar[str] = "gateway"
-    model_config = SettingsConfigDict(env_prefix="KVFLEET_GATEWAY_", extra="ignore",
-                                      env_nested_delimiter="__")
+    model_config = SettingsConfigDict(
+        env_prefix="KVFLEET_GATEWAY_", extra="ignore", env_nested_delimiter="__"
+    )
 
-    http_port: int = Field(8000, ge=0, le=65535, description="OpenAI HTTP API port.")
+    http_port: int = Field(default=8000, ge=0, le=65535, description="OpenAI HTTP API port.")
     api_keys: list[str] = Field(default_factory=list, description="Accepted keys; empty: open.")
-    default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request omits it.")
-    max_tokens_limit: int = Field(8192, ge=1, description="Largest max_tokens accepted.")
-    max_body_bytes: int = Field(4 << 20, ge=1024, description="Largest HTTP body accepted.")
-    first_token_timeout_s: float = Field(600.0, gt=0, description="Give up waiting after this.")
+    default_max_tokens: int = Field(
+        default=256, ge=1, description="max_tokens when a request omits it."
+    )
+    max_tokens_limit: int = Field(default=8192, ge=1, description="Largest max_tokens accepted.")
+    max_body_bytes: int = Field(default=4 << 20, ge=1024, description="Largest HTTP body accepted.")
+    first_token_timeout_s: float = Field(
+        default=600.0, gt=0, description="Give up waiting after this."
+    )
 
 
 class SchedulerSettings(ServiceSettings):
     section: ClassVar[str] = "scheduler"
-    model_config = SettingsConfigDict(env_prefix="KVFLEET_SCHEDULER_", extra="ignore",
-                                      env_nested_delimiter="__")
+    model_config = SettingsConfigDict(
+        env_prefix="KVFLEET_SCHEDULER_", extra="ignore", env_nested_delimiter="__"
+    )
 
-    dispatch_policy: str = Field("most-free-kv", description="Dispatch policy name.")
-    consumer: str = Field("scheduler-0", description="Consumer name in the queue group; "
-                          "keep it across restarts to reclaim own pending entries first.")
-    tick_s: float = Field(0.02, gt=0, le=5, description="Dispatch/liveness loop period.")
-    reclaim_idle_s: float = Field(5.0, ge=0, description="Claim other consumers' pending "
-                                  "entries idle this long (a dead scheduler's).")
-    rpc_timeout_s: float = Field(10.0, gt=0, description="Deadline of calls to workers.")
+    dispatch_policy: str = Field(default="most-free-kv", description="Dispatch policy name.")
+    consumer: str = Field(
+        default="scheduler-0",
+        description="Consumer name in the queue group; "
+        "keep it across restarts to reclaim own pending entries first.",
+    )
+    tick_s: float = Field(default=0.02, gt=0, le=5, description="Dispatch/liveness loop period.")
+    reclaim_idle_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="Claim other consumers' pending entries idle this long (a dead scheduler's).",
+    )
+    rpc_timeout_s: float = Field(default=10.0, gt=0, description="Deadline of calls to workers.")
 
 
 class ModelConfig(BaseModel):
     name: str
-    weight_bytes: int = Field(0, ge=0, description="Weight bytes (0: not accounted).")
+    weight_bytes: int = Field(default=0, ge=0, description="Weight bytes (0: not accounted).")
 
 
 class WorkerConfig(BaseModel):
     id: str
-    memory_bytes: int = Field(1 << 30, ge=1 << 20, description="Memory budget in bytes.")
+    memory_bytes: int = Field(default=1 << 30, ge=1 << 20, description="Memory budget in bytes.")
     models: list[str] = Field(default_factory=list, description="Empty: every model.")
-    port: int = Field(0, ge=0, le=65535)
+    port: int = Field(default=0, ge=0, le=65535)
     device: str = "cpu"
 
 
 class PlannerSettings(ServiceSettings):
     section: ClassVar[str] = "planner"
-    model_config = SettingsConfigDict(env_prefix="KVFLEET_PLANNER_", extra="ignore",
-                                      env_nested_delimiter="__")
+    model_config = SettingsConfigDict(
+        env_prefix="KVFLEET_PLANNER_", extra="ignore", env_nested_delimiter="__"
+    )
 
     models: list[ModelConfig] = Field(default_factory=list, description="Models served.")
     workers: list[WorkerConfig] = Field(default_factory=list, description="Workers and budgets.")
-    reconcile_s: float = Field(0.5, gt=0, description="How often the plan is re-applied.")
-    rpc_timeout_s: float = Field(600.0, gt=0, description="Deadline of Load/Unload calls.")
+    reconcile_s: float = Field(default=0.5, gt=0, description="How often the plan is re-applied.")
+    rpc_timeout_s: float = Field(default=600.0, gt=0, description="Deadline of Load/Unload calls.")
 
 
 class WorkerSettings(ServiceSettings):
     section: ClassVar[str] = "worker"
-    model_config = SettingsConfigDict(env_prefix="KVFLEET_WORKER_", extra="ignore",
-                                      env_nested_delimiter="__")
+    model_config = SettingsConfigDict(
+        env_prefix="KVFLEET_WORKER_", extra="ignore", env_nested_delimiter="__"
+    )
 
-    worker_id: str = Field("worker-0", description="Unique id in the fleet.")
-    memory_bytes: int = Field(1 << 30, ge=1 << 20, description="Memory budget in bytes.")
-    engine: EngineSettings = Field(default_factory=EngineSettings)
+    worker_id: str = Field(default="worker-0", description="Unique id in the fleet.")
+    memory_bytes: int = Field(default=1 << 30, ge=1 << 20, description="Memory budget in bytes.")
+    engine: EngineSettings = Field(default_factory=lambda: EngineSettings())
     preload: list[str] = Field(default_factory=list, description="Models to load at start.")
-    heartbeat_s: float = Field(0.25, gt=0, description="Heartbeat/occupancy period.")
-    heartbeat_ttl_s: float = Field(2.0, gt=0, description="A worker silent this long is dead.")
-    occupancy_min_s: float = Field(0.05, gt=0, description="Occupancy writes at most this often.")
-    transfer_host: str = Field("127.0.0.1", description="Host peers reach our TCPStore on.")
-    transfer_timeout_s: float = Field(60.0, gt=0, description="Process group/transfer timeout.")
+    heartbeat_s: float = Field(default=0.25, gt=0, description="Heartbeat/occupancy period.")
+    heartbeat_ttl_s: float = Field(
+        default=2.0, gt=0, description="A worker silent this long is dead."
+    )
+    occupancy_min_s: float = Field(
+        default=0.05, gt=0, description="Occupancy writes at most this often."
+    )
+    advertise_host: str = Field(
+        default="",
+        description="Host others reach this worker on (a pod IP when binding 0.0.0.0); "
+        "empty: the bind host.",
+    )
+    transfer_host: str = Field(
+        default="", description="Host peers reach our TCPStore on; empty: the advertised host."
+    )
+    transfer_backend: str = Field(
+        default="auto",
+        pattern="^(auto|gloo|nccl)$",
+        description="auto: NCCL on CUDA, gloo on CPU; gloo stages device KV through host memory.",
+    )
+    transfer_timeout_s: float = Field(
+        default=60.0, gt=0, description="Process group/transfer timeout."
+    )
 
 
 class FleetConfig(BaseModel):
@@ -164,12 +202,12 @@ class FleetConfig(BaseModel):
         default_factory=lambda: [WorkerConfig(id="worker-0"), WorkerConfig(id="worker-1")]
     )
     host: str = "127.0.0.1"
-    http_port: int = Field(8000, ge=0, le=65535)
-    grpc_port: int = Field(50051, ge=0, le=65535)
-    scheduler_port: int = Field(0, ge=0, le=65535)
-    planner_port: int = Field(0, ge=0, le=65535)
+    http_port: int = Field(default=8000, ge=0, le=65535)
+    grpc_port: int = Field(default=50051, ge=0, le=65535)
+    scheduler_port: int = Field(default=0, ge=0, le=65535)
+    planner_port: int = Field(default=0, ge=0, le=65535)
     api_keys: list[str] = Field(default_factory=list)
-    engine: EngineSettings = Field(default_factory=EngineSettings)
+    engine: EngineSettings = Field(default_factory=lambda: EngineSettings())
     gateway: dict[str, Any] = Field(default_factory=dict, description="Extra gateway settings.")
     scheduler: dict[str, Any] = Field(default_factory=dict)
     worker: dict[str, Any] = Field(default_factory=dict, description="Extra for every worker.")

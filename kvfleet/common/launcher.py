@@ -74,8 +74,16 @@ class Stack:
         return {
             "redis_url": self.redis.url,
             "redis_pid": self.redis.process.pid if self.redis.process else None,
-            "services": [{"name": s.name, "kind": s.kind, "pid": s.popen.pid,
-                          "log": str(s.log_file), **s.addresses} for s in self.services],
+            "services": [
+                {
+                    "name": s.name,
+                    "kind": s.kind,
+                    "pid": s.popen.pid,
+                    "log": str(s.log_file),
+                    **s.addresses,
+                }
+                for s in self.services
+            ],
         }
 
     def dead(self) -> list[str]:
@@ -108,6 +116,7 @@ class Stack:
             try:
                 s.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in %.0fs; killing it", s.name, timeout_s)
                 s.popen.kill()
                 s.popen.wait()
         self.redis.stop()
@@ -131,9 +140,19 @@ def _spawn(run_dir: Path, name: str, kind: str, config: dict[str, Any]) -> Servi
     logf.parent.mkdir(parents=True, exist_ok=True)
     with open(logf, "ab") as out:
         popen = subprocess.Popen(
-            [sys.executable, "-m", f"kvfleet.services.{kind}", "--config", str(cfg),
-             "--address-file", str(addr)],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=_child_env(),
+            [
+                sys.executable,
+                "-m",
+                f"kvfleet.services.{kind}",
+                "--config",
+                str(cfg),
+                "--address-file",
+                str(addr),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=_child_env(),
             start_new_session=True,
         )
     return ServiceProcess(name, kind, popen, addr, logf)
@@ -147,23 +166,61 @@ def service_configs(fleet: FleetConfig, redis_url: str) -> list[tuple[str, str, 
         engine["num_threads"] = max(1, (os.cpu_count() or 1) // max(1, len(fleet.workers)))
     out: list[tuple[str, str, dict[str, Any]]] = []
     for w in fleet.workers:
-        out.append((f"worker-{w.id}", "worker", {
-            **fleet.worker, "redis_url": redis_url, "host": host, "port": w.port,
-            "worker_id": w.id, "memory_bytes": w.memory_bytes,
-            "engine": {**engine, "device": w.device}, "transfer_host": host,
-        }))
-    out.append(("planner", "planner", {
-        "redis_url": redis_url, "host": host, "port": fleet.planner_port,
-        "models": [m.model_dump() for m in fleet.models],
-        "workers": [w.model_dump() for w in fleet.workers],
-    }))
-    out.append(("scheduler", "scheduler", {
-        **fleet.scheduler, "redis_url": redis_url, "host": host, "port": fleet.scheduler_port,
-    }))
-    out.append(("gateway", "gateway", {
-        **fleet.gateway, "redis_url": redis_url, "host": host, "port": fleet.grpc_port,
-        "http_port": fleet.http_port, "api_keys": fleet.api_keys,
-    }))
+        out.append(
+            (
+                f"worker-{w.id}",
+                "worker",
+                {
+                    **fleet.worker,
+                    "redis_url": redis_url,
+                    "host": host,
+                    "port": w.port,
+                    "worker_id": w.id,
+                    "memory_bytes": w.memory_bytes,
+                    "engine": {**engine, "device": w.device},
+                    "transfer_host": host,
+                },
+            )
+        )
+    out.append(
+        (
+            "planner",
+            "planner",
+            {
+                "redis_url": redis_url,
+                "host": host,
+                "port": fleet.planner_port,
+                "models": [m.model_dump() for m in fleet.models],
+                "workers": [w.model_dump() for w in fleet.workers],
+            },
+        )
+    )
+    out.append(
+        (
+            "scheduler",
+            "scheduler",
+            {
+                **fleet.scheduler,
+                "redis_url": redis_url,
+                "host": host,
+                "port": fleet.scheduler_port,
+            },
+        )
+    )
+    out.append(
+        (
+            "gateway",
+            "gateway",
+            {
+                **fleet.gateway,
+                "redis_url": redis_url,
+                "host": host,
+                "port": fleet.grpc_port,
+                "http_port": fleet.http_port,
+                "api_keys": fleet.api_keys,
+            },
+        )
+    )
     return out
 
 
@@ -182,8 +239,11 @@ async def _wait_ready(stack: Stack, timeout_s: float) -> None:
             still = []
             for s in pending:
                 if not s.addresses and s.address_file.exists():
-                    s.addresses = {k: v for k, v in json.loads(s.address_file.read_text()).items()
-                                   if k != "pid"}
+                    s.addresses = {
+                        k: v
+                        for k, v in json.loads(s.address_file.read_text()).items()
+                        if k != "pid"
+                    }
                 ok = bool(s.addresses) and await check_health(s.addresses["grpc"])
                 if ok and "http" in s.addresses:
                     try:
@@ -259,7 +319,7 @@ def down(run_dir: Path | None = None, timeout_s: float = 15.0) -> int:
         if _alive(pid):
             os.kill(pid, signal.SIGKILL)
     redis_pid = desc.get("redis_pid")
-    if _alive(redis_pid):
+    if redis_pid and _alive(redis_pid):
         os.kill(redis_pid, signal.SIGTERM)
         pids.append(redis_pid)
     (run_dir / "stack.json").unlink(missing_ok=True)

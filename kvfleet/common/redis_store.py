@@ -21,7 +21,8 @@ def connect(url: str) -> aioredis.Redis:
 
 class RedisStore:
     def __init__(self, client: aioredis.Redis) -> None:
-        self.r = client
+        # decode_responses=True: every reply is str; Any spares casts at each call site
+        self.r: Any = client
 
     @classmethod
     def from_url(cls, url: str) -> RedisStore:
@@ -44,13 +45,22 @@ class RedisStore:
     async def requeue(self, rec: rs.RequestRecord, now_s: float, reason: str) -> None:
         """Put an unfinished request back on its queue (its worker died)."""
         async with self.r.pipeline(transaction=True) as p:
-            p.hset(rs.request_key(rec.request_id),
-                   mapping={"state": rs.QUEUED, "worker": "", "resumes": str(rec.num_resumes + 1)})
+            p.hset(
+                rs.request_key(rec.request_id),
+                mapping={"state": rs.QUEUED, "worker": "", "resumes": str(rec.num_resumes + 1)},
+            )
             p.sadd(rs.QUEUE_MODELS_KEY, rec.model)
             p.xadd(rs.queue_key(rec.model), rs.queue_entry(rec.request_id))
-            p.xadd(rs.EVENTS_KEY, rs.Event("requeue", now_s, {"request_id": rec.request_id,
-                   "from": rec.worker_id, "reason": reason}).to_fields(),
-                   maxlen=rs.EVENTS_MAXLEN, approximate=True)
+            p.xadd(
+                rs.EVENTS_KEY,
+                rs.Event(
+                    "requeue",
+                    now_s,
+                    {"request_id": rec.request_id, "from": rec.worker_id, "reason": reason},
+                ).to_fields(),
+                maxlen=rs.EVENTS_MAXLEN,
+                approximate=True,
+            )
             await p.execute()
 
     async def get_request(self, request_id: str) -> rs.RequestRecord | None:
@@ -90,8 +100,9 @@ class RedisStore:
 
     async def finish(self, request_id: str, reason: str, worker_id: str = "") -> None:
         async with self.r.pipeline(transaction=True) as p:
-            p.hset(rs.request_key(request_id), mapping={"state": rs.FINISHED,
-                                                        "finish_reason": reason})
+            p.hset(
+                rs.request_key(request_id), mapping={"state": rs.FINISHED, "finish_reason": reason}
+            )
             p.zrem(rs.ACTIVE_KEY, request_id)
             if worker_id:
                 p.srem(rs.worker_requests_key(worker_id), request_id)
@@ -144,8 +155,10 @@ class RedisStore:
         out: dict[str, tuple[rs.WorkerInfo, rs.Occupancy | None]] = {}
         for wid, beat in zip(ids, beats, strict=True):
             try:
-                out[wid] = (rs.WorkerInfo.from_json(infos[wid]),
-                            rs.Occupancy.from_json(beat) if beat else None)
+                out[wid] = (
+                    rs.WorkerInfo.from_json(infos[wid]),
+                    rs.Occupancy.from_json(beat) if beat else None,
+                )
             except (rs.SchemaError, ValueError, KeyError, TypeError):
                 log.warning("worker %s: unreadable registry entry", wid)
         return out
@@ -179,8 +192,12 @@ class RedisStore:
         await self.r.set(rs.PLAN_KEY, plan.to_json())
 
     async def event(self, kind: str, now_s: float, **data: Any) -> None:
-        await self.r.xadd(rs.EVENTS_KEY, rs.Event(kind, now_s, data).to_fields(),
-                          maxlen=rs.EVENTS_MAXLEN, approximate=True)
+        await self.r.xadd(
+            rs.EVENTS_KEY,
+            rs.Event(kind, now_s, data).to_fields(),
+            maxlen=rs.EVENTS_MAXLEN,
+            approximate=True,
+        )
 
     async def events(self, count: int = 50) -> list[rs.Event]:
         items = await self.r.xrevrange(rs.EVENTS_KEY, count=count)

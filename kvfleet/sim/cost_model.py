@@ -176,9 +176,11 @@ def load_calibration(path: Path, cost: CostModel) -> Calibration:
     - measured steps: ``{"steps": [{"num_tokens": .., "num_seqs": .., "kv_tokens": ..,
       "attn_pairs": .. (optional), "time_s": ..}, ...]}``: a least-squares fit of
       ``time = overhead + scale * roofline``;
-    - a ``kvfleet bench engine`` result: ``{"kvfleet_tok_s": .., "batch_size": ..,
-      "input_len": .., "output_len": ..}`` (decode throughput; batch and lengths optional,
-      default 1, 128, 128): one scale so the predicted throughput matches.
+    - a ``kvfleet bench engine`` result: ``{"kvfleet_tok_s": .., "workload":
+      {"num_requests": .., "prompt_tokens": .., "output_tokens": ..}}`` (output tokens per
+      second of one batch prefilled then decoded to the end; the batch and lengths may also
+      be given at the top level as ``batch_size``, ``input_len``, ``output_len``; defaults
+      1, 128, 128): one time scale so the predicted throughput matches.
     """
     try:
         data = json.loads(Path(path).read_text())
@@ -191,16 +193,32 @@ def load_calibration(path: Path, cost: CostModel) -> Calibration:
     tok_s = data.get("kvfleet_tok_s")
     if not isinstance(tok_s, int | float) or tok_s <= 0:
         raise ValueError(f"calibration {path}: needs 'steps' or a positive 'kvfleet_tok_s'")
-    batch = int(data.get("batch_size", data.get("batch", 1)) or 1)
-    input_len = int(data.get("input_len", data.get("prompt_tokens", 128)) or 128)
-    output_len = int(data.get("output_len", data.get("output_tokens", 128)) or 128)
-    context = batch * (input_len + output_len // 2)
-    base = cost.decode_run(batch, context)
-    roof = max(base.c0, base.m0)
-    measured_step = batch / float(tok_s)
-    scale = max(measured_step - base.overhead, 1e-6) / roof
-    log.info("calibration %s: decode %.1f tok/s at batch %d -> time scale %.3f",
-             path, tok_s, batch, scale)
+    raw_workload = data.get("workload")
+    workload: dict[str, object] = raw_workload if isinstance(raw_workload, dict) else {}
+
+    def pick(*keys: str, default: int) -> int:
+        source: dict[str, object]
+        for source in (workload, data):
+            for k in keys:
+                value = source.get(k)
+                if isinstance(value, int | float) and value > 0:
+                    return int(value)
+        return default
+
+    batch = pick("num_requests", "batch_size", default=1)
+    prompt = pick("prompt_tokens", "input_len", default=128)
+    output = pick("output_tokens", "output_len", default=128)
+    # The benchmark prefills every prompt, then decodes the batch to the end; its figure is
+    # output tokens over the whole time.
+    measured_s = batch * output / float(tok_s)
+    pre = cost.step_cost(batch * prompt, batch * prompt * (prompt + 1) / 2, batch * prompt, batch)
+    run = cost.decode_run(batch, batch * (prompt + 1))
+    decode_roof = run.time_of(output - 1) - (output - 1) * run.overhead
+    roof = max(pre.compute_s, pre.memory_s) + decode_roof
+    overhead = pre.overhead_s + (output - 1) * run.overhead
+    scale = max(measured_s - overhead, 1e-6 * roof) / roof
+    log.info("calibration %s: %.1f tok/s (batch %d, %d+%d tokens) -> time scale %.3f",
+             path, tok_s, batch, prompt, output, scale)
     return Calibration(scale, None, str(path))
 
 

@@ -106,6 +106,7 @@ def summarize(
         "num_plans": result.num_plans,
         "num_steps": result.num_steps,
         "wall_s": result.wall_s,
+        "cpu_s": result.cpu_s,
         "events_per_s": result.events_per_s,
         "virtual_end_s": result.end_s,
         "mean_active_gpus": float(np.mean([r[1] for r in rows])) if rows else 0.0,

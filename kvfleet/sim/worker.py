@@ -85,14 +85,16 @@ class SimWorker:
                 self._dirty_sink.append(self.idx)
 
     def worker_view(self) -> WorkerView:
-        """Occupancy as reported: free pages net of the demand of queued prompts."""
+        """Occupancy as reported: free pages net of the pages its queued requests will need
+        (negative when the queue needs more than is free, so an overloaded worker still
+        ranks by how overloaded it is)."""
         if self._view is None:
             demand = 0
             for s in self.waiting:
                 demand += -(-(s.num_tokens - s.num_computed) // s.tokens_per_page)
             self._view = WorkerView(
                 self.worker_id, self.models, self.total_pages,
-                max(0, self.free_pages - demand), self.tpp,
+                self.free_pages - demand, self.tpp,
                 len(self.running), len(self.waiting),
             )
         return self._view

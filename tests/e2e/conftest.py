@@ -39,8 +39,14 @@ class GreedyReference:
         from kvfleet.services.worker.engine import EngineRequest, SamplingParams
 
         rid = f"ref-{next(self._ids)}"
-        self.engine.add_request(EngineRequest(rid, TINY, tuple(prompt_ids), SamplingParams(
-            max_tokens=max_tokens, ignore_eos=ignore_eos)))
+        self.engine.add_request(
+            EngineRequest(
+                rid,
+                TINY,
+                tuple(prompt_ids),
+                SamplingParams(max_tokens=max_tokens, ignore_eos=ignore_eos),
+            )
+        )
         ids: list[int] = []
         text: list[str] = []
         finish = ""
@@ -65,9 +71,13 @@ def reference() -> GreedyReference:
 def stack(reference, tmp_path_factory) -> Stack:
     fleet = FleetConfig(
         models=[ModelConfig(name=TINY), ModelConfig(name=SMOL)],
-        workers=[WorkerConfig(id="w0", memory_bytes=1_500_000_000, models=[TINY, SMOL]),
-                 WorkerConfig(id="w1", memory_bytes=400_000_000, models=[TINY])],
-        http_port=0, grpc_port=0, api_keys=[API_KEY],
+        workers=[
+            WorkerConfig(id="w0", memory_bytes=1_500_000_000, models=[TINY, SMOL]),
+            WorkerConfig(id="w1", memory_bytes=400_000_000, models=[TINY]),
+        ],
+        http_port=0,
+        grpc_port=0,
+        api_keys=[API_KEY],
         engine=EngineSettings(max_num_seqs=32, num_threads=1),
         worker={"heartbeat_ttl_s": 1.5, "heartbeat_s": 0.2},
         scheduler={"reclaim_idle_s": 1.0},

@@ -21,8 +21,9 @@ LONG = 1500  # tokens: long enough on tiny-llama to act while the request runs
 
 async def _start_long(c: GatewayClient, ids, request_id: str):
     """Start a long greedy stream; return the stream and the first messages."""
-    call = c.stream(TINY, prompt_token_ids=ids, params=sampling(LONG, ignore_eos=True),
-                    request_id=request_id)
+    call = c.stream(
+        TINY, prompt_token_ids=ids, params=sampling(LONG, ignore_eos=True), request_id=request_id
+    )
     it = call.__aiter__()
     first = [await it.__anext__() for _ in range(2)]
     return call, it, first
@@ -74,8 +75,10 @@ async def test_scheduler_restart_with_queued_requests(stack, reference):
     store = RedisStore.from_url(stack.redis.url)
     try:
         async with GatewayClient(stack.grpc_address, API_KEY) as c:
-            tasks = [asyncio.create_task(c.generate(TINY, prompt=p, params=sampling(10)))
-                     for p in prompts]
+            tasks = [
+                asyncio.create_task(c.generate(TINY, prompt=p, params=sampling(10)))
+                for p in prompts
+            ]
 
             async def all_queued():
                 return len(await store.active_requests()) == len(prompts)
@@ -92,11 +95,18 @@ async def test_scheduler_restart_with_queued_requests(stack, reference):
 async def test_client_disconnect_cancels_and_frees_kv(stack, reference):
     store = RedisStore.from_url(stack.redis.url)
     try:
-        body = {"model": TINY, "prompt": "a stream nobody reads to the end",
-                "max_tokens": LONG, "ignore_eos": True, "temperature": 0, "stream": True}
+        body = {
+            "model": TINY,
+            "prompt": "a stream nobody reads to the end",
+            "max_tokens": LONG,
+            "ignore_eos": True,
+            "temperature": 0,
+            "stream": True,
+        }
         async with httpx.AsyncClient(base_url=stack.http_url, timeout=60) as http:
-            async with http.stream("POST", "/v1/completions", json=body,
-                                   headers={"Authorization": f"Bearer {API_KEY}"}) as r:
+            async with http.stream(
+                "POST", "/v1/completions", json=body, headers={"Authorization": f"Bearer {API_KEY}"}
+            ) as r:
                 rid = r.headers["x-request-id"]
                 lines = r.aiter_lines()
                 while not (await lines.__anext__()).startswith("data:"):
@@ -112,22 +122,18 @@ async def test_client_disconnect_cancels_and_frees_kv(stack, reference):
         assert rec.cancelled
 
         async def idle():
-            return all(occ is not None and occ.num_running == 0
-                       and occ.num_free_pages == occ.num_total_pages
-                       for _, occ in (await store.workers()).values())
+            return all(
+                occ is not None
+                and occ.num_running == 0
+                and occ.num_free_pages == occ.num_total_pages
+                for _, occ in (await store.workers()).values()
+            )
 
         await until(idle)
     finally:
         await store.close()
 
 
-def _can_migrate() -> bool:
-    from kvfleet.services.worker.engine import Engine
-
-    return hasattr(Engine, "export_sequence") and hasattr(Engine, "import_sequence")
-
-
-@pytest.mark.skipif(not _can_migrate(), reason="the engine has no export/import_sequence yet")
 async def test_migrate_with_admin_cli_keeps_output_and_each_token_once(stack, reference):
     ids = reference.tokenizer.encode("A request that moves house")
     ref = reference.run(ids, LONG, ignore_eos=True)
@@ -138,12 +144,23 @@ async def test_migrate_with_admin_cli_keeps_output_and_each_token_once(stack, re
             src = (await store.get_request("move-me")).worker_id
             dst = "w1" if src == "w0" else "w0"
             cli = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "kvfleet", "admin", "--run-dir", str(stack.run_dir),
-                "migrate", "move-me", "--to", dst,
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                sys.executable,
+                "-m",
+                "kvfleet",
+                "admin",
+                "--run-dir",
+                str(stack.run_dir),
+                "migrate",
+                "move-me",
+                "--to",
+                dst,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
             drained = asyncio.create_task(_drain(it, msgs))
             out, _ = await cli.communicate()
             assert cli.returncode == 0, out.decode()
+            print(out.decode().strip())  # the figures of the move, shown with -s
             assert f"{src} -> {dst}" in out.decode()
             await drained
         _check_exactly_once(msgs, ref)

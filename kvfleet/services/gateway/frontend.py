@@ -191,7 +191,11 @@ class Frontend:
         worker_id = await self.store.mark_cancelled(request_id)
         if worker_id is None:
             return False
-        if worker_id:
+        if not worker_id:
+            # not on a worker: end its stream here; a scheduler that picks it up drops it
+            await self.store.append_tokens(request_id, [rs.TokenEntry(0, None, "", "abort")])
+            await self.store.finish(request_id, "abort")
+        else:
             address = await self.store.worker_address(worker_id)
             if address:
                 try:

@@ -24,6 +24,7 @@ class RunningScheduler:
     grpc: Running
     dispatcher: Dispatcher
     task: asyncio.Task[None]
+    stopping: asyncio.Event
 
     @property
     def address(self) -> str:
@@ -32,19 +33,25 @@ class RunningScheduler:
     def addresses(self) -> dict[str, str]:
         return {"grpc": self.grpc.address}
 
-    async def stop(self) -> None:
-        self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
+    async def stop(self, grace_s: float = 5.0) -> None:
+        # Let the loop finish its tick: cancelling redis-py inside a blocking XREADGROUP
+        # can leave the read hanging. Cancel only if the tick does not end in time.
+        self.stopping.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(self.task), grace_s)
+        except TimeoutError:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
         await self.grpc.stop()
         await self.dispatcher.close()
         await self.dispatcher.store.close()
 
 
-async def _loop(d: Dispatcher, tick_s: float) -> None:
+async def _loop(d: Dispatcher, tick_s: float, stopping: asyncio.Event) -> None:
     block_ms = max(1, int(tick_s * 1000))
     await d.recover()
-    while True:
+    while not stopping.is_set():
         try:
             await d.tick(block_ms)
         except asyncio.CancelledError:
@@ -67,7 +74,9 @@ async def start(settings: SchedulerSettings) -> RunningScheduler:
         lambda s: scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerServicer(dispatcher), s),
         [SERVICE],
     )
-    task = asyncio.create_task(_loop(dispatcher, settings.tick_s), name="scheduler-loop")
+    stopping = asyncio.Event()
+    task = asyncio.create_task(_loop(dispatcher, settings.tick_s, stopping),
+                               name="scheduler-loop")
     log.info("scheduler %s on %s, policy %s", settings.consumer, running.address,
              settings.dispatch_policy)
-    return RunningScheduler(running, dispatcher, task)
+    return RunningScheduler(running, dispatcher, task, stopping)

@@ -47,6 +47,8 @@ class EngineRunner:
         self._occ: Occupancy | None = None
         self._occ_written_s = 0.0
         self._task: asyncio.Task[None] | None = None
+        self._write: asyncio.Task[None] | None = None  # the last step's token writes
+        self.info: rs.WorkerInfo | None = None  # registry entry, renewed with each heartbeat
         self.num_steps = 0
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -78,6 +80,8 @@ class EngineRunner:
         if not force and now - self._occ_written_s < self.occupancy_min_s:
             return
         self._occ_written_s = now
+        if force and self.info is not None:  # a worker taken for dead comes back visible
+            await self.store.register_worker(self.info)
         await self.store.heartbeat(self.occupancy_record(), self.ttl_ms)
 
     def _step(self) -> tuple[list[TokenEvent], Occupancy]:
@@ -99,8 +103,23 @@ class EngineRunner:
                     continue
                 self.num_steps += 1
                 if events:
-                    await self._publish(events)
+                    # the next step runs while these tokens go to Redis; writes stay in order
+                    self._write = asyncio.create_task(self._publish_after(self._write, events))
             await self.write_occupancy(force=False)
+
+    async def flush(self) -> None:
+        """Wait until every token produced so far is in Redis."""
+        while self._write is not None and not self._write.done():
+            await asyncio.shield(self._write)
+
+    async def _publish_after(self, previous: asyncio.Task[None] | None,
+                             events: list[TokenEvent]) -> None:
+        if previous is not None:
+            await asyncio.shield(previous)
+        try:
+            await self._publish(events)
+        except Exception:
+            log.exception("worker %s: writing tokens failed", self.worker_id)
 
     async def _publish(self, events: list[TokenEvent]) -> None:
         by_request: dict[str, list[rs.TokenEntry]] = {}
@@ -138,6 +157,7 @@ class EngineRunner:
         """Stop a request here and return its state. Holding the step lock guarantees every
         token produced here is already in Redis and no step runs in between."""
         async with self.step_lock:
+            await self.flush()
             export = await self.call(self.engine.export_sequence, request_id, 0, True)
             self.migrated.add(request_id)
             self.running.discard(request_id)
@@ -151,6 +171,7 @@ class EngineRunner:
         self.wake()
 
     async def stop(self) -> None:
+        await self.flush()
         if self._task is not None:
             self._task.cancel()
             try:

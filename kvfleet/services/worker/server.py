@@ -73,7 +73,12 @@ async def start(settings: WorkerSettings) -> RunningWorker:
     store = RedisStore.from_url(settings.redis_url)
     runner = EngineRunner(engine, store, settings.worker_id, settings.heartbeat_ttl_s,
                           settings.occupancy_min_s)
-    backend = "nccl" if es.device.startswith("cuda") else "gloo"
+    backend = settings.transfer_backend
+    if backend == "auto":
+        backend = "nccl" if es.device.startswith("cuda") else "gloo"
+    advertised = settings.advertise_host or settings.host
+    if not settings.transfer_host:
+        settings = settings.model_copy(update={"transfer_host": advertised})
     groups = PairGroups(settings.worker_id, settings.transfer_host, settings.transfer_timeout_s,
                         backend)
     servicer = WorkerServicer(runner, groups, settings)
@@ -87,8 +92,9 @@ async def start(settings: WorkerSettings) -> RunningWorker:
     for model in settings.preload:
         await runner.call(engine.load_model, model)
     await runner.refresh_occupancy()
-    await store.register_worker(rs.WorkerInfo(settings.worker_id, running.address,
-                                              secrets.token_hex(6), time.time()))
+    runner.info = rs.WorkerInfo(settings.worker_id, f"{advertised}:{running.port}",
+                                secrets.token_hex(6), time.time())
+    await store.register_worker(runner.info)
     if engine.models():
         await running.set_serving(True)
     task = asyncio.create_task(_heartbeat(runner, settings.heartbeat_s), name="heartbeat")

@@ -46,11 +46,17 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         self._pair_locks: dict[str, asyncio.Lock] = {}
         self._load_lock = asyncio.Lock()
 
+    @property
+    def _wire_device(self) -> str:
+        return self.settings.engine.device if self.groups.backend == "nccl" else "cpu"
+
     async def _run(self, fn, *args):  # type: ignore[no-untyped-def]
         return await asyncio.get_running_loop().run_in_executor(self._transfer, fn, *args)
 
     async def Assign(self, request, context):  # noqa: N802
         rid = request.request_id
+        if rid in self.runner.running:  # assigned again (a scheduler restarted mid-assign)
+            return worker_pb2.AssignResponse()
         req = EngineRequest(rid, request.model, tuple(request.prompt_token_ids),
                             _sampling(request.sampling), tuple(request.output_token_ids),
                             request.arrival_s)
@@ -120,7 +126,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                 request_id=rid), timeout=self.settings.transfer_timeout_s)
             try:
                 pg = await self._run(self.groups.form_outgoing, group) if new else group.pg
-                num_bytes = await self._run(send_payload, pg, 1, export.meta, export.tensors)
+                num_bytes = await self._run(send_payload, pg, 1, export.meta, export.tensors,
+                                            self._wire_device)
                 reply = await call
             except Exception as e:
                 call.cancel()
@@ -142,8 +149,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             group = await self._run(self.groups.join_incoming, request.group_id,
                                     request.source_worker_id, request.store_host,
                                     request.store_port)
-            meta, tensors = await self._run(recv_payload, group.pg, 0,
-                                            self.settings.engine.device)
+            meta, tensors = await self._run(recv_payload, group.pg, 0, self._wire_device)
         except Exception as e:
             log.warning("request %s: receive from %s failed: %s", rid, request.source_worker_id, e)
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"receive failed: {e}")

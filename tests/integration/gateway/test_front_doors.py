@@ -138,3 +138,29 @@ async def test_metrics_count_refusals(gateway):
         await c.post("/v1/completions", content=b"{", headers=_auth())
         text = (await c.get("/metrics")).text
         assert 'kvfleet_gateway_requests_total{api="http",model="",status="400"} 1.0' in text
+
+
+async def test_replicas_share_requests_through_redis(redis_url):
+    """Stateless gateways: a request entered at one replica is cancelled at another, and
+    its stream at the first ends with the abort."""
+    from kvfleet.services.gateway.frontend import Prepared
+
+    store = RedisStore.from_url(redis_url)
+    await store.set_plan(rs.PlanRecord(1, (("w0", "m"),), time.time()))
+    a = await start(GatewaySettings(redis_url=redis_url, port=0, http_port=0))
+    b = await start(GatewaySettings(redis_url=redis_url, port=0, http_port=0))
+    try:
+        p = Prepared("shared-1", "m", (1, 2, 3), rs.SamplingRecord(max_tokens=4))
+        await a.frontend.submit(p)
+        assert await store.r.xlen(rs.queue_key("m")) == 1
+        async with grpc.aio.insecure_channel(b.address) as ch:
+            stub = gateway_pb2_grpc.GatewayStub(ch)
+            assert (await stub.Cancel(gateway_pb2.CancelRequest(request_id="shared-1"))).found
+        chunks = [c async for c in a.frontend.stream("shared-1")]
+        assert [c.finish_reason for c in chunks] == ["abort"]
+        rec = await store.get_request("shared-1")
+        assert rec.cancelled and rec.state == rs.FINISHED
+    finally:
+        await a.stop()
+        await b.stop()
+        await store.close()

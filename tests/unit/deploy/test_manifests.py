@@ -78,3 +78,46 @@ def test_compose_stack_validates(files: list[str]) -> None:
     gpu = "docker-compose.gpu.yml" in files
     devices = config["services"]["worker-0"].get("deploy", {}).get("resources", {})
     assert bool(devices.get("reservations")) == gpu
+
+
+def _env_names() -> set[str]:
+    names: set[str] = set()
+    compose = [DEPLOY / "docker-compose.yml", DEPLOY / "docker-compose.gpu.yml"]
+    for path in compose:
+        for svc in yaml.safe_load(path.read_text())["services"].values():
+            env = svc.get("environment") or {}
+            names.update(env if isinstance(env, dict) else (e.split("=")[0] for e in env))
+    for path in MANIFESTS:
+        for doc in _docs(path):
+            spec = doc.get("spec", {}).get("template", {}).get("spec", {})
+            for c in spec.get("containers", []):
+                names.update(e["name"] for e in c.get("env", []))
+    return {n for n in names if n.startswith("KVFLEET_")}
+
+
+def test_every_kvfleet_variable_in_deploy_names_a_settings_field() -> None:
+    from kvfleet.common import config
+
+    classes = {
+        "GATEWAY": config.GatewaySettings,
+        "SCHEDULER": config.SchedulerSettings,
+        "PLANNER": config.PlannerSettings,
+        "WORKER": config.WorkerSettings,
+    }
+    names = _env_names()
+    assert len(names) >= 10
+    for name in names:
+        _, service, rest = name.split("_", 2)
+        model = classes[service]
+        for part in rest.lower().split("__"):
+            assert part in model.model_fields, f"{name}: no field {part!r}"
+            model = model.model_fields[part].annotation
+
+
+def test_fleet_file_is_a_valid_fleet_description() -> None:
+    from kvfleet.common.config import FleetConfig, PlannerSettings
+
+    fleet = FleetConfig.load(DEPLOY / "fleet.yaml")
+    assert [w.id for w in fleet.workers] == ["worker-0", "worker-1"]
+    planner = PlannerSettings.load(DEPLOY / "fleet.yaml")
+    assert [m.name for m in planner.models] == ["smollm2-135m"]

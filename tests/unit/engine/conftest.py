@@ -6,7 +6,6 @@ import pytest
 import torch
 
 
-
 @pytest.fixture(scope="session", autouse=True)
 def kvfleet_cache(tmp_path_factory: pytest.TempPathFactory):
     mp = pytest.MonkeyPatch()

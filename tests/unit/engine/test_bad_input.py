@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from engine_helpers import greedy, request, run_all, tiny_engine, tokens
+
 from kvfleet.services.worker.engine import (
     EngineInputError,
     ModelNotFoundError,

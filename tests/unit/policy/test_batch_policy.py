@@ -32,8 +32,11 @@ def test_pages_needed_rounds_up_and_counts_held_pages():
 
 def test_fcfs_admits_in_order_with_chunked_prefill():
     view = EngineView(
-        running=(), waiting=(seq(0, tokens=30), seq(1, tokens=30)),
-        num_free_pages=100, token_budget=40, max_num_seqs=8,
+        running=(),
+        waiting=(seq(0, tokens=30), seq(1, tokens=30)),
+        num_free_pages=100,
+        token_budget=40,
+        max_num_seqs=8,
     )
     plan = FcfsBatchPolicy().plan(view, 0.0)
     assert [(c.seq_id, c.num_tokens) for c in plan.chunks] == [("s0", 30), ("s1", 10)]
@@ -45,15 +48,25 @@ def test_fcfs_preempts_newest_running_when_pages_run_out():
         seq(0, tokens=33, computed=32, pages=2),
         seq(1, tokens=33, computed=32, pages=2),
     )
-    view = EngineView(running=running, waiting=(seq(2, tokens=4),), num_free_pages=0,
-                      token_budget=64, max_num_seqs=8)
+    view = EngineView(
+        running=running,
+        waiting=(seq(2, tokens=4),),
+        num_free_pages=0,
+        token_budget=64,
+        max_num_seqs=8,
+    )
     plan = FcfsBatchPolicy().plan(view, 0.0)
     assert plan.preempt == ("s1",)
     assert [(c.seq_id, c.num_tokens) for c in plan.chunks] == [("s0", 1)]
 
 
 def test_fcfs_stops_at_first_waiting_request_that_does_not_fit():
-    view = EngineView(running=(), waiting=(seq(0, tokens=64), seq(1, tokens=4)),
-                      num_free_pages=2, token_budget=128, max_num_seqs=8)
+    view = EngineView(
+        running=(),
+        waiting=(seq(0, tokens=64), seq(1, tokens=4)),
+        num_free_pages=2,
+        token_budget=128,
+        max_num_seqs=8,
+    )
     plan = FcfsBatchPolicy(chunked_prefill=False).plan(view, 0.0)
     assert plan.chunks == ()

@@ -80,11 +80,14 @@ def test_calibration_from_measured_steps_recovers_scale_and_overhead(tmp_path):
 def test_calibration_from_bench_engine_json_matches_measured_throughput(tmp_path):
     cpu = CostModel(gpu_preset("CPU"), model_preset("SmolLM2-135M"))
     path = tmp_path / "bench.json"
-    path.write_text(json.dumps({"kvfleet_tok_s": 40.0, "batch_size": 4, "input_len": 64,
-                                "output_len": 32}))
+    path.write_text(json.dumps({"kvfleet_tok_s": 40.0, "hf_generate_tok_s": 30.0, "workload": {
+        "model": "smollm2-135m", "num_requests": 4, "prompt_tokens": 64, "output_tokens": 32}}))
     calib = load_calibration(path, cpu)
     tuned = CostModel(gpu_preset("CPU"), model_preset("SmolLM2-135M"), calibration=calib)
-    assert tuned.decode_s(4, 4 * (64 + 16)) == pytest.approx(4 / 40.0, rel=1e-6)
+    # The benchmark's run, predicted: one prefill of the batch, then 31 decode steps.
+    predicted = tuned.step_cost(4 * 64, 4 * 64 * 65 / 2, 4 * 64, 4).total_s
+    predicted += tuned.decode_run(4, 4 * 65).time_of(31)
+    assert 4 * 32 / predicted == pytest.approx(40.0, rel=1e-6)
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
     with pytest.raises(ValueError, match="kvfleet_tok_s"):

@@ -61,25 +61,37 @@ class _ChargingPolicy:
         return Decisions(tuple(assignments), tuple(unassigned))
 
 
+# Heap entry: (key, worker_id, stamp, view). Worker ids are unique and a worker's stamps
+# differ, so comparisons never reach the view.
+_Entry = tuple[object, str, int, WorkerView]
+
+
 class _KeyCache:
-    """Heap keys per worker, reused while the caller passes the same ``WorkerView`` object
-    (a simulator or scheduler that rebuilds only the views that changed)."""
+    """Heap entries per model, patched only where the caller passed a different
+    ``WorkerView`` object than last time (a simulator or scheduler that rebuilds only the
+    views that changed pays for those alone)."""
 
     def __init__(self, key: Callable[[WorkerView, int], object]) -> None:
         self.key = key
-        self._cache: dict[str, tuple[WorkerView, object]] = {}
+        self._last: dict[str, tuple[tuple[WorkerView, ...], list[_Entry | None]]] = {}
 
-    def entries(self, view: ClusterView, model: str) -> list[tuple[object, str, int]]:
-        cache = self._cache
-        key = self.key
-        out: list[tuple[object, str, int]] = []
-        for w in view.workers:
-            hit = cache.get(w.worker_id)
-            if hit is None or hit[0] is not w:
-                hit = cache[w.worker_id] = (w, key(w, w.num_free_pages))
-            if w.alive and not w.draining and model in w.models:
-                out.append((hit[1], w.worker_id, 0))
-        return out
+    def _entry(self, w: WorkerView, model: str) -> _Entry | None:
+        if w.alive and not w.draining and model in w.models:
+            return (self.key(w, w.num_free_pages), w.worker_id, 0, w)
+        return None
+
+    def entries(self, view: ClusterView, model: str) -> list[_Entry]:
+        workers = view.workers
+        last = self._last.get(model)
+        if last is not None and len(last[0]) == len(workers):
+            old, ents = last
+            changed = [i for i, (a, b) in enumerate(zip(old, workers, strict=True)) if a is not b]
+            for i in changed:
+                ents[i] = self._entry(workers[i], model)
+        else:
+            ents = [self._entry(w, model) for w in workers]
+        self._last[model] = (workers, ents)
+        return [e for e in ents if e is not None]
 
 
 def _heap_decide(
@@ -92,9 +104,8 @@ def _heap_decide(
     ``_ChargingPolicy.decide`` in O(log workers) per request (large fleets, the simulator)."""
     key = keys.key
     free: dict[str, int] = {}
-    by_id = {w.worker_id: w for w in view.workers}
     stamp: dict[str, int] = {}
-    heaps: dict[str, list[tuple[object, str, int]]] = {}
+    heaps: dict[str, list[_Entry]] = {}
     assignments: list[Assignment] = []
     unassigned: list[str] = []
     for request in queue:
@@ -103,7 +114,7 @@ def _heap_decide(
             heap = keys.entries(view, request.model)
             if stamp:  # workers charged earlier in this call, for another model
                 heap = [
-                    (key(by_id[e[1]], free[e[1]]), e[1], stamp[e[1]]) if e[1] in stamp else e
+                    (key(e[3], free[e[1]]), e[1], stamp[e[1]], e[3]) if e[1] in stamp else e
                     for e in heap
                 ]
             heapq.heapify(heap)
@@ -113,14 +124,14 @@ def _heap_decide(
         if not heap:
             unassigned.append(request.request_id)
             continue
-        worker = by_id[heap[0][1]]
+        worker = heap[0][3]
         wid = worker.worker_id
         left = free[wid] = free.get(wid, worker.num_free_pages) - request_pages(request, worker)
         version = stamp[wid] = stamp.get(wid, 0) + 1
         for model in worker.models:
             other = heaps.get(model)
             if other is not None and worker.can_serve(model):
-                heapq.heappush(other, (key(worker, left), wid, version))
+                heapq.heappush(other, (key(worker, left), wid, version, worker))
         assignments.append(Assignment(request.request_id, wid))
     return Decisions(tuple(assignments), tuple(unassigned))
 

@@ -86,7 +86,7 @@ def _bare_kvfleet(eng, model: str, prompts: list[list[int]], n_out: int
         seq.pages = eng.pool.allocate(-(-(len(p) + n_out) // tpp)) or []
         seqs.append(seq)
     batches = [build_batch([(s, len(s.tokens)) for s in seqs], tpp, eng.device)]
-    for step in range(1, n_out):
+    for _ in range(1, n_out):
         for s in seqs:
             s.num_computed = len(s.tokens)
             s.tokens.append(0)

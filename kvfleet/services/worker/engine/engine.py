@@ -27,11 +27,13 @@ from kvfleet.services.worker.core.batch_policy import (
 from kvfleet.services.worker.engine.batch_builder import build_batch
 from kvfleet.services.worker.engine.config import EngineConfig
 from kvfleet.services.worker.engine.kv_pool import PagePool
+from kvfleet.services.worker.engine.layers import drop_layers, restore_layers
 from kvfleet.services.worker.engine.loaded_model import (
     LoadedModel,
     weights_bytes,
     workspace_bytes,
 )
+from kvfleet.services.worker.engine.migration import export_sequence, import_sequence
 from kvfleet.services.worker.engine.model import ModelStage
 from kvfleet.services.worker.engine.sampler import sample
 from kvfleet.services.worker.engine.sequence import Sequence
@@ -42,6 +44,7 @@ from kvfleet.services.worker.engine.types import (
     ModelNotFoundError,
     Occupancy,
     OutOfMemoryBudgetError,
+    SequenceExport,
     TokenEvent,
     WeightsEntry,
 )
@@ -143,6 +146,17 @@ class Engine:
             del self._models[name]
             self._resize_pool()
 
+    def drop_layers(self, name: str, keep: tuple[int, int]) -> None:
+        """Keep only layers [a, b) of a model; the freed weight memory becomes KV pages."""
+        with self._lock:
+            drop_layers(self, name, keep)
+
+    def restore_layers(self, name: str, layers: tuple[int, int] | None = None) -> None:
+        """Reload layers from the checkpoint (default: all); the model's sequences are
+        re-prefilled."""
+        with self._lock:
+            restore_layers(self, name, layers)
+
     def models(self) -> list[str]:
         return list(self._models)
 
@@ -169,16 +183,25 @@ class Engine:
         if any((not isinstance(t, int)) or not 0 <= t < vocab
                for t in (*req.prompt_token_ids, *req.output_token_ids)):
             raise EngineInputError(f"request {req.request_id}: token ids must be in [0, {vocab})")
-        pages = -(-(n + 1) // m.layout.tokens_per_page)
+        longest = min(len(req.prompt_token_ids) + req.sampling.max_tokens,
+                      m.spec.max_context_tokens)
+        pages = -(-longest // m.layout.tokens_per_page)
         if pages > self.pool.num_pages:
             raise EngineInputError(
-                f"request {req.request_id}: needs {pages} KV pages, the pool has "
-                f"{self.pool.num_pages}")
+                f"request {req.request_id}: up to {longest} tokens need {pages} KV pages, "
+                f"the pool has {self.pool.num_pages}")
         return m
 
     def add_request(self, req: EngineRequest) -> None:
         """Validate (raising EngineInputError) and queue. Thread-safe."""
-        self.validate(req)
+        m = self.validate(req)
+        if not (m.stage.is_first and m.stage.is_last):
+            raise EngineInputError(
+                f"this engine holds only layers [{m.stage.first}, {m.stage.last}) of "
+                f"{req.model!r}; serve it through a pipeline of stages")
+        self._enqueue(req)
+
+    def _enqueue(self, req: EngineRequest) -> None:
         with self._inbox_lock:
             if req.request_id in self._live:
                 raise EngineInputError(f"request id {req.request_id!r} is already in use")
@@ -224,8 +247,7 @@ class Engine:
                 with self._inbox_lock:
                     self._live.discard(req.request_id)
                 continue
-            seq = Sequence(req, self._order, m.tokenizer, m.spec.max_context_tokens)
-            self._order += 1
+            seq = Sequence(req, self._next_order(), m.tokenizer, m.spec.max_context_tokens)
             self._seqs[seq.seq_id] = seq
             self._waiting.append(seq)
         self._waiting.sort(key=lambda s: (s.req.arrival_s, s.order))
@@ -259,16 +281,7 @@ class Engine:
 
     def _apply_plan(self, plan: StepPlan) -> dict[str, list[tuple[Sequence, int]]]:
         for sid in plan.preempt:
-            seq = self._seqs[sid]
-            log.debug("preempting %s (recompute %d tokens)", sid, seq.num_tokens)
-            self.pool.free(seq.pages)
-            seq.pages = []
-            seq.num_computed = 0
-            self.num_preemptions += 1
-            self._running.remove(seq)
-            self._waiting.append(seq)
-        if plan.preempt:
-            self._waiting.sort(key=lambda s: (s.req.arrival_s, s.order))
+            self._preempt(self._seqs[sid])
         groups: dict[str, list[tuple[Sequence, int]]] = {}
         for chunk in plan.chunks:
             seq = self._seqs[chunk.seq_id]
@@ -284,6 +297,18 @@ class Engine:
                 self._running.append(seq)
             groups.setdefault(seq.model, []).append((seq, chunk.num_tokens))
         return groups
+
+    def _preempt(self, seq: Sequence) -> None:
+        """Recompute preemption: free the pages; the sequence waits to be prefilled again."""
+        log.debug("preempting %s (recompute %d tokens)", seq.seq_id, seq.num_tokens)
+        self.pool.free(seq.pages)
+        seq.pages = []
+        seq.num_computed = 0
+        self.num_preemptions += 1
+        if seq in self._running:
+            self._running.remove(seq)
+        self._waiting.append(seq)
+        self._waiting.sort(key=lambda s: (s.req.arrival_s, s.order))
 
     def _postprocess(self, m: LoadedModel, items: list[tuple[Sequence, int]],
                      logits: torch.Tensor) -> list[TokenEvent]:
@@ -315,6 +340,53 @@ class Engine:
             self._waiting.remove(seq)
         with self._inbox_lock:
             self._live.discard(seq.seq_id)
+
+    def _next_order(self) -> int:
+        self._order += 1
+        return self._order
+
+    # ------------------------------------------------------------------ migration
+    def export_sequence(self, request_id: str, since_tokens: int = 0,
+                        stop: bool = False) -> SequenceExport:
+        """KV of tokens [since_tokens, num_computed) for the layers held, with tokens and
+        sampling state; ``stop`` removes the sequence here (no event is emitted for it)."""
+        with self._lock:
+            self._admit_inbox(request_id)
+            seq = self._seqs.get(request_id)
+            if seq is None:
+                raise EngineInputError(f"request {request_id!r} is not running on this engine")
+            export = export_sequence(self, seq, since_tokens)
+            if stop:
+                self._finish(seq, "migrated")
+            return export
+
+    def import_sequence(self, export: SequenceExport | list[SequenceExport]) -> None:
+        """Rebuild a sequence from a base export (plus incremental ones) and continue it."""
+        exports = export if isinstance(export, list) else [export]
+        with self._lock:
+            rid = exports[0].meta.get("request_id") if exports else None
+            with self._inbox_lock:
+                if rid in self._live:
+                    raise EngineInputError(f"request id {rid!r} is already in use")
+            seq = import_sequence(self, exports)
+            with self._inbox_lock:
+                self._live.add(seq.seq_id)
+            self._seqs[seq.seq_id] = seq
+            if seq.pages:
+                self._running.append(seq)
+            else:
+                self._waiting.append(seq)
+
+    def _admit_inbox(self, request_id: str) -> None:
+        """Move one queued request from the inbox into the engine (for export)."""
+        with self._inbox_lock:
+            reqs = [r for r in self._inbox if r.request_id == request_id]
+            self._inbox = [r for r in self._inbox if r.request_id != request_id]
+        for req in reqs:
+            m = self._models[req.model]
+            seq = Sequence(req, self._next_order(), m.tokenizer, m.spec.max_context_tokens)
+            self._seqs[seq.seq_id] = seq
+            self._waiting.append(seq)
 
     # ------------------------------------------------------------------ snapshots
     def occupancy(self) -> Occupancy:

@@ -8,6 +8,7 @@ batched masked SDPA per layer.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -111,6 +112,19 @@ class ModelStage:
         self.cos = emb.cos().to(device=device, dtype=dtype)
         self.sin = emb.sin().to(device=device, dtype=dtype)
 
+    def narrow(self, first: int, last: int) -> ModelStage:
+        """A stage over layers [first, last) of this one, sharing its tensors."""
+        if not self.first <= first < last <= self.last:
+            raise ValueError(f"[{first}, {last}) is not inside [{self.first}, {self.last})")
+        new = copy.copy(self)
+        new.first, new.last = first, last
+        new.layers = self.layers[first - self.first : last - self.first]
+        if first != 0:
+            new.embed = None
+        if last != self.spec.num_layers:
+            new.norm = new.lm_head = None
+        return new
+
     @property
     def num_layers(self) -> int:
         return self.last - self.first
@@ -153,8 +167,18 @@ class ModelStage:
         b, max_q = batch.page_table.shape[0], batch.max_q
         g = nq // nkv
         tpp = kv.shape[3]
+        # Rows of kv_heads * head_dim elements: a page holds rows (layer, k|v, offset).
+        rows = kv.as_strided((kv.shape[0], kv.shape[1] * 2 * tpp, nkv * d),
+                             (kv.stride(0), nkv * d, 1))
+        row = nkv * d
+        # Every row start as one element offset: index_select on an overlapping window view
+        # copies whole rows, the fastest gather on CPU.
+        numel = kv.untyped_storage().nbytes() // kv.element_size()
+        window = kv.as_strided((numel - row + 1, row), (1, 1))
         s = batch.page_table.shape[1] * tpp
         key_pos = torch.arange(s, device=h.device)
+        gather_base = (batch.page_table.repeat_interleave(tpp, dim=1) * kv.stride(0)
+                       + (key_pos % tpp) * row).view(-1)  # [B * S] element offsets
         mask = (key_pos.view(1, 1, s) <= batch.key_limit.repeat(1, g).unsqueeze(-1)).unsqueeze(1)
         t_tokens = h.shape[0]
         for li, layer in enumerate(self.layers):
@@ -165,12 +189,14 @@ class ModelStage:
             k = k.view(t_tokens, nkv, d)
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
-            layer_kv = kv[:, li]
-            layer_kv[batch.slot_pages, 0, batch.slot_offsets] = k
-            layer_kv[batch.slot_pages, 1, batch.slot_offsets] = v.view(t_tokens, nkv, d)
-            gathered = layer_kv[batch.page_table]  # [B, P, 2, tpp, nkv, d]
-            keys = gathered[:, :, 0].reshape(b, s, nkv, d).transpose(1, 2)
-            values = gathered[:, :, 1].reshape(b, s, nkv, d).transpose(1, 2)
+            k_row = li * 2 * tpp
+            v_row = k_row + tpp
+            rows[batch.slot_pages, batch.slot_offsets + k_row] = k.reshape(t_tokens, nkv * d)
+            rows[batch.slot_pages, batch.slot_offsets + v_row] = v
+            keys = window.index_select(0, gather_base + k_row * row)
+            values = window.index_select(0, gather_base + v_row * row)
+            keys = keys.view(b, s, nkv, d).transpose(1, 2)
+            values = values.view(b, s, nkv, d).transpose(1, 2)
             if batch.pad_index is not None:
                 qp = q.new_zeros(b * max_q, nq, d)
                 qp[batch.pad_index] = q

@@ -23,13 +23,13 @@ def _dtype(name: str) -> torch.dtype:
 
 
 def send_payload(pg: dist.ProcessGroup, dst: int, meta: dict[str, Any],
-                 tensors: list[torch.Tensor]) -> int:
-    """Returns the bytes sent."""
-    tensors = [t.contiguous() for t in tensors]
+                 tensors: list[torch.Tensor], device: str = "cpu") -> int:
+    """Send over ``pg`` from ``device`` ("cpu" for gloo: device tensors are staged through
+    host memory). Returns the bytes sent."""
+    tensors = [t.to(device).contiguous() for t in tensors]
     wire = dict(meta)
     wire["_tensors"] = [{"shape": list(t.shape), "dtype": str(t.dtype)} for t in tensors]
     raw = torch.frombuffer(bytearray(json.dumps(wire).encode()), dtype=torch.uint8)
-    device = tensors[0].device if tensors else torch.device("cpu")
     header = torch.tensor([raw.numel()], dtype=torch.int64, device=device)
     pg.send([header], dst, _TAG).wait()
     pg.send([raw.to(device)], dst, _TAG).wait()
