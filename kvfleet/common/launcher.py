@@ -259,7 +259,8 @@ async def _wait_ready(stack: Stack, timeout_s: float) -> None:
 
 def launch(fleet: FleetConfig, run_dir: Path | None = None, timeout_s: float = 600.0) -> Stack:
     """Start everything and return once every service is healthy (or raise, stopping all)."""
-    run_dir = Path(run_dir or default_run_dir())
+    # Absolute: redis-server changes into its own directory before opening its files.
+    run_dir = Path(run_dir or default_run_dir()).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     existing = run_dir / "stack.json"
     if existing.exists() and _any_alive(json.loads(existing.read_text())):
