@@ -11,11 +11,22 @@ from kvfleet.services.worker.engine import (
 )
 
 
-def tiny_engine(memory_mb: int = 64, page_size_bytes: int = 4096, budget: int = 256,
-                max_seqs: int = 16, load: bool = True) -> Engine:
-    eng = Engine(EngineConfig(memory_bytes=memory_mb << 20, page_size_bytes=page_size_bytes,
-                              max_num_batched_tokens=budget, max_num_seqs=max_seqs,
-                              num_threads=2))
+def tiny_engine(
+    memory_mb: int = 64,
+    page_size_bytes: int = 4096,
+    budget: int = 256,
+    max_seqs: int = 16,
+    load: bool = True,
+) -> Engine:
+    eng = Engine(
+        EngineConfig(
+            memory_bytes=memory_mb << 20,
+            page_size_bytes=page_size_bytes,
+            max_num_batched_tokens=budget,
+            max_num_seqs=max_seqs,
+            num_threads=2,
+        )
+    )
     if load:
         eng.load_model("tiny-llama")
     return eng
@@ -39,6 +50,7 @@ def tokens(events: list[TokenEvent]) -> list[int]:
     return [e.token_id for e in events if e.token_id is not None]
 
 
-def request(rid: str, prompt: list[int], sampling: SamplingParams,
-            model: str = "tiny-llama", **kw) -> EngineRequest:
+def request(
+    rid: str, prompt: list[int], sampling: SamplingParams, model: str = "tiny-llama", **kw
+) -> EngineRequest:
     return EngineRequest(rid, model, tuple(prompt), sampling, **kw)

@@ -41,18 +41,25 @@ workloads = st.lists(
 
 
 @seed(20261122)
-@settings(max_examples=12, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow])
-@given(workload=workloads, budget=st.sampled_from([8, 24, 64]), num_pages=st.integers(13, 30),
-       data_seed=st.integers(0, 1000))
+@settings(
+    max_examples=12, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
+@given(
+    workload=workloads,
+    budget=st.sampled_from([8, 24, 64]),
+    num_pages=st.integers(13, 30),
+    data_seed=st.integers(0, 1000),
+)
 def test_batched_equals_sequential(workload, budget, num_pages, data_seed):
     rng = random.Random(data_seed)
     # tiny-llama: 1 KiB of KV per token; 4 KiB pages hold 4 tokens. A request needs at most
     # 50 tokens = 13 pages, so every request fits alone but the mix forces preemptions.
     eng = tiny_engine(budget=budget, max_seqs=6)
     eng.pool.resize(num_pages)
-    reqs = [(f"r{i}", tuple(rng.randrange(49152) for _ in range(n)), m, at)
-            for i, (n, m, at) in enumerate(workload)]
+    reqs = [
+        (f"r{i}", tuple(rng.randrange(49152) for _ in range(n)), m, at)
+        for i, (n, m, at) in enumerate(workload)
+    ]
     out: dict[str, list] = {}
     step = 0
     while step < 5000:

@@ -24,15 +24,22 @@ CHATS = [
 def hf_model(name: str):
     src = resolve_model(name)
     if src.kind == "gguf":
-        return AutoModelForCausalLM.from_pretrained(str(src.path.parent), gguf_file=src.path.name,
-                                                    dtype=torch.float32).eval()
+        return AutoModelForCausalLM.from_pretrained(
+            str(src.path.parent), gguf_file=src.path.name, dtype=torch.float32
+        ).eval()
     return AutoModelForCausalLM.from_pretrained(str(src.path), dtype=torch.float32).eval()
 
 
 @pytest.fixture(scope="module")
 def smollm2():
-    eng = Engine(EngineConfig(memory_bytes=1 << 30, page_size_bytes=1 << 20,
-                              max_num_batched_tokens=1024, num_threads=2))
+    eng = Engine(
+        EngineConfig(
+            memory_bytes=1 << 30,
+            page_size_bytes=1 << 20,
+            max_num_batched_tokens=1024,
+            num_threads=2,
+        )
+    )
     eng.load_model("smollm2-135m")
     return eng, hf_model("smollm2-135m"), load_tokenizer("smollm2-135m")
 
@@ -50,7 +57,7 @@ def prefill_logits(eng: Engine, name: str, prompt: list[int]) -> torch.Tensor:
 
 def hf_greedy(hf, prompt: list[int], n: int) -> list[int]:
     out = hf.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False)
-    return out[0, len(prompt):].tolist()
+    return out[0, len(prompt) :].tolist()
 
 
 @pytest.mark.slow
