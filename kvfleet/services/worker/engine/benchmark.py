@@ -27,6 +27,7 @@ class Workload:
     seed: int = 0
     repeats: int = 2
     num_threads: int | None = None
+    default_cache_path: bool = True  # also time generate_batch with its default cache sizing
 
     def prompts(self, vocab_size: int) -> list[list[int]]:
         rng = random.Random(self.seed)
@@ -45,6 +46,7 @@ class BenchResult:
     roofline_tok_s: float
     roofline_hf_forward_tok_s: float
     roofline_kvfleet_forward_tok_s: float
+    hf_generate_batch_default_cache_tok_s: float | None
     kvfleet_vs_hf_generate: float
     kvfleet_vs_hf_generate_batch: float
     kvfleet_vs_roofline: float
@@ -118,6 +120,7 @@ def _bare_kvfleet(
 
 def run_benchmark(w: Workload) -> BenchResult:
     from transformers import AutoModelForCausalLM, GenerationConfig
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
     from kvfleet.common.models import read_spec, resolve_model
     from kvfleet.services.worker.engine import Engine, EngineConfig, EngineRequest, SamplingParams
@@ -196,8 +199,24 @@ def run_benchmark(w: Workload) -> BenchResult:
         pad_token_id=spec.eos_token_ids[0] if spec.eos_token_ids else 0,
     )
 
-    def run_generate_batch(ps: list[list[int]] = prompts) -> list[list[int]]:
-        res = hf.generate_batch(inputs=ps, generation_config=gen_cfg, progress_bar=False)
+    # generate_batch sizes its cache from free memory by default, which on CPU costs more than
+    # the work; give it a cache sized to the workload and the same token budget as kvfleet.
+    cb_page = 32
+    cb_cfg = ContinuousBatchingConfig(
+        page_size=cb_page,
+        num_blocks=w.num_requests * (-(-ctx // cb_page) + 1) + 8,
+        max_batch_tokens=budget_tokens,
+    )
+
+    def run_generate_batch(
+        ps: list[list[int]] = prompts, cfg: ContinuousBatchingConfig | None = cb_cfg
+    ) -> list[list[int]]:
+        res = hf.generate_batch(
+            inputs=ps,
+            generation_config=gen_cfg,
+            continuous_batching_config=cfg,
+            progress_bar=False,
+        )
         for r in res.values():
             if r.error:
                 log.warning("generate_batch request %s failed: %s", r.request_id, r.error)
@@ -227,16 +246,16 @@ def run_benchmark(w: Workload) -> BenchResult:
 
     run_bare = _bare_kvfleet(eng, w.model, prompts, n_out)
     run_bare()
-    secs, outs = _best_interleaved(
-        {
-            "kvfleet": run_kvfleet,
-            "hf_generate": run_generate,
-            "hf_generate_batch": run_generate_batch,
-            "roofline_hf_forward": run_roofline,
-            "roofline_kvfleet_forward": run_bare,
-        },
-        w.repeats,
-    )
+    paths: dict[str, Callable[[], list[list[int]]]] = {
+        "kvfleet": run_kvfleet,
+        "hf_generate": run_generate,
+        "hf_generate_batch": run_generate_batch,
+        "roofline_hf_forward": run_roofline,
+        "roofline_kvfleet_forward": run_bare,
+    }
+    if w.default_cache_path:
+        paths["hf_generate_batch_default_cache"] = lambda: run_generate_batch(cfg=None)
+    secs, outs = _best_interleaved(paths, w.repeats)
     kv_out, hf_out, cb_out = outs["kvfleet"], outs["hf_generate"], outs["hf_generate_batch"]
     secs["roofline"] = min(secs["roofline_hf_forward"], secs["roofline_kvfleet_forward"])
     lengths = {len(o) for o in kv_out} | {len(o) for o in hf_out}
@@ -252,6 +271,7 @@ def run_benchmark(w: Workload) -> BenchResult:
         roofline_tok_s=tok_s["roofline"],
         roofline_hf_forward_tok_s=tok_s["roofline_hf_forward"],
         roofline_kvfleet_forward_tok_s=tok_s["roofline_kvfleet_forward"],
+        hf_generate_batch_default_cache_tok_s=tok_s.get("hf_generate_batch_default_cache"),
         kvfleet_vs_hf_generate=tok_s["kvfleet"] / tok_s["hf_generate"],
         kvfleet_vs_hf_generate_batch=tok_s["kvfleet"] / tok_s["hf_generate_batch"],
         kvfleet_vs_roofline=tok_s["kvfleet"] / tok_s["roofline"],
