@@ -75,6 +75,7 @@ class Engine:
         self._running: list[Sequence] = []
         self._waiting: list[Sequence] = []
         self._order = 0
+        self._pending_events: list[TokenEvent] = []  # aborts from unload, sent by step()
         self.num_preemptions = 0  # recompute preemptions since start (a metric)
 
     # ------------------------------------------------------------------ memory
@@ -159,6 +160,7 @@ class Engine:
             if name not in self._models:
                 raise ModelNotFoundError(f"model {name!r} is not loaded")
             for seq in [s for s in self._seqs.values() if s.model == name]:
+                self._pending_events.append(self._abort_event(seq.seq_id, seq.num_output_tokens))
                 self._finish(seq, "abort")
             del self._models[name]
             self._resize_pool()
@@ -246,13 +248,19 @@ class Engine:
     # ------------------------------------------------------------------ stepping
     def step(self) -> list[TokenEvent]:
         with self._lock:
-            events = self._drain_inbox()
+            events, self._pending_events = self._pending_events, []
+            events.extend(self._drain_inbox())
             if not self._running and not self._waiting:
                 return events
             plan = self.policy.plan(self._view(), time.monotonic())
             groups = self._apply_plan(plan)
             for model_name, items in groups.items():
                 m = self._models[model_name]
+                if not (m.stage.is_first and m.stage.is_last):
+                    raise RuntimeError(
+                        f"{model_name!r} is held as layers [{m.stage.first}, {m.stage.last}): "
+                        "step it through a Pipeline"
+                    )
                 batch = build_batch(items, m.layout.tokens_per_page, self.device)
                 logits = m.stage.forward(self.pool.view(m.layout), batch)
                 events.extend(self._postprocess(m, items, logits))
