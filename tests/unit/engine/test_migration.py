@@ -7,7 +7,7 @@ import json
 import random
 
 import pytest
-from engine_helpers import greedy, request, run_all, tiny_engine, tokens
+from engine_testkit import greedy, request, run_all, tiny_engine, tokens
 
 from kvfleet.services.worker.engine import EngineInputError, SamplingParams
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from engine_helpers import greedy, request, run_all, tiny_engine, tokens
+from engine_testkit import greedy, request, run_all, tiny_engine, tokens
 
 from kvfleet.services.worker.engine import SamplingParams
 
