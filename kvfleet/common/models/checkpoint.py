@@ -60,7 +60,8 @@ def read_weights(source: ModelSource, first: int, last: int) -> dict[str, torch.
     spec = read_spec(source)
     it = _hf_tensors(source.path) if source.kind == "hf" else _gguf_tensors(source.path, spec)
     return {
-        name: t for name, t in it(lambda n: _wanted(n, spec, first, last))  # type: ignore[operator]
+        name: t
+        for name, t in it(lambda n: _wanted(n, spec, first, last))  # type: ignore[operator]
     }
 
 

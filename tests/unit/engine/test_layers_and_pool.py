@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from engine_helpers import greedy, request, run_all, tiny_engine, tokens
+from engine_testkit import greedy, request, run_all, tiny_engine, tokens
 
 from kvfleet.services.worker.engine import EngineInputError
 from kvfleet.services.worker.engine.kv_pool import PagePool
@@ -98,8 +98,13 @@ def test_two_models_share_one_pool_and_reuse_freed_pages(reference, tmp_path):
     assert tokens(out["b"]) == ref_b
     assert pages["a"] & pages["b"]  # pages freed by one model served the other
     assert eng.pool.num_used_pages == 0
+    eng.add_request(request("late", ps[2], greedy(20), model=second))
+    eng.step()
     eng.unload_model(second)
     assert eng.models() == ["tiny-llama"]
+    events = eng.step()
+    assert [(e.request_id, e.finish_reason) for e in events] == [("late", "abort")]
+    assert eng.pool.num_used_pages == 0 and not eng.has_unfinished()
 
 
 def test_pool_resize_moves_used_pages_down():

@@ -7,7 +7,7 @@ import json
 import random
 
 import pytest
-from engine_helpers import greedy, request, run_all, tiny_engine, tokens
+from engine_testkit import greedy, request, run_all, tiny_engine, tokens
 
 from kvfleet.services.worker.engine import EngineInputError, SamplingParams
 
@@ -26,9 +26,15 @@ def run_steps(eng, n: int) -> list:
     return evs
 
 
-@pytest.mark.parametrize("sampling", [greedy(24), SamplingParams(max_tokens=24, temperature=0.8,
-                                                                 top_k=50, top_p=0.9, seed=11,
-                                                                 ignore_eos=True)])
+@pytest.mark.parametrize(
+    "sampling",
+    [
+        greedy(24),
+        SamplingParams(
+            max_tokens=24, temperature=0.8, top_k=50, top_p=0.9, seed=11, ignore_eos=True
+        ),
+    ],
+)
 def test_incremental_export_import_continues_identically(sampling):
     p = prompt(21)
     ref_eng = tiny_engine()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from engine_helpers import greedy, request, run_all, tiny_engine, tokens
+from engine_testkit import greedy, request, run_all, tiny_engine, tokens
 
 from kvfleet.services.worker.engine import SamplingParams
 
@@ -25,16 +25,18 @@ def one(eng, sp: SamplingParams, prompt=PROMPT, **kw):
 
 
 def test_seeded_sampling_is_reproducible_and_differs_from_greedy(eng):
-    sp = SamplingParams(max_tokens=16, temperature=1.0, top_k=40, top_p=0.95, seed=7,
-                        ignore_eos=True)
+    sp = SamplingParams(
+        max_tokens=16, temperature=1.0, top_k=40, top_p=0.95, seed=7, ignore_eos=True
+    )
     a = tokens(one(eng, sp))
     b = tokens(one(eng, sp))
     c = tokens(one(eng, SamplingParams(max_tokens=16, temperature=1.0, seed=8, ignore_eos=True)))
     g = tokens(one(eng, greedy(16)))
     assert a == b
     assert a != g and c != a
-    top1 = tokens(one(eng, SamplingParams(max_tokens=16, temperature=1.0, top_k=1, seed=3,
-                                          ignore_eos=True)))
+    top1 = tokens(
+        one(eng, SamplingParams(max_tokens=16, temperature=1.0, top_k=1, seed=3, ignore_eos=True))
+    )
     assert top1 == g  # top-k 1 is greedy
 
 

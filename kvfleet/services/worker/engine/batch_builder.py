@@ -8,8 +8,9 @@ from kvfleet.services.worker.engine.model import StepBatch
 from kvfleet.services.worker.engine.sequence import Sequence
 
 
-def build_batch(items: list[tuple[Sequence, int]], tokens_per_page: int,
-                device: torch.device) -> StepBatch:
+def build_batch(
+    items: list[tuple[Sequence, int]], tokens_per_page: int, device: torch.device
+) -> StepBatch:
     """``items``: (sequence, number of new tokens); pages must already cover the new tokens."""
     tpp = tokens_per_page
     ids: list[int] = []

@@ -27,12 +27,15 @@ class Workload:
     seed: int = 0
     repeats: int = 2
     num_threads: int | None = None
+    default_cache_path: bool = True  # also time generate_batch with its default cache sizing
 
     def prompts(self, vocab_size: int) -> list[list[int]]:
         rng = random.Random(self.seed)
         # skip the low ids (special tokens); any ordinary token ids make a valid prompt
-        return [[rng.randrange(100, vocab_size) for _ in range(self.prompt_tokens)]
-                for _ in range(self.num_requests)]
+        return [
+            [rng.randrange(100, vocab_size) for _ in range(self.prompt_tokens)]
+            for _ in range(self.num_requests)
+        ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +46,7 @@ class BenchResult:
     roofline_tok_s: float
     roofline_hf_forward_tok_s: float
     roofline_kvfleet_forward_tok_s: float
+    hf_generate_batch_default_cache_tok_s: float | None
     kvfleet_vs_hf_generate: float
     kvfleet_vs_hf_generate_batch: float
     kvfleet_vs_roofline: float
@@ -54,8 +58,9 @@ class BenchResult:
         return asdict(self)
 
 
-def _best_interleaved(paths: dict[str, Callable[[], list[list[int]]]], repeats: int
-                      ) -> tuple[dict[str, float], dict[str, list[list[int]]]]:
+def _best_interleaved(
+    paths: dict[str, Callable[[], list[list[int]]]], repeats: int
+) -> tuple[dict[str, float], dict[str, list[list[int]]]]:
     """Best time per path; repeats go round-robin over the paths so that a noisy moment on
     a shared machine does not land on one path only."""
     best = {k: float("inf") for k in paths}
@@ -69,8 +74,9 @@ def _best_interleaved(paths: dict[str, Callable[[], list[list[int]]]], repeats: 
     return best, outs
 
 
-def _bare_kvfleet(eng, model: str, prompts: list[list[int]], n_out: int
-                  ) -> Callable[[], list[list[int]]]:  # type: ignore[no-untyped-def]
+def _bare_kvfleet(
+    eng, model: str, prompts: list[list[int]], n_out: int
+) -> Callable[[], list[list[int]]]:  # type: ignore[no-untyped-def]
     """The engine's own batches (one prefill of every prompt, then decode steps) through the
     model's forward alone: metadata prepared up front, no scheduler, sampler or detokenizer."""
     from kvfleet.services.worker.engine.batch_builder import build_batch
@@ -114,6 +120,7 @@ def _bare_kvfleet(eng, model: str, prompts: list[list[int]], n_out: int
 
 def run_benchmark(w: Workload) -> BenchResult:
     from transformers import AutoModelForCausalLM, GenerationConfig
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
     from kvfleet.common.models import read_spec, resolve_model
     from kvfleet.services.worker.engine import Engine, EngineConfig, EngineRequest, SamplingParams
@@ -134,10 +141,15 @@ def run_benchmark(w: Workload) -> BenchResult:
     pool_bytes = (w.num_requests * (ctx + 64) * kv_bytes) + 64 * page
     weights = spec.param_count(0, spec.num_layers) * 4
     budget_tokens = max(2048, w.num_requests * w.prompt_tokens)
-    eng = Engine(EngineConfig(
-        memory_bytes=weights + pool_bytes + (512 << 20), page_size_bytes=page,
-        max_num_batched_tokens=budget_tokens, max_num_seqs=max(64, w.num_requests),
-        num_threads=w.num_threads))
+    eng = Engine(
+        EngineConfig(
+            memory_bytes=weights + pool_bytes + (512 << 20),
+            page_size_bytes=page,
+            max_num_batched_tokens=budget_tokens,
+            max_num_seqs=max(64, w.num_requests),
+            num_threads=w.num_threads,
+        )
+    )
     eng.load_model(w.model)
     counter = [0]
 
@@ -145,8 +157,14 @@ def run_benchmark(w: Workload) -> BenchResult:
         counter[0] += 1
         out: dict[str, list[int]] = {}
         for i, p in enumerate(ps):
-            eng.add_request(EngineRequest(f"b{counter[0]}-{i}", w.model, tuple(p),
-                                          SamplingParams(max_tokens=n, ignore_eos=True)))
+            eng.add_request(
+                EngineRequest(
+                    f"b{counter[0]}-{i}",
+                    w.model,
+                    tuple(p),
+                    SamplingParams(max_tokens=n, ignore_eos=True),
+                )
+            )
         while eng.has_unfinished():
             for ev in eng.step():
                 if ev.token_id is not None:
@@ -155,8 +173,9 @@ def run_benchmark(w: Workload) -> BenchResult:
 
     # ---- the transformers model, same checkpoint, float32
     if source.kind == "gguf":
-        hf = AutoModelForCausalLM.from_pretrained(str(source.path.parent),
-                                                  gguf_file=source.path.name, dtype=torch.float32)
+        hf = AutoModelForCausalLM.from_pretrained(
+            str(source.path.parent), gguf_file=source.path.name, dtype=torch.float32
+        )
     else:
         hf = AutoModelForCausalLM.from_pretrained(str(source.path), dtype=torch.float32)
     hf.eval()
@@ -164,15 +183,40 @@ def run_benchmark(w: Workload) -> BenchResult:
 
     def run_generate(x: torch.Tensor = ids, n: int = n_out) -> list[list[int]]:
         with torch.inference_mode():
-            out = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n,
-                              min_new_tokens=n, do_sample=False)
-        return out[:, x.shape[1]:].tolist()
+            out = hf.generate(
+                x,
+                attention_mask=torch.ones_like(x),
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=False,
+            )
+        return out[:, x.shape[1] :].tolist()
 
-    gen_cfg = GenerationConfig(max_new_tokens=n_out, do_sample=False, eos_token_id=None,
-                               pad_token_id=spec.eos_token_ids[0] if spec.eos_token_ids else 0)
+    gen_cfg = GenerationConfig(
+        max_new_tokens=n_out,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=spec.eos_token_ids[0] if spec.eos_token_ids else 0,
+    )
 
-    def run_generate_batch(ps: list[list[int]] = prompts) -> list[list[int]]:
-        res = hf.generate_batch(inputs=ps, generation_config=gen_cfg, progress_bar=False)
+    # generate_batch sizes its cache from free memory by default, which on CPU costs more than
+    # the work; give it a cache sized to the workload and the same token budget as kvfleet.
+    cb_page = 32
+    cb_cfg = ContinuousBatchingConfig(
+        page_size=cb_page,
+        num_blocks=w.num_requests * (-(-ctx // cb_page) + 1) + 8,
+        max_batch_tokens=budget_tokens,
+    )
+
+    def run_generate_batch(
+        ps: list[list[int]] = prompts, cfg: ContinuousBatchingConfig | None = cb_cfg
+    ) -> list[list[int]]:
+        res = hf.generate_batch(
+            inputs=ps,
+            generation_config=gen_cfg,
+            continuous_batching_config=cfg,
+            progress_bar=False,
+        )
         for r in res.values():
             if r.error:
                 log.warning("generate_batch request %s failed: %s", r.request_id, r.error)
@@ -184,8 +228,7 @@ def run_benchmark(w: Workload) -> BenchResult:
 
         with torch.inference_mode():
             cache = DynamicCache(config=hf.config)
-            logits = hf(input_ids=x, past_key_values=cache, use_cache=True,
-                        logits_to_keep=1).logits
+            logits = hf(input_ids=x, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
             nxt = logits[:, -1].argmax(-1, keepdim=True)
             toks = [nxt]
             for _ in range(n - 1):
@@ -203,10 +246,16 @@ def run_benchmark(w: Workload) -> BenchResult:
 
     run_bare = _bare_kvfleet(eng, w.model, prompts, n_out)
     run_bare()
-    secs, outs = _best_interleaved({
-        "kvfleet": run_kvfleet, "hf_generate": run_generate,
-        "hf_generate_batch": run_generate_batch, "roofline_hf_forward": run_roofline,
-        "roofline_kvfleet_forward": run_bare}, w.repeats)
+    paths: dict[str, Callable[[], list[list[int]]]] = {
+        "kvfleet": run_kvfleet,
+        "hf_generate": run_generate,
+        "hf_generate_batch": run_generate_batch,
+        "roofline_hf_forward": run_roofline,
+        "roofline_kvfleet_forward": run_bare,
+    }
+    if w.default_cache_path:
+        paths["hf_generate_batch_default_cache"] = lambda: run_generate_batch(cfg=None)
+    secs, outs = _best_interleaved(paths, w.repeats)
     kv_out, hf_out, cb_out = outs["kvfleet"], outs["hf_generate"], outs["hf_generate_batch"]
     secs["roofline"] = min(secs["roofline_hf_forward"], secs["roofline_kvfleet_forward"])
     lengths = {len(o) for o in kv_out} | {len(o) for o in hf_out}
@@ -222,11 +271,15 @@ def run_benchmark(w: Workload) -> BenchResult:
         roofline_tok_s=tok_s["roofline"],
         roofline_hf_forward_tok_s=tok_s["roofline_hf_forward"],
         roofline_kvfleet_forward_tok_s=tok_s["roofline_kvfleet_forward"],
+        hf_generate_batch_default_cache_tok_s=tok_s.get("hf_generate_batch_default_cache"),
         kvfleet_vs_hf_generate=tok_s["kvfleet"] / tok_s["hf_generate"],
         kvfleet_vs_hf_generate_batch=tok_s["kvfleet"] / tok_s["hf_generate_batch"],
         kvfleet_vs_roofline=tok_s["kvfleet"] / tok_s["roofline"],
         seconds=secs,
-        workload={**asdict(w), "threads": torch.get_num_threads(),
-                  "generate_batch_output_tokens": cb_tokens},
+        workload={
+            **asdict(w),
+            "threads": torch.get_num_threads(),
+            "generate_batch_output_tokens": cb_tokens,
+        },
         outputs_match_hf_generate=kv_out == hf_out,
     )

@@ -75,6 +75,7 @@ class Engine:
         self._running: list[Sequence] = []
         self._waiting: list[Sequence] = []
         self._order = 0
+        self._pending_events: list[TokenEvent] = []  # aborts from unload, sent by step()
         self.num_preemptions = 0  # recompute preemptions since start (a metric)
 
     # ------------------------------------------------------------------ memory
@@ -88,9 +89,15 @@ class Engine:
 
     def _pool_pages(self, models: dict[str, LoadedModel]) -> int:
         used = sum(m.stage.num_bytes() for m in models.values())
-        ws = max((workspace_bytes(m.spec, self.config.max_num_batched_tokens,
-                                  self.config.max_num_seqs, self.dtype)
-                  for m in models.values()), default=0)
+        ws = max(
+            (
+                workspace_bytes(
+                    m.spec, self.config.max_num_batched_tokens, self.config.max_num_seqs, self.dtype
+                )
+                for m in models.values()
+            ),
+            default=0,
+        )
         return max(0, (self.memory_bytes - used - ws) // self.config.page_size_bytes)
 
     def _resize_pool(self) -> None:
@@ -115,33 +122,45 @@ class Engine:
             first, last = layers if layers is not None else (0, spec.num_layers)
             if not 0 <= first < last <= spec.num_layers:
                 raise EngineInputError(
-                    f"layer range [{first}, {last}) is invalid for {spec.num_layers} layers")
+                    f"layer range [{first}, {last}) is invalid for {spec.num_layers} layers"
+                )
             need = weights_bytes(spec, first, last, self.dtype) + workspace_bytes(
-                spec, self.config.max_num_batched_tokens, self.config.max_num_seqs, self.dtype)
+                spec, self.config.max_num_batched_tokens, self.config.max_num_seqs, self.dtype
+            )
             have = self.memory_bytes - sum(m.stage.num_bytes() for m in self._models.values())
             have -= self.pool.num_used_pages * self.config.page_size_bytes
             if need > have:
                 raise OutOfMemoryBudgetError(
                     f"model {name_or_path!r} layers [{first}, {last}) needs {need} bytes "
-                    f"(weights + workspace) but only {have} of {self.memory_bytes} are free")
+                    f"(weights + workspace) but only {have} of {self.memory_bytes} are free"
+                )
             layout = self.pool.layout_for(last - first, spec.num_kv_heads, spec.head_dim)
             if layout.tokens_per_page < 1:
                 raise EngineInputError(
                     f"page_size_bytes={self.config.page_size_bytes} is smaller than one token "
-                    f"of {name_or_path!r} KV")
-            stage = ModelStage(spec, read_weights(source, first, last), first, last,
-                               self.dtype, self.device)
+                    f"of {name_or_path!r} KV"
+                )
+            stage = ModelStage(
+                spec, read_weights(source, first, last), first, last, self.dtype, self.device
+            )
             tok = load_tokenizer(name_or_path) if stage.is_last else None
             self._models[name_or_path] = LoadedModel(name_or_path, source, spec, stage, layout, tok)
             self._resize_pool()
-            log.info("loaded %s layers [%d, %d): %d weight bytes, %d tokens/page", name_or_path,
-                     first, last, stage.num_bytes(), layout.tokens_per_page)
+            log.info(
+                "loaded %s layers [%d, %d): %d weight bytes, %d tokens/page",
+                name_or_path,
+                first,
+                last,
+                stage.num_bytes(),
+                layout.tokens_per_page,
+            )
 
     def unload_model(self, name: str) -> None:
         with self._lock:
             if name not in self._models:
                 raise ModelNotFoundError(f"model {name!r} is not loaded")
             for seq in [s for s in self._seqs.values() if s.model == name]:
+                self._pending_events.append(self._abort_event(seq.seq_id, seq.num_output_tokens))
                 self._finish(seq, "abort")
             del self._models[name]
             self._resize_pool()
@@ -178,18 +197,23 @@ class Engine:
         if n >= m.spec.max_context_tokens:
             raise EngineInputError(
                 f"request {req.request_id}: {n} prompt tokens do not fit the context of "
-                f"{req.model!r} ({m.spec.max_context_tokens} tokens, one left to generate)")
+                f"{req.model!r} ({m.spec.max_context_tokens} tokens, one left to generate)"
+            )
         vocab = m.spec.vocab_size
-        if any((not isinstance(t, int)) or not 0 <= t < vocab
-               for t in (*req.prompt_token_ids, *req.output_token_ids)):
+        if any(
+            (not isinstance(t, int)) or not 0 <= t < vocab
+            for t in (*req.prompt_token_ids, *req.output_token_ids)
+        ):
             raise EngineInputError(f"request {req.request_id}: token ids must be in [0, {vocab})")
-        longest = min(len(req.prompt_token_ids) + req.sampling.max_tokens,
-                      m.spec.max_context_tokens)
+        longest = min(
+            len(req.prompt_token_ids) + req.sampling.max_tokens, m.spec.max_context_tokens
+        )
         pages = -(-longest // m.layout.tokens_per_page)
         if pages > self.pool.num_pages:
             raise EngineInputError(
                 f"request {req.request_id}: up to {longest} tokens need {pages} KV pages, "
-                f"the pool has {self.pool.num_pages}")
+                f"the pool has {self.pool.num_pages}"
+            )
         return m
 
     def add_request(self, req: EngineRequest) -> None:
@@ -198,7 +222,8 @@ class Engine:
         if not (m.stage.is_first and m.stage.is_last):
             raise EngineInputError(
                 f"this engine holds only layers [{m.stage.first}, {m.stage.last}) of "
-                f"{req.model!r}; serve it through a pipeline of stages")
+                f"{req.model!r}; serve it through a pipeline of stages"
+            )
         self._enqueue(req)
 
     def _enqueue(self, req: EngineRequest) -> None:
@@ -223,13 +248,19 @@ class Engine:
     # ------------------------------------------------------------------ stepping
     def step(self) -> list[TokenEvent]:
         with self._lock:
-            events = self._drain_inbox()
+            events, self._pending_events = self._pending_events, []
+            events.extend(self._drain_inbox())
             if not self._running and not self._waiting:
                 return events
             plan = self.policy.plan(self._view(), time.monotonic())
             groups = self._apply_plan(plan)
             for model_name, items in groups.items():
                 m = self._models[model_name]
+                if not (m.stage.is_first and m.stage.is_last):
+                    raise RuntimeError(
+                        f"{model_name!r} is held as layers [{m.stage.first}, {m.stage.last}): "
+                        "step it through a Pipeline"
+                    )
                 batch = build_batch(items, m.layout.tokens_per_page, self.device)
                 logits = m.stage.forward(self.pool.view(m.layout), batch)
                 events.extend(self._postprocess(m, items, logits))
@@ -265,11 +296,17 @@ class Engine:
     def _view(self) -> EngineView:
         def sv(s: Sequence) -> SeqView:
             return SeqView(
-                seq_id=s.seq_id, model=s.model, arrival_s=s.req.arrival_s,
-                num_prompt_tokens=s.num_prompt_tokens, num_tokens=s.num_tokens,
-                num_computed_tokens=s.num_computed, num_pages=len(s.pages),
+                seq_id=s.seq_id,
+                model=s.model,
+                arrival_s=s.req.arrival_s,
+                num_prompt_tokens=s.num_prompt_tokens,
+                num_tokens=s.num_tokens,
+                num_computed_tokens=s.num_computed,
+                num_pages=len(s.pages),
                 tokens_per_page=self._models[s.model].layout.tokens_per_page,
-                max_tokens=s.sampling.max_tokens, num_output_tokens=s.num_output_tokens)
+                max_tokens=s.sampling.max_tokens,
+                num_output_tokens=s.num_output_tokens,
+            )
 
         return EngineView(
             running=tuple(sv(s) for s in self._running),
@@ -310,8 +347,9 @@ class Engine:
         self._waiting.append(seq)
         self._waiting.sort(key=lambda s: (s.req.arrival_s, s.order))
 
-    def _postprocess(self, m: LoadedModel, items: list[tuple[Sequence, int]],
-                     logits: torch.Tensor) -> list[TokenEvent]:
+    def _postprocess(
+        self, m: LoadedModel, items: list[tuple[Sequence, int]], logits: torch.Tensor
+    ) -> list[TokenEvent]:
         sampled: list[Sequence] = []
         for seq, n in items:
             seq.num_computed += n
@@ -322,8 +360,9 @@ class Engine:
             return events
         for seq, tok in zip(sampled, sample(logits, sampled), strict=True):
             delta = seq.append(tok, m.eos_ids)
-            events.append(TokenEvent(seq.seq_id, tok, delta, seq.num_output_tokens - 1,
-                                     seq.finish_reason))
+            events.append(
+                TokenEvent(seq.seq_id, tok, delta, seq.num_output_tokens - 1, seq.finish_reason)
+            )
             if seq.finish_reason is not None:
                 self._finish(seq, seq.finish_reason)
         return events
@@ -346,8 +385,9 @@ class Engine:
         return self._order
 
     # ------------------------------------------------------------------ migration
-    def export_sequence(self, request_id: str, since_tokens: int = 0,
-                        stop: bool = False) -> SequenceExport:
+    def export_sequence(
+        self, request_id: str, since_tokens: int = 0, stop: bool = False
+    ) -> SequenceExport:
         """KV of tokens [since_tokens, num_computed) for the layers held, with tokens and
         sampling state; ``stop`` removes the sequence here (no event is emitted for it)."""
         with self._lock:
@@ -405,12 +445,23 @@ class Engine:
     def accounting(self) -> Accounting:
         return Accounting(
             memory_bytes=self.memory_bytes,
-            workspace_bytes=max((workspace_bytes(m.spec, self.config.max_num_batched_tokens,
-                                                 self.config.max_num_seqs, self.dtype)
-                                 for m in self._models.values()), default=0),
+            workspace_bytes=max(
+                (
+                    workspace_bytes(
+                        m.spec,
+                        self.config.max_num_batched_tokens,
+                        self.config.max_num_seqs,
+                        self.dtype,
+                    )
+                    for m in self._models.values()
+                ),
+                default=0,
+            ),
             page_size_bytes=self.config.page_size_bytes,
-            weights=tuple(WeightsEntry(n, m.stage.first, m.stage.last, m.stage.num_bytes())
-                          for n, m in self._models.items()),
+            weights=tuple(
+                WeightsEntry(n, m.stage.first, m.stage.last, m.stage.num_bytes())
+                for n, m in self._models.items()
+            ),
             num_total_pages=self.pool.num_pages,
             num_used_pages=self.pool.num_used_pages,
             num_reserved_pages=0,

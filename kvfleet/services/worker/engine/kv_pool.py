@@ -31,8 +31,9 @@ class KvLayout:
 
 
 class PagePool:
-    def __init__(self, page_size_bytes: int, num_pages: int, dtype: torch.dtype,
-                 device: torch.device) -> None:
+    def __init__(
+        self, page_size_bytes: int, num_pages: int, dtype: torch.dtype, device: torch.device
+    ) -> None:
         self.page_size_bytes = page_size_bytes
         self.dtype = dtype
         self.device = device
@@ -84,8 +85,9 @@ class PagePool:
             self._used = {remap.get(p, p) for p in self._used}
         if num_pages != self.num_pages:
             old_pages = self._pages()
-            self.storage = torch.empty(num_pages * self.page_elems, dtype=self.dtype,
-                                       device=self.device)
+            self.storage = torch.empty(
+                num_pages * self.page_elems, dtype=self.dtype, device=self.device
+            )
             if self._used:
                 keep = torch.tensor(sorted(self._used), device=self.device)
                 self._pages(num_pages).index_copy_(0, keep, old_pages.index_select(0, keep))

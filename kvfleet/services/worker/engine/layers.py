@@ -30,7 +30,8 @@ def drop_layers(eng: Engine, name: str, keep: tuple[int, int]) -> None:
     old_first = m.stage.first
     if not m.stage.first <= first < last <= m.stage.last:
         raise EngineInputError(
-            f"{name!r}: can keep a range inside [{m.stage.first}, {m.stage.last}), not {keep}")
+            f"{name!r}: can keep a range inside [{m.stage.first}, {m.stage.last}), not {keep}"
+        )
     seqs = [s for s in eng._seqs.values() if s.model == name and s.pages]
     saved = []
     for s in seqs:
@@ -49,16 +50,22 @@ def drop_layers(eng: Engine, name: str, keep: tuple[int, int]) -> None:
         assert pages is not None, "the pool only grew"
         s.pages = pages
         write_kv(eng, m, pages, kv)
-    log.info("%s: dropped to layers [%d, %d), %d weight bytes freed into the pool", name, first,
-             last, freed)
+    log.info(
+        "%s: dropped to layers [%d, %d), %d weight bytes freed into the pool",
+        name,
+        first,
+        last,
+        freed,
+    )
 
 
 def restore_layers(eng: Engine, name: str, layers: tuple[int, int] | None) -> None:
     m = eng.model(name)
     first, last = layers if layers is not None else (0, m.spec.num_layers)
     if not (0 <= first <= m.stage.first and m.stage.last <= last <= m.spec.num_layers):
-        raise EngineInputError(f"{name!r}: cannot restore to {(first, last)} from "
-                               f"[{m.stage.first}, {m.stage.last})")
+        raise EngineInputError(
+            f"{name!r}: cannot restore to {(first, last)} from [{m.stage.first}, {m.stage.last})"
+        )
     extra = weights_bytes(m.spec, first, last, eng.dtype) - m.stage.num_bytes()
     new_layout = eng.pool.layout_for(last - first, m.spec.num_kv_heads, m.spec.head_dim)
     pages_after = eng._pool_pages(eng._models) - (-(-extra // eng.config.page_size_bytes))
@@ -67,11 +74,13 @@ def restore_layers(eng: Engine, name: str, layers: tuple[int, int] | None) -> No
         raise OutOfMemoryBudgetError(
             f"{name!r}: restoring [{first}, {last}) needs {extra} more weight bytes; "
             f"{other_used} pages of other models are in use and only {max(pages_after, 0)} "
-            "would remain")
+            "would remain"
+        )
     for s in [s for s in eng._seqs.values() if s.model == name and s.pages]:
         eng._preempt(s)
-    stage = ModelStage(m.spec, read_weights(m.source, first, last), first, last, eng.dtype,
-                       eng.device)
+    stage = ModelStage(
+        m.spec, read_weights(m.source, first, last), first, last, eng.dtype, eng.device
+    )
     m.stage = stage
     m.layout = new_layout
     eng._resize_pool()

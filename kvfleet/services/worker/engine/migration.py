@@ -60,7 +60,8 @@ def export_sequence(eng: Engine, seq: Sequence, since_tokens: int) -> SequenceEx
     end = seq.num_computed
     if not 0 <= since_tokens <= end:
         raise EngineInputError(
-            f"request {seq.seq_id}: since_tokens={since_tokens} is outside [0, {end}]")
+            f"request {seq.seq_id}: since_tokens={since_tokens} is outside [0, {end}]"
+        )
     kv = read_kv(eng, m, seq.pages, since_tokens, end)
     rng = None
     if seq.generator is not None:
@@ -97,7 +98,8 @@ def import_sequence(eng: Engine, exports: list[SequenceExport]) -> Sequence:
     if list(meta["layer_range"]) != [m.stage.first, m.stage.last]:
         raise EngineInputError(
             f"export holds layers {meta['layer_range']}, this engine holds "
-            f"[{m.stage.first}, {m.stage.last}) of {meta['model']!r}")
+            f"[{m.stage.first}, {m.stage.last}) of {meta['model']!r}"
+        )
     covered = 0
     pieces = []
     for e in parts:
@@ -109,10 +111,17 @@ def import_sequence(eng: Engine, exports: list[SequenceExport]) -> Sequence:
             covered = end
     end = covered
     sp = dict(meta["sampling"])
-    sampling = SamplingParams(**{**sp, "stop_token_ids": tuple(sp["stop_token_ids"]),
-                                 "stop": tuple(sp["stop"])})
-    req = EngineRequest(meta["request_id"], meta["model"], tuple(meta["prompt_token_ids"]),
-                        sampling, tuple(meta["output_token_ids"]), float(meta["arrival_s"]))
+    sampling = SamplingParams(
+        **{**sp, "stop_token_ids": tuple(sp["stop_token_ids"]), "stop": tuple(sp["stop"])}
+    )
+    req = EngineRequest(
+        meta["request_id"],
+        meta["model"],
+        tuple(meta["prompt_token_ids"]),
+        sampling,
+        tuple(meta["output_token_ids"]),
+        float(meta["arrival_s"]),
+    )
     seq = Sequence(req, eng._next_order(), m.tokenizer, m.spec.max_context_tokens)
     seq.text = meta["text"]
     seq.num_emitted_chars = int(meta["num_emitted_chars"])
@@ -123,7 +132,8 @@ def import_sequence(eng: Engine, exports: list[SequenceExport]) -> Sequence:
     pages = eng.pool.allocate(-(-end // tpp))
     if pages is None:
         raise OutOfMemoryBudgetError(
-            f"request {seq.seq_id}: not enough free KV pages to import {end} tokens")
+            f"request {seq.seq_id}: not enough free KV pages to import {end} tokens"
+        )
     seq.pages = pages
     if end:
         write_kv(eng, m, pages, torch.cat(pieces, dim=2))

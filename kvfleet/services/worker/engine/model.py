@@ -63,8 +63,15 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 class ModelStage:
     """Weights of layers [first, last) and the forward pass over them."""
 
-    def __init__(self, spec: ModelSpec, weights: dict[str, torch.Tensor], first: int, last: int,
-                 dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        weights: dict[str, torch.Tensor],
+        first: int,
+        last: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
         self.spec = spec
         self.first = first
         self.last = last
@@ -81,19 +88,28 @@ class ModelStage:
             a = p + "self_attn."
             bias = None
             if spec.qkv_bias:
-                bias = torch.cat([take(a + "q_proj.bias"), take(a + "k_proj.bias"),
-                                  take(a + "v_proj.bias")])
-            self.layers.append(LayerWeights(
-                qkv=torch.cat([take(a + "q_proj.weight"), take(a + "k_proj.weight"),
-                               take(a + "v_proj.weight")]),
-                qkv_bias=bias,
-                o=take(a + "o_proj.weight"),
-                gate_up=torch.cat([take(p + "mlp.gate_proj.weight"),
-                                   take(p + "mlp.up_proj.weight")]),
-                down=take(p + "mlp.down_proj.weight"),
-                ln1=take(p + "input_layernorm.weight"),
-                ln2=take(p + "post_attention_layernorm.weight"),
-            ))
+                bias = torch.cat(
+                    [take(a + "q_proj.bias"), take(a + "k_proj.bias"), take(a + "v_proj.bias")]
+                )
+            self.layers.append(
+                LayerWeights(
+                    qkv=torch.cat(
+                        [
+                            take(a + "q_proj.weight"),
+                            take(a + "k_proj.weight"),
+                            take(a + "v_proj.weight"),
+                        ]
+                    ),
+                    qkv_bias=bias,
+                    o=take(a + "o_proj.weight"),
+                    gate_up=torch.cat(
+                        [take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")]
+                    ),
+                    down=take(p + "mlp.down_proj.weight"),
+                    ln1=take(p + "input_layernorm.weight"),
+                    ln2=take(p + "post_attention_layernorm.weight"),
+                )
+            )
         self.norm = self.lm_head = None
         if last == spec.num_layers:
             self.norm = take("model.norm.weight")
@@ -104,8 +120,7 @@ class ModelStage:
             else:
                 self.lm_head = take("model.embed_tokens.weight")
         d = spec.head_dim
-        inv_freq = 1.0 / (spec.rope_theta ** (
-            torch.arange(0, d, 2, dtype=torch.int64).float() / d))
+        inv_freq = 1.0 / (spec.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
         pos = torch.arange(spec.max_context_tokens, dtype=torch.float32)
         freqs = torch.outer(pos, inv_freq)
         emb = torch.cat((freqs, freqs), dim=-1)
@@ -147,8 +162,9 @@ class ModelStage:
         return n
 
     @torch.inference_mode()
-    def forward(self, kv: torch.Tensor, batch: StepBatch,
-                hidden: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, kv: torch.Tensor, batch: StepBatch, hidden: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Run the held layers. ``kv`` is this model's pool view
         [pages, layers, 2, tokens_per_page, kv_heads, head_dim].
 
@@ -168,8 +184,9 @@ class ModelStage:
         g = nq // nkv
         tpp = kv.shape[3]
         # Rows of kv_heads * head_dim elements: a page holds rows (layer, k|v, offset).
-        rows = kv.as_strided((kv.shape[0], kv.shape[1] * 2 * tpp, nkv * d),
-                             (kv.stride(0), nkv * d, 1))
+        rows = kv.as_strided(
+            (kv.shape[0], kv.shape[1] * 2 * tpp, nkv * d), (kv.stride(0), nkv * d, 1)
+        )
         row = nkv * d
         # Every row start as one element offset: index_select on an overlapping window view
         # copies whole rows, the fastest gather on CPU.
@@ -177,8 +194,9 @@ class ModelStage:
         window = kv.as_strided((numel - row + 1, row), (1, 1))
         s = batch.page_table.shape[1] * tpp
         key_pos = torch.arange(s, device=h.device)
-        gather_base = (batch.page_table.repeat_interleave(tpp, dim=1) * kv.stride(0)
-                       + (key_pos % tpp) * row).view(-1)  # [B * S] element offsets
+        gather_base = (
+            batch.page_table.repeat_interleave(tpp, dim=1) * kv.stride(0) + (key_pos % tpp) * row
+        ).view(-1)  # [B * S] element offsets
         mask = (key_pos.view(1, 1, s) <= batch.key_limit.repeat(1, g).unsqueeze(-1)).unsqueeze(1)
         t_tokens = h.shape[0]
         for li, layer in enumerate(self.layers):

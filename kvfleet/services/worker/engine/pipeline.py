@@ -23,11 +23,14 @@ class Pipeline:
             raise EngineInputError("a pipeline needs at least one stage")
         ranges = [(e.model(model).stage.first, e.model(model).stage.last) for e in stages]
         spec = stages[0].model(model).spec
-        if ranges[0][0] != 0 or ranges[-1][1] != spec.num_layers or any(
-            a[1] != b[0] for a, b in zip(ranges, ranges[1:], strict=False)
+        if (
+            ranges[0][0] != 0
+            or ranges[-1][1] != spec.num_layers
+            or any(a[1] != b[0] for a, b in zip(ranges, ranges[1:], strict=False))
         ):
             raise EngineInputError(
-                f"stages {ranges} do not cover the {spec.num_layers} layers of {model!r} in order")
+                f"stages {ranges} do not cover the {spec.num_layers} layers of {model!r} in order"
+            )
         self.stages = stages
         self.model = model
 
@@ -55,8 +58,10 @@ class Pipeline:
         if not first._running and not first._waiting:
             return events
         # the tightest stage (fewest free tokens) decides what fits
-        tightest = min(self.stages, key=lambda e: e.pool.num_free_pages
-                       * e.model(self.model).layout.tokens_per_page)
+        tightest = min(
+            self.stages,
+            key=lambda e: e.pool.num_free_pages * e.model(self.model).layout.tokens_per_page,
+        )
         plan = tightest.policy.plan(tightest._view(), time.monotonic())
         groups = [e._apply_plan(plan).get(self.model, []) for e in self.stages]
         if not groups[0]:

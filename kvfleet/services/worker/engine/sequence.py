@@ -9,8 +9,9 @@ from kvfleet.services.worker.engine.types import EngineRequest
 
 
 class Sequence:
-    def __init__(self, req: EngineRequest, order: int, tokenizer: Tokenizer | None,
-                 max_context_tokens: int) -> None:
+    def __init__(
+        self, req: EngineRequest, order: int, tokenizer: Tokenizer | None, max_context_tokens: int
+    ) -> None:
         self.req = req
         self.seq_id = req.request_id
         self.model = req.model

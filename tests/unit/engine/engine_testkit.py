@@ -10,6 +10,9 @@ from kvfleet.services.worker.engine import (
     TokenEvent,
 )
 
+# One torch thread: on a small shared CI machine a second thread mostly waits at barriers.
+TEST_THREADS = 1
+
 
 def tiny_engine(
     memory_mb: int = 64,
@@ -24,7 +27,7 @@ def tiny_engine(
             page_size_bytes=page_size_bytes,
             max_num_batched_tokens=budget,
             max_num_seqs=max_seqs,
-            num_threads=2,
+            num_threads=TEST_THREADS,
         )
     )
     if load:
