@@ -7,7 +7,6 @@ chat templates are real; the weights are random, so the output is not meaningful
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -34,14 +33,14 @@ def make_tiny_llama(path: Path, seed: int = TINY_SEED) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from kvfleet.common.models.cache_files import publish_dir, staging_dir
     from kvfleet.common.models.registry import ModelSource, smollm2_gguf_path
     from kvfleet.common.models.tokenizer import _gguf_tokenizer_dir
 
     path = Path(path)
     tok_dir = _gguf_tokenizer_dir(ModelSource("smollm2-135m", "gguf", smollm2_gguf_path()))
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(tok_dir, tmp)
+    tmp = staging_dir(path)
+    shutil.copytree(tok_dir, tmp, dirs_exist_ok=True)
     cfg = LlamaConfig(
         vocab_size=49152, bos_token_id=1, eos_token_id=2, pad_token_id=2, **TINY_CONFIG
     )
@@ -49,10 +48,6 @@ def make_tiny_llama(path: Path, seed: int = TINY_SEED) -> Path:
         torch.manual_seed(seed)
         model = LlamaForCausalLM(cfg)
     model.save_pretrained(str(tmp), safe_serialization=True)
-    if path.exists():
-        shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.replace(path)
+    publish_dir(tmp, path)
     log.info("tiny-llama written to %s", path)
     return path

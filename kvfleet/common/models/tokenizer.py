@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from kvfleet.common.models.cache_files import publish_dir, staging_dir
 from kvfleet.common.models.registry import ModelSource, cache_dir, resolve_model
 
 log = logging.getLogger(__name__)
@@ -93,9 +94,9 @@ def _gguf_tokenizer_dir(source: ModelSource) -> Path:
 
         log.info("converting the tokenizer of %s into %s", source.path, out)
         hf = AutoTokenizer.from_pretrained(str(source.path.parent), gguf_file=source.path.name)
-        tmp = out.with_name(out.name + f".tmp{id(hf)}")
+        tmp = staging_dir(out)
         hf.save_pretrained(str(tmp))
-        tmp.replace(out) if not out.exists() else None
+        publish_dir(tmp, out)
     return out
 
 
