@@ -95,14 +95,18 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"kvfleet up failed: {e}", err=True)
             raise typer.Exit(1) from None
         typer.echo(f"kvfleet is up in {time.monotonic() - t0:.1f}s")
-        typer.echo(f"  OpenAI HTTP   {stack.http_url}/v1")
-        typer.echo(f"  gateway gRPC  {stack.grpc_address}")
-        typer.echo(f"  scheduler     {stack.endpoint('scheduler')}")
-        typer.echo(f"  planner       {stack.endpoint('planner')}")
-        for wid, w in stack.workers().items():
-            typer.echo(f"  {'worker ' + wid:<14}{w.addresses['grpc']}")
-        typer.echo(f"  redis         {stack.redis.url}")
-        typer.echo(f"  logs          {stack.run_dir / 'logs'}")
+        rows = [
+            ("OpenAI HTTP", f"{stack.http_url}/v1"),
+            ("gateway gRPC", stack.grpc_address),
+            ("scheduler", stack.endpoint("scheduler")),
+            ("planner", stack.endpoint("planner")),
+            *((f"worker {wid}", w.addresses["grpc"]) for wid, w in stack.workers().items()),
+            ("redis", stack.redis.url),
+            ("logs", str(stack.run_dir / "logs")),
+        ]
+        width = max(len(name) for name, _ in rows) + 2
+        for name, value in rows:
+            typer.echo(f"  {name:<{width}}{value}")
         if detach:
             typer.echo("detached; stop it with `kvfleet down`")
             return
