@@ -51,11 +51,12 @@ Slo = Annotated[list[str] | None, typer.Option(help="[MODEL:]ttft=..,tpot=..,e2e
 
 
 def _workload(**kw: object) -> list:  # type: ignore[type-arg]
-    from kvfleet.sim.options import WorkloadOptions, build_workload
+    from kvfleet.workload.options import WorkloadOptions, build_workload
 
     kw["mix"] = kw.get("mix") or []
+    kw["model"] = kw.pop("request_model", None)  # the sim's --model is a cost-model preset
     try:
-        return build_workload(WorkloadOptions(**kw))  # type: ignore[arg-type]
+        return build_workload(WorkloadOptions(**kw), require_model=False)  # type: ignore[arg-type]
     except (ValueError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
