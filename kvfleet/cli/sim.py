@@ -13,25 +13,26 @@ app = typer.Typer(
     help="Cluster simulator over kvfleet's policy cores (virtual clock, GPU cost model).",
 )
 
-# Workload options (the same as `kvfleet load`).
+# Workload options: the same flags as `kvfleet load` (--model there is --request-model here,
+# since --model names the cost-model preset).
 Trace = Annotated[str | None, typer.Option(help="Trace file (Azure CSV, Mooncake JSONL, kvfleet CSV; relative to the traces folder works), or servegen:POOL[,POOL].")]
 ReqModel = Annotated[str | None, typer.Option("--request-model", help="Model name(s) given to the requests (comma list for ServeGen pools).")]
 Arrivals = Annotated[str | None, typer.Option(help="Synthetic arrivals: poisson or gamma.")]
 Rate = Annotated[float, typer.Option(help="Synthetic request rate (req/s).")]
 Cv = Annotated[float, typer.Option(help="Gamma inter-arrival CV.")]
-RampS = Annotated[float, typer.Option(help="Linear ramp-up length (s).")]
-RampFrom = Annotated[float, typer.Option(help="Rate at the start of the ramp.")]
+RampS = Annotated[float, typer.Option("--ramp", help="Linear ramp-up length (s).")]
+RampFrom = Annotated[float, typer.Option("--ramp-from", help="Rate at the start of the ramp.")]
 SpikeRate = Annotated[float, typer.Option(help="Rate during spikes (req/s).")]
-SpikeS = Annotated[float, typer.Option(help="Spike length (s).")]
-SpikePeriod = Annotated[float, typer.Option(help="Time between spike starts (s).")]
-SpikeStart = Annotated[float, typer.Option(help="First spike start (s).")]
+SpikeS = Annotated[float, typer.Option("--spike-len", help="Spike length (s).")]
+SpikePeriod = Annotated[float, typer.Option("--spike-period", help="Time between spike starts (s).")]
+SpikeStart = Annotated[float, typer.Option("--spike-start", help="First spike start (s).")]
 InputLen = Annotated[str, typer.Option(help="Synthetic input lengths: N or LO-HI.")]
 OutputLen = Annotated[str, typer.Option(help="Synthetic output lengths: N or LO-HI.")]
 Mix = Annotated[list[str] | None, typer.Option(help="MODEL:key=value,... per model (repeat).")]
 RateScale = Annotated[float, typer.Option(help="Scale of ServeGen pools' rates.")]
 Seed = Annotated[int, typer.Option(help="Seed of every random choice.")]
-StartS = Annotated[float, typer.Option(help="Slice start in trace time (s).")]
-DurationS = Annotated[float | None, typer.Option(help="Slice / synthetic run length (s).")]
+StartS = Annotated[float, typer.Option("--start", help="Slice start in trace time (s).")]
+DurationS = Annotated[float | None, typer.Option("--duration", help="Slice / synthetic run length (s).")]
 Speed = Annotated[float, typer.Option(help="Replay speed-up.")]
 MaxInput = Annotated[int | None, typer.Option(help="Input length cap (tokens).")]
 MaxOutput = Annotated[int | None, typer.Option(help="Output length cap (tokens).")]

@@ -8,7 +8,7 @@ from kvfleet.cli.main import app
 
 pytestmark = pytest.mark.unit
 
-WORKLOAD = ["--arrivals", "poisson", "--rate", "8", "--duration-s", "10", "--input-len",
+WORKLOAD = ["--arrivals", "poisson", "--rate", "8", "--duration", "10", "--input-len",
             "100-800", "--output-len", "10-100", "--gpus", "2", "--gpu", "A100-80G"]
 
 
@@ -46,3 +46,30 @@ def test_sim_rejects_bad_input_clearly():
     assert result.exit_code == 2 and "unknown policy" in result.output
     result = CliRunner().invoke(app, ["sim", "--trace", "no/such/file.csv"])
     assert result.exit_code == 2 and "not found" in result.output
+
+
+
+def _flags(typer_app) -> set[str]:
+    import typer.main
+
+    group = typer.main.get_group(typer_app)
+    return {opt for p in group.params for opt in getattr(p, "opts", []) if opt.startswith("--")}
+
+
+# What only a live run has (a target, client timeouts, reports); the rest describes the
+# workload. --model names the requests' model in `kvfleet load` and the cost-model preset in
+# `kvfleet sim`, where the requests' model is --request-model.
+LOAD_RUN_ONLY = {
+    "--target", "--allow-remote", "--max-concurrency", "--drain-timeout", "--request-timeout",
+    "--slo", "--tokenizer", "--length-control", "--out", "--plots", "--progress", "--label",
+    "--dry-run", "--model",
+}
+
+
+def test_sim_takes_the_load_generators_workload_flags():
+    from kvfleet.cli import load, sim
+
+    workload_flags = _flags(load.app) - LOAD_RUN_ONLY
+    assert {"--trace", "--arrivals", "--spike-len", "--start", "--duration"} <= workload_flags
+    assert workload_flags <= _flags(sim.app)
+    assert "--request-model" in _flags(sim.app)
