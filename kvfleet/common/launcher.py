@@ -10,6 +10,7 @@ records the processes for ``kvfleet down``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -288,10 +289,15 @@ def _alive(pid: int | None) -> bool:
         return False
     except PermissionError:
         return True
-    try:  # a reaped-and-reused pid must not be signalled: check it is one of ours
+    try:
+        # An exited process nobody has reaped yet (a zombie) is gone for our purposes.
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat[stat.rindex(")") + 2 :].startswith("Z"):
+            return False
+        # A reaped-and-reused pid must not be signalled: check it is one of ours.
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         return b"kvfleet" in cmdline or b"redis-server" in cmdline
-    except OSError:
+    except (OSError, ValueError):
         return True
 
 
@@ -310,18 +316,33 @@ def down(run_dir: Path | None = None, timeout_s: float = 15.0) -> int:
     desc = read_stack(run_dir)
     if desc is None:
         return 0
-    pids = [s["pid"] for s in desc.get("services", []) if _alive(s.get("pid"))]
-    for pid in pids:
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    for pid in pids:
-        if _alive(pid):
-            os.kill(pid, signal.SIGKILL)
+    services = [s["pid"] for s in desc.get("services", []) if _alive(s.get("pid"))]
+    _terminate(services, timeout_s)  # services first: they may still talk to Redis
     redis_pid = desc.get("redis_pid")
-    if redis_pid and _alive(redis_pid):
-        os.kill(redis_pid, signal.SIGTERM)
-        pids.append(redis_pid)
+    redis = [redis_pid] if redis_pid and _alive(redis_pid) else []
+    _terminate(redis, timeout_s)
     (run_dir / "stack.json").unlink(missing_ok=True)
-    return len(pids)
+    return len(services) + len(redis)
+
+
+def _terminate(pids: list[int], timeout_s: float) -> None:
+    """SIGTERM, wait up to ``timeout_s``, then SIGKILL; return once all have exited."""
+    _signal(pids, signal.SIGTERM)
+    if not _wait_gone(pids, timeout_s):
+        _signal([p for p in pids if _alive(p)], signal.SIGKILL)
+        _wait_gone(pids, 10.0)
+
+
+def _signal(pids: list[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def _wait_gone(pids: list[int], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while any(_alive(p) for p in pids):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
