@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from kvfleet.common.launcher import Stack
 
 RUN_DIR_HELP = "Where the stack keeps configs, logs and stack.json (env KVFLEET_RUN_DIR)."
 
@@ -37,6 +40,21 @@ def _default_model(address: str, api_key: str | None) -> str:
         return models[0]
 
     return asyncio.run(first())
+
+
+def _print_endpoints(stack: Stack) -> None:
+    rows = [
+        ("OpenAI HTTP", f"{stack.http_url}/v1"),
+        ("gateway gRPC", stack.grpc_address),
+        ("scheduler", stack.endpoint("scheduler")),
+        ("planner", stack.endpoint("planner")),
+        *((f"worker {wid}", w.addresses["grpc"]) for wid, w in stack.workers().items()),
+        ("redis", stack.redis.url),
+        ("logs", str(stack.run_dir / "logs")),
+    ]
+    width = max(len(name) for name, _ in rows) + 2
+    for name, value in rows:
+        typer.echo(f"  {name:<{width}}{value}")
 
 
 def register(app: typer.Typer) -> None:
@@ -94,42 +112,36 @@ def register(app: typer.Typer) -> None:
         except (RuntimeError, TimeoutError) as e:
             typer.echo(f"kvfleet up failed: {e}", err=True)
             raise typer.Exit(1) from None
-        typer.echo(f"kvfleet is up in {time.monotonic() - t0:.1f}s")
-        rows = [
-            ("OpenAI HTTP", f"{stack.http_url}/v1"),
-            ("gateway gRPC", stack.grpc_address),
-            ("scheduler", stack.endpoint("scheduler")),
-            ("planner", stack.endpoint("planner")),
-            *((f"worker {wid}", w.addresses["grpc"]) for wid, w in stack.workers().items()),
-            ("redis", stack.redis.url),
-            ("logs", str(stack.run_dir / "logs")),
-        ]
-        width = max(len(name) for name, _ in rows) + 2
-        for name, value in rows:
-            typer.echo(f"  {name:<{width}}{value}")
-        if detach:
-            typer.echo("detached; stop it with `kvfleet down`")
-            return
-        typer.echo("Ctrl-C stops the stack")
         stopping = False
 
         def on_signal(signum: int, frame: object) -> None:
             nonlocal stopping
             stopping = True
 
-        signal.signal(signal.SIGINT, on_signal)
-        signal.signal(signal.SIGTERM, on_signal)
+        if not detach:  # from here on, Ctrl-C (or SIGTERM) stops what was started
+            signal.signal(signal.SIGINT, on_signal)
+            signal.signal(signal.SIGTERM, on_signal)
         try:
+            typer.echo(f"kvfleet is up in {time.monotonic() - t0:.1f}s")
+            _print_endpoints(stack)
+            if detach:
+                typer.echo("detached; stop it with `kvfleet down`")
+                return
+            typer.echo("Ctrl-C stops the stack")
             while not stopping:
                 dead = stack.dead()
                 if dead:
                     typer.echo(f"service(s) exited: {', '.join(dead)}; stopping", err=True)
                     break
                 time.sleep(0.2)
+        except BaseException:
+            detach = False  # a failure while printing: do not leave the stack behind
+            raise
         finally:
-            typer.echo("stopping ...")
-            stack.stop()
-            typer.echo("stopped")
+            if not detach:
+                typer.echo("stopping ...")
+                stack.stop()
+                typer.echo("stopped")
 
     @app.command()
     def down(run_dir: Annotated[Path | None, typer.Option(help=RUN_DIR_HELP)] = None) -> None:
