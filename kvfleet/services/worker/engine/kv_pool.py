@@ -8,6 +8,7 @@ tokens per page, so a page freed by one model serves another at once.
 
 from __future__ import annotations
 
+import heapq
 import logging
 from dataclasses import dataclass
 
@@ -41,7 +42,7 @@ class PagePool:
         self.page_elems = page_size_bytes // self.elem_bytes
         self.storage = torch.empty(num_pages * self.page_elems, dtype=dtype, device=device)
         self.num_pages = num_pages
-        self._free: list[int] = list(range(num_pages - 1, -1, -1))  # pop() gives low ids first
+        self._free: list[int] = list(range(num_pages))  # a min-heap: low page ids go first
         self._used: set[int] = set()
 
     # ---- allocation (model-agnostic)
@@ -56,7 +57,7 @@ class PagePool:
     def allocate(self, n: int) -> list[int] | None:
         if n > len(self._free):
             return None
-        pages = [self._free.pop() for _ in range(n)]
+        pages = [heapq.heappop(self._free) for _ in range(n)]
         self._used.update(pages)
         # Fresh pages read as zeros: masked attention over unwritten slots stays finite.
         self._pages().index_fill_(0, torch.tensor(pages, device=self.device), 0)
@@ -65,8 +66,8 @@ class PagePool:
     def free(self, pages: list[int]) -> None:
         for p in pages:
             self._used.remove(p)  # KeyError on a double free: a bug, not bad input
-        self._free.extend(sorted(pages, reverse=True))
-        self._free.sort(reverse=True)
+        for p in pages:
+            heapq.heappush(self._free, p)
 
     def resize(self, num_pages: int) -> dict[int, int]:
         """Grow or shrink to ``num_pages``; pages in use above the new size move down.
@@ -92,7 +93,7 @@ class PagePool:
                 keep = torch.tensor(sorted(self._used), device=self.device)
                 self._pages(num_pages).index_copy_(0, keep, old_pages.index_select(0, keep))
         self.num_pages = num_pages
-        self._free = sorted((p for p in range(num_pages) if p not in self._used), reverse=True)
+        self._free = [p for p in range(num_pages) if p not in self._used]  # ascending: a heap
         log.info("KV pool resized to %d pages (%d moved)", num_pages, len(remap))
         return remap
 
