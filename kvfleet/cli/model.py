@@ -25,7 +25,8 @@ def make_tiny(
 def list_models() -> None:
     """Show the registered model names and where they resolve."""
     from kvfleet.common.models import REGISTERED, UnknownModelError, read_spec
-    from kvfleet.common.models.registry import cache_dir, smollm2_gguf_path
+    from kvfleet.common.models.cache_files import cache_dir
+    from kvfleet.common.models.sources import smollm2_gguf_path
 
     for name in REGISTERED:
         try:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from kvfleet.common import redis_schema as rs
 from kvfleet.common.proto.common.v1 import common_pb2
+from kvfleet.common.sampling import SamplingParams
 
 
-def sampling_to_pb(s: rs.SamplingRecord) -> common_pb2.SamplingParams:
+def sampling_to_pb(s: SamplingParams) -> common_pb2.SamplingParams:
     msg = common_pb2.SamplingParams(
         max_tokens=s.max_tokens, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
         stop_token_ids=list(s.stop_token_ids), stop=list(s.stop), ignore_eos=s.ignore_eos,
@@ -16,8 +16,8 @@ def sampling_to_pb(s: rs.SamplingRecord) -> common_pb2.SamplingParams:
     return msg
 
 
-def sampling_from_pb(msg: common_pb2.SamplingParams, default_max_tokens: int) -> rs.SamplingRecord:
-    return rs.SamplingRecord(
+def sampling_from_pb(msg: common_pb2.SamplingParams, default_max_tokens: int) -> SamplingParams:
+    return SamplingParams(
         max_tokens=msg.max_tokens or default_max_tokens,
         temperature=msg.temperature,
         top_k=msg.top_k,

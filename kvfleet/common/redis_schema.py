@@ -25,6 +25,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from kvfleet.common.sampling import SamplingParams
+
 SCHEMA_VERSION = 1
 PREFIX = f"kvfleet:v{SCHEMA_VERSION}:"
 QUEUE_GROUP = "schedulers"
@@ -104,35 +106,13 @@ FINISHED = "finished"
 
 
 @dataclass(frozen=True, slots=True)
-class SamplingRecord:
-    max_tokens: int = 16
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop_token_ids: tuple[int, ...] = ()
-    stop: tuple[str, ...] = ()
-    ignore_eos: bool = False
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, raw: str) -> SamplingRecord:
-        d = json.loads(raw)
-        d["stop_token_ids"] = tuple(d.get("stop_token_ids", ()))
-        d["stop"] = tuple(d.get("stop", ()))
-        return cls(**d)
-
-
-@dataclass(frozen=True, slots=True)
 class RequestRecord:
     """The request hash: what any scheduler or worker needs to (re)start the request."""
 
     request_id: str
     model: str
     prompt_token_ids: tuple[int, ...]
-    sampling: SamplingRecord
+    sampling: SamplingParams
     arrival_s: float
     state: str = QUEUED
     worker_id: str = ""
@@ -164,7 +144,7 @@ class RequestRecord:
             request_id=request_id,
             model=f["model"],
             prompt_token_ids=tuple(json.loads(f["prompt"])),
-            sampling=SamplingRecord.from_json(f["sampling"]),
+            sampling=SamplingParams.from_json(f["sampling"]),
             arrival_s=float(f["arrival_s"]),
             state=f.get("state", QUEUED),
             worker_id=f.get("worker", ""),

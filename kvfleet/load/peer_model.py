@@ -8,7 +8,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from kvfleet.common.models.registry import smollm2_gguf_path
+from kvfleet.common.models.sources import smollm2_gguf_path
 from kvfleet.workload.paths import cache_dir
 
 log = logging.getLogger(__name__)

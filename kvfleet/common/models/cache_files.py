@@ -1,10 +1,18 @@
-"""Publishing files into the shared model cache safely when several processes race."""
+"""The shared model cache: where it is, and publishing into it safely when several processes
+race."""
 
 from __future__ import annotations
 
 import os
 import shutil
 from pathlib import Path
+
+
+def cache_dir() -> Path:
+    """KVFLEET_CACHE_DIR, default ~/.cache/kvfleet; created on first use."""
+    root = Path(os.environ.get("KVFLEET_CACHE_DIR") or Path.home() / ".cache" / "kvfleet")
+    root.mkdir(parents=True, exist_ok=True)
+    return root
 
 
 def staging_dir(final: Path) -> Path:

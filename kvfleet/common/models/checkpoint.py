@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from kvfleet.common.models.errors import UnsupportedModelError
-from kvfleet.common.models.registry import ModelSource
+from kvfleet.common.models.sources import ModelSource
 from kvfleet.common.models.spec import ModelSpec, spec_from_gguf_fields, spec_from_hf_dir
 
 _GGUF_NAMES = {

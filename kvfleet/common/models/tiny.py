@@ -11,6 +11,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from kvfleet.common.models.cache_files import publish_dir, staging_dir
+from kvfleet.common.models.sources import ModelSource, smollm2_gguf_path
+from kvfleet.common.models.tokenizer_files import gguf_tokenizer_dir
+
 log = logging.getLogger(__name__)
 
 TINY_CONFIG: dict[str, Any] = dict(
@@ -33,12 +37,8 @@ def make_tiny_llama(path: Path, seed: int = TINY_SEED) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from kvfleet.common.models.cache_files import publish_dir, staging_dir
-    from kvfleet.common.models.registry import ModelSource, smollm2_gguf_path
-    from kvfleet.common.models.tokenizer import _gguf_tokenizer_dir
-
     path = Path(path)
-    tok_dir = _gguf_tokenizer_dir(ModelSource("smollm2-135m", "gguf", smollm2_gguf_path()))
+    tok_dir = gguf_tokenizer_dir(ModelSource("smollm2-135m", "gguf", smollm2_gguf_path()))
     tmp = staging_dir(path)
     shutil.copytree(tok_dir, tmp, dirs_exist_ok=True)
     cfg = LlamaConfig(

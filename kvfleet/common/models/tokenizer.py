@@ -7,14 +7,14 @@ fast. Loaded tokenizers are kept per process.
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kvfleet.common.models.cache_files import publish_dir, staging_dir
-from kvfleet.common.models.registry import ModelSource, cache_dir, resolve_model
+from kvfleet.common.models.checkpoint import read_spec
+from kvfleet.common.models.registry import resolve_model
+from kvfleet.common.models.tokenizer_files import gguf_tokenizer_dir
 
 log = logging.getLogger(__name__)
 
@@ -85,31 +85,14 @@ def _hf_dir_eos(path: Path) -> tuple[int, ...]:
     return tuple(ids)
 
 
-def _gguf_tokenizer_dir(source: ModelSource) -> Path:
-    stat = source.path.stat()
-    key = hashlib.sha1(f"{source.path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    out = cache_dir() / "tokenizers" / f"{source.path.stem}-{key.hexdigest()[:10]}"
-    if not (out / "tokenizer_config.json").is_file():
-        from transformers import AutoTokenizer
-
-        log.info("converting the tokenizer of %s into %s", source.path, out)
-        hf = AutoTokenizer.from_pretrained(str(source.path.parent), gguf_file=source.path.name)
-        tmp = staging_dir(out)
-        hf.save_pretrained(str(tmp))
-        publish_dir(tmp, out)
-    return out
-
-
 @functools.lru_cache(maxsize=16)
 def load_tokenizer(name_or_path: str) -> Tokenizer:
     """The tokenizer of a registry name, checkpoint directory or GGUF file."""
     from transformers import AutoTokenizer
 
-    from kvfleet.common.models.checkpoint import read_spec
-
     source = resolve_model(name_or_path)
     spec = read_spec(source)
-    tok_dir = source.path if source.kind == "hf" else _gguf_tokenizer_dir(source)
+    tok_dir = source.path if source.kind == "hf" else gguf_tokenizer_dir(source)
     hf = AutoTokenizer.from_pretrained(str(tok_dir))
     eos: list[int] = list(spec.eos_token_ids)
     if source.kind == "hf":

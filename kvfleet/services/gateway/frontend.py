@@ -21,6 +21,7 @@ from kvfleet.common.grpc_util import ChannelPool
 from kvfleet.common.ids import new_request_id, valid_request_id
 from kvfleet.common.proto.worker.v1 import worker_pb2, worker_pb2_grpc
 from kvfleet.common.redis_store import RedisStore
+from kvfleet.common.sampling import SamplingParams
 from kvfleet.services.gateway.errors import ApiError, bad_request, model_not_found
 from kvfleet.services.gateway.tokenizers import TokenizerCache
 
@@ -34,7 +35,7 @@ class Prepared:
     request_id: str
     model: str
     prompt_token_ids: tuple[int, ...]
-    sampling: rs.SamplingRecord
+    sampling: SamplingParams
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +82,7 @@ class Frontend:
         prompt: str | None = None,
         messages: Sequence[dict[str, str]] | None = None,
         prompt_token_ids: Sequence[int] | None = None,
-        sampling: rs.SamplingRecord,
+        sampling: SamplingParams,
         request_id: str = "",
     ) -> Prepared:
         """Validate and tokenize; raises :class:`ApiError` (4xx) on bad input."""
@@ -123,7 +124,7 @@ class Frontend:
             )
         return Prepared(request_id or new_request_id(), model, tuple(ids), sampling)
 
-    def check_sampling(self, s: rs.SamplingRecord) -> None:
+    def check_sampling(self, s: SamplingParams) -> None:
         if not 1 <= s.max_tokens <= self.settings.max_tokens_limit:
             raise bad_request(f"max_tokens must be in [1, {self.settings.max_tokens_limit}].",
                               param="max_tokens")

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from kvfleet.common import redis_schema as rs
+from kvfleet.common.sampling import SamplingParams
 from kvfleet.services.gateway.errors import ApiError, bad_request, unauthorized
 from kvfleet.services.gateway.frontend import Chunk, Frontend, Prepared
 from kvfleet.services.gateway.metrics import GatewayMetrics
@@ -40,11 +40,11 @@ class _Body(BaseModel):
     stream_options: dict[str, Any] | None = None
     n: int = 1
 
-    def sampling(self, default_max_tokens: int) -> rs.SamplingRecord:
+    def sampling(self, default_max_tokens: int) -> SamplingParams:
         if self.n != 1:
             raise bad_request("only n=1 is supported.", param="n")
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
-        return rs.SamplingRecord(
+        return SamplingParams(
             max_tokens=self.max_tokens if self.max_tokens is not None else default_max_tokens,
             temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, seed=self.seed,
             stop_token_ids=tuple(self.stop_token_ids), stop=stop, ignore_eos=self.ignore_eos,

@@ -10,29 +10,19 @@ import time
 import grpc
 
 from kvfleet.common.config import WorkerSettings
+from kvfleet.common.convert import sampling_from_pb
 from kvfleet.common.grpc_util import ChannelPool, Running
 from kvfleet.common.proto.worker.v1 import worker_pb2, worker_pb2_grpc
 from kvfleet.services.worker.engine import (
     EngineInputError,
     EngineRequest,
     ModelNotFoundError,
-    SamplingParams,
     SequenceExport,
 )
 from kvfleet.services.worker.runner import EngineRunner
 from kvfleet.services.worker.transfer import PairGroups, recv_payload, send_payload
 
 log = logging.getLogger(__name__)
-
-
-def _sampling(msg) -> SamplingParams:  # type: ignore[no-untyped-def]
-    return SamplingParams(
-        max_tokens=msg.max_tokens or 16, temperature=msg.temperature, top_k=msg.top_k,
-        top_p=msg.top_p if msg.HasField("top_p") else 1.0,
-        seed=msg.seed if msg.HasField("seed") else None,
-        stop_token_ids=tuple(msg.stop_token_ids), stop=tuple(msg.stop),
-        ignore_eos=msg.ignore_eos,
-    )
 
 
 class WorkerServicer(worker_pb2_grpc.WorkerServicer):
@@ -58,7 +48,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         if rid in self.runner.running:  # assigned again (a scheduler restarted mid-assign)
             return worker_pb2.AssignResponse()
         req = EngineRequest(rid, request.model, tuple(request.prompt_token_ids),
-                            _sampling(request.sampling), tuple(request.output_token_ids),
+                            sampling_from_pb(request.sampling, 16), tuple(request.output_token_ids),
                             request.arrival_s)
         try:
             await self.runner.add(req)

@@ -5,12 +5,13 @@ import pytest
 
 from kvfleet.common import redis_schema as rs
 from kvfleet.common.redis_store import RedisStore
+from kvfleet.common.sampling import SamplingParams
 
 pytestmark = pytest.mark.integration
 
 
 def _rec(rid: str, model: str = "m") -> rs.RequestRecord:
-    return rs.RequestRecord(rid, model, (1, 2, 3), rs.SamplingRecord(max_tokens=4), time.time())
+    return rs.RequestRecord(rid, model, (1, 2, 3), SamplingParams(max_tokens=4), time.time())
 
 
 async def test_enqueue_assign_finish_lifecycle(redis_url):

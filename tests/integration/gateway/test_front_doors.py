@@ -12,6 +12,7 @@ from kvfleet.common.config import GatewaySettings
 from kvfleet.common.proto.common.v1 import common_pb2
 from kvfleet.common.proto.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from kvfleet.common.redis_store import RedisStore
+from kvfleet.common.sampling import SamplingParams
 from kvfleet.services.gateway.server import start
 
 pytestmark = pytest.mark.integration
@@ -150,7 +151,7 @@ async def test_replicas_share_requests_through_redis(redis_url):
     a = await start(GatewaySettings(redis_url=redis_url, port=0, http_port=0))
     b = await start(GatewaySettings(redis_url=redis_url, port=0, http_port=0))
     try:
-        p = Prepared("shared-1", "m", (1, 2, 3), rs.SamplingRecord(max_tokens=4))
+        p = Prepared("shared-1", "m", (1, 2, 3), SamplingParams(max_tokens=4))
         await a.frontend.submit(p)
         assert await store.r.xlen(rs.queue_key("m")) == 1
         async with grpc.aio.insecure_channel(b.address) as ch:

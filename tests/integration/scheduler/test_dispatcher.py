@@ -12,6 +12,7 @@ from kvfleet.common.config import SchedulerSettings
 from kvfleet.common.grpc_util import start_server
 from kvfleet.common.proto.worker.v1 import worker_pb2, worker_pb2_grpc
 from kvfleet.common.redis_store import RedisStore
+from kvfleet.common.sampling import SamplingParams
 from kvfleet.services.scheduler.server import start
 
 pytestmark = pytest.mark.integration
@@ -41,7 +42,7 @@ async def _worker(store: RedisStore, wid: str, free: int, ttl_ms: int = 60_000):
 
 def _rec(rid: str, arrival_s: float) -> rs.RequestRecord:
     return rs.RequestRecord(
-        rid, "m", tuple(range(1, 33)), rs.SamplingRecord(max_tokens=8), arrival_s
+        rid, "m", tuple(range(1, 33)), SamplingParams(max_tokens=8), arrival_s
     )
 
 

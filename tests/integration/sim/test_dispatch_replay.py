@@ -12,6 +12,7 @@ from kvfleet.common.config import SchedulerSettings
 from kvfleet.common.grpc_util import start_server
 from kvfleet.common.proto.worker.v1 import worker_pb2, worker_pb2_grpc
 from kvfleet.common.redis_store import RedisStore
+from kvfleet.common.sampling import SamplingParams
 from kvfleet.services.scheduler.core.types import WorkerView
 from kvfleet.services.scheduler.server import start
 from kvfleet.sim import replay_dispatch
@@ -59,7 +60,7 @@ async def _live(redis_url: str, policy: str, gaps_s: list[float], n_workers: int
             arrival += gap
             await store.enqueue(rs.RequestRecord(
                 f"r{i}", "m", tuple(range(1, PROMPT + 1)),
-                rs.SamplingRecord(max_tokens=MAX_TOKENS), arrival))
+                SamplingParams(max_tokens=MAX_TOKENS), arrival))
             deadline = time.monotonic() + 10
             while len(log) < i + 1:  # wait for the decision before sending the next
                 assert time.monotonic() < deadline, "no dispatch decision in time"

@@ -12,6 +12,7 @@ from kvfleet.common.grpc_util import check_health
 from kvfleet.common.proto.common.v1 import common_pb2
 from kvfleet.common.proto.worker.v1 import worker_pb2, worker_pb2_grpc
 from kvfleet.common.redis_store import RedisStore
+from kvfleet.common.sampling import SamplingParams
 from kvfleet.services.worker.server import start
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -48,7 +49,7 @@ async def test_worker_loads_serves_cancels_and_refuses_bad_input(redis_url):
             assert occ.models == (MODEL,) and occ.num_free_pages == occ.num_total_pages > 0
 
             async def run(rid: str, max_tokens: int, **kw) -> None:
-                rec = rs.RequestRecord(rid, MODEL, (1, 2, 3, 4), rs.SamplingRecord(), time.time())
+                rec = rs.RequestRecord(rid, MODEL, (1, 2, 3, 4), SamplingParams(), time.time())
                 await store.enqueue(rec)
                 await store.set_assigned(rid, "w0")
                 await stub.Assign(

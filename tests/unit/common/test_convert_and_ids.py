@@ -2,16 +2,16 @@ import dataclasses
 
 import pytest
 
-from kvfleet.common import redis_schema as rs
 from kvfleet.common.convert import sampling_from_pb, sampling_to_pb
 from kvfleet.common.ids import new_request_id, valid_request_id
 from kvfleet.common.proto.common.v1 import common_pb2
+from kvfleet.common.sampling import SamplingParams
 
 pytestmark = pytest.mark.unit
 
 
 def test_sampling_round_trips_through_protobuf():
-    s = rs.SamplingRecord(
+    s = SamplingParams(
         max_tokens=9,
         temperature=0.5,
         top_k=3,

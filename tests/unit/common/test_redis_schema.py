@@ -3,6 +3,7 @@ import json
 import pytest
 
 from kvfleet.common import redis_schema as rs
+from kvfleet.common.sampling import SamplingParams
 
 pytestmark = pytest.mark.unit
 
@@ -12,7 +13,7 @@ def test_request_record_round_trips_through_hash_fields():
         "req-1",
         "tiny-llama",
         (1, 2, 3),
-        rs.SamplingRecord(max_tokens=5, seed=7, stop=("\n",)),
+        SamplingParams(max_tokens=5, seed=7, stop=("\n",)),
         12.5,
         state=rs.ASSIGNED,
         worker_id="w0",
@@ -30,7 +31,7 @@ def test_reader_refuses_another_schema_version():
     data["v"] = rs.SCHEMA_VERSION + 1
     with pytest.raises(rs.SchemaError):
         rs.Occupancy.from_json(json.dumps(data))
-    fields = rs.RequestRecord("r", "m", (1,), rs.SamplingRecord(), 0.0).to_fields()
+    fields = rs.RequestRecord("r", "m", (1,), SamplingParams(), 0.0).to_fields()
     fields["v"] = "0"
     with pytest.raises(rs.SchemaError):
         rs.RequestRecord.from_fields("r", fields)

@@ -1,7 +1,7 @@
 import pytest
 
-from kvfleet.common import redis_schema as rs
 from kvfleet.common.config import GatewaySettings
+from kvfleet.common.sampling import SamplingParams
 from kvfleet.services.gateway.errors import ApiError
 from kvfleet.services.gateway.frontend import Frontend
 from kvfleet.services.gateway.openai_api import ChatBody, CompletionBody
@@ -16,16 +16,16 @@ def _frontend() -> Frontend:
 @pytest.mark.parametrize(
     "sampling,param",
     [
-        (rs.SamplingRecord(max_tokens=0), "max_tokens"),
-        (rs.SamplingRecord(max_tokens=65), "max_tokens"),
-        (rs.SamplingRecord(temperature=-0.1), "temperature"),
-        (rs.SamplingRecord(temperature=2.5), "temperature"),
-        (rs.SamplingRecord(top_p=0.0), "top_p"),
-        (rs.SamplingRecord(top_p=1.5), "top_p"),
-        (rs.SamplingRecord(top_k=-1), "top_k"),
-        (rs.SamplingRecord(seed=-3), "seed"),
-        (rs.SamplingRecord(stop=("",)), "stop"),
-        (rs.SamplingRecord(stop_token_ids=(-1,)), "stop_token_ids"),
+        (SamplingParams(max_tokens=0), "max_tokens"),
+        (SamplingParams(max_tokens=65), "max_tokens"),
+        (SamplingParams(temperature=-0.1), "temperature"),
+        (SamplingParams(temperature=2.5), "temperature"),
+        (SamplingParams(top_p=0.0), "top_p"),
+        (SamplingParams(top_p=1.5), "top_p"),
+        (SamplingParams(top_k=-1), "top_k"),
+        (SamplingParams(seed=-3), "seed"),
+        (SamplingParams(stop=("",)), "stop"),
+        (SamplingParams(stop_token_ids=(-1,)), "stop_token_ids"),
     ],
 )
 def test_out_of_range_sampling_is_a_400_naming_the_parameter(sampling, param):
@@ -37,7 +37,7 @@ def test_out_of_range_sampling_is_a_400_naming_the_parameter(sampling, param):
 
 def test_valid_sampling_passes():
     _frontend().check_sampling(
-        rs.SamplingRecord(max_tokens=64, temperature=2.0, top_p=1.0, top_k=5, seed=1, stop=("x",))
+        SamplingParams(max_tokens=64, temperature=2.0, top_p=1.0, top_k=5, seed=1, stop=("x",))
     )
 
 

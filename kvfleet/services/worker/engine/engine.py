@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 
 import torch
 
+from kvfleet.common.clock import Clock, WallClock
 from kvfleet.common.models import UnknownModelError, read_spec, read_weights, resolve_model
 from kvfleet.common.models.errors import UnsupportedModelError
 from kvfleet.common.models.tokenizer import load_tokenizer
+from kvfleet.common.sampling import SamplingError
 from kvfleet.services.worker.core.batch_policy import (
     BatchPolicy,
     EngineView,
@@ -55,9 +56,14 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 
 class Engine:
-    def __init__(self, config: EngineConfig, policy: BatchPolicy | None = None) -> None:
+    def __init__(
+        self, config: EngineConfig, policy: BatchPolicy | None = None, clock: Clock | None = None
+    ) -> None:
+        """``clock`` gives every ``now_s`` the engine passes on (the batch policy's, the token
+        events' timestamps): the wall clock by default, the same as every other service."""
         self.config = config
         self.policy: BatchPolicy = policy or FcfsBatchPolicy()
+        self.clock: Clock = clock or WallClock()
         self.device = torch.device(config.device)
         self.dtype = _DTYPES[config.dtype]
         if self.device.type == "cpu":
@@ -65,7 +71,7 @@ class Engine:
             torch.set_num_threads(config.num_threads or torch.get_num_threads())
         self.memory_bytes = self._budget(config)
         self._models: dict[str, LoadedModel] = {}
-        self.pool = PagePool(config.page_size_bytes, self._pool_pages({}), self.dtype, self.device)
+        self.pool = PagePool(config.page_size_bytes, self.pool_pages(), self.dtype, self.device)
         self._lock = threading.RLock()  # held by step, loads and migrations
         self._inbox_lock = threading.Lock()
         self._inbox: list[EngineRequest] = []
@@ -87,21 +93,24 @@ class Engine:
         free, _total = torch.cuda.mem_get_info(self.device)
         return max(0, free - config.cuda_reserve_bytes)
 
-    def _pool_pages(self, models: dict[str, LoadedModel]) -> int:
-        used = sum(m.stage.num_bytes() for m in models.values())
+    def pool_pages(self, extra_weight_bytes: int = 0) -> int:
+        """Pages the budget leaves for KV with the models held (plus ``extra_weight_bytes``
+        more weights)."""
+        used = sum(m.stage.num_bytes() for m in self._models.values()) + extra_weight_bytes
         ws = max(
             (
                 workspace_bytes(
                     m.spec, self.config.max_num_batched_tokens, self.config.max_num_seqs, self.dtype
                 )
-                for m in models.values()
+                for m in self._models.values()
             ),
             default=0,
         )
         return max(0, (self.memory_bytes - used - ws) // self.config.page_size_bytes)
 
-    def _resize_pool(self) -> None:
-        remap = self.pool.resize(self._pool_pages(self._models))
+    def resize_pool(self) -> None:
+        """Size the pool to what the budget leaves after the models held."""
+        remap = self.pool.resize(self.pool_pages())
         if remap:
             for seq in self._seqs.values():
                 seq.pages = [remap.get(p, p) for p in seq.pages]
@@ -145,7 +154,7 @@ class Engine:
             )
             tok = load_tokenizer(name_or_path) if stage.is_last else None
             self._models[name_or_path] = LoadedModel(name_or_path, source, spec, stage, layout, tok)
-            self._resize_pool()
+            self.resize_pool()
             log.info(
                 "loaded %s layers [%d, %d): %d weight bytes, %d tokens/page",
                 name_or_path,
@@ -163,7 +172,7 @@ class Engine:
                 self._pending_events.append(self._abort_event(seq.seq_id, seq.num_output_tokens))
                 self._finish(seq, "abort")
             del self._models[name]
-            self._resize_pool()
+            self.resize_pool()
 
     def drop_layers(self, name: str, keep: tuple[int, int]) -> None:
         """Keep only layers [a, b) of a model; the freed weight memory becomes KV pages."""
@@ -179,6 +188,10 @@ class Engine:
     def models(self) -> list[str]:
         return list(self._models)
 
+    def sequences(self, model: str | None = None) -> list[Sequence]:
+        """Sequences in the engine (of ``model`` only, when given)."""
+        return [s for s in self._seqs.values() if model is None or s.model == model]
+
     def model(self, name: str) -> LoadedModel:
         try:
             return self._models[name]
@@ -190,7 +203,10 @@ class Engine:
         m = self.model(req.model)
         if not isinstance(req.request_id, str) or not req.request_id:
             raise EngineInputError("request_id must be a non-empty string")
-        req.sampling.validate()
+        try:
+            req.sampling.validate()
+        except SamplingError as e:
+            raise EngineInputError(f"request {req.request_id}: {e}") from e
         n = len(req.prompt_token_ids) + len(req.output_token_ids)
         if not req.prompt_token_ids:
             raise EngineInputError(f"request {req.request_id}: the prompt is empty")
@@ -252,7 +268,7 @@ class Engine:
             events.extend(self._drain_inbox())
             if not self._running and not self._waiting:
                 return events
-            plan = self.policy.plan(self._view(), time.monotonic())
+            plan = self.policy.plan(self._view(), self.clock.now_s())
             groups = self._apply_plan(plan)
             for model_name, items in groups.items():
                 m = self._models[model_name]
@@ -318,7 +334,7 @@ class Engine:
 
     def _apply_plan(self, plan: StepPlan) -> dict[str, list[tuple[Sequence, int]]]:
         for sid in plan.preempt:
-            self._preempt(self._seqs[sid])
+            self.preempt(self._seqs[sid])
         groups: dict[str, list[tuple[Sequence, int]]] = {}
         for chunk in plan.chunks:
             seq = self._seqs[chunk.seq_id]
@@ -335,7 +351,7 @@ class Engine:
             groups.setdefault(seq.model, []).append((seq, chunk.num_tokens))
         return groups
 
-    def _preempt(self, seq: Sequence) -> None:
+    def preempt(self, seq: Sequence) -> None:
         """Recompute preemption: free the pages; the sequence waits to be prefilled again."""
         log.debug("preempting %s (recompute %d tokens)", seq.seq_id, seq.num_tokens)
         self.pool.free(seq.pages)
@@ -395,7 +411,7 @@ class Engine:
             seq = self._seqs.get(request_id)
             if seq is None:
                 raise EngineInputError(f"request {request_id!r} is not running on this engine")
-            export = export_sequence(self, seq, since_tokens)
+            export = export_sequence(self.pool, self.model(seq.model), seq, since_tokens)
             if stop:
                 self._finish(seq, "migrated")
             return export
@@ -408,7 +424,7 @@ class Engine:
             with self._inbox_lock:
                 if rid in self._live:
                     raise EngineInputError(f"request id {rid!r} is already in use")
-            seq = import_sequence(self, exports)
+            seq = import_sequence(self.pool, self._models, exports, self._next_order())
             with self._inbox_lock:
                 self._live.add(seq.seq_id)
             self._seqs[seq.seq_id] = seq

@@ -10,21 +10,37 @@ preemption.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import Protocol
+
+import torch
 
 from kvfleet.common.models import read_weights
-from kvfleet.services.worker.engine.loaded_model import weights_bytes
+from kvfleet.common.models.tokenizer import load_tokenizer
+from kvfleet.services.worker.engine.kv_pool import PagePool
+from kvfleet.services.worker.engine.loaded_model import LoadedModel, weights_bytes
 from kvfleet.services.worker.engine.migration import read_kv, write_kv
 from kvfleet.services.worker.engine.model import ModelStage
+from kvfleet.services.worker.engine.sequence import Sequence
 from kvfleet.services.worker.engine.types import EngineInputError, OutOfMemoryBudgetError
-
-if TYPE_CHECKING:
-    from kvfleet.services.worker.engine.engine import Engine
 
 log = logging.getLogger(__name__)
 
 
-def drop_layers(eng: Engine, name: str, keep: tuple[int, int]) -> None:
+class LayerHost(Protocol):
+    """What dropping and restoring layers needs of the engine that holds the model."""
+
+    pool: PagePool
+    dtype: torch.dtype
+    device: torch.device
+
+    def model(self, name: str) -> LoadedModel: ...
+    def sequences(self, model: str | None = None) -> list[Sequence]: ...
+    def preempt(self, seq: Sequence) -> None: ...
+    def resize_pool(self) -> None: ...
+    def pool_pages(self, extra_weight_bytes: int = 0) -> int: ...
+
+
+def drop_layers(eng: LayerHost, name: str, keep: tuple[int, int]) -> None:
     m = eng.model(name)
     first, last = keep
     old_first = m.stage.first
@@ -32,10 +48,10 @@ def drop_layers(eng: Engine, name: str, keep: tuple[int, int]) -> None:
         raise EngineInputError(
             f"{name!r}: can keep a range inside [{m.stage.first}, {m.stage.last}), not {keep}"
         )
-    seqs = [s for s in eng._seqs.values() if s.model == name and s.pages]
+    seqs = [s for s in eng.sequences(name) if s.pages]
     saved = []
     for s in seqs:
-        kv = read_kv(eng, m, s.pages, 0, s.num_computed)[first - old_first : last - old_first]
+        kv = read_kv(eng.pool, m, s.pages, 0, s.num_computed)[first - old_first : last - old_first]
         saved.append((s, kv))
         eng.pool.free(s.pages)
         s.pages = []
@@ -43,13 +59,13 @@ def drop_layers(eng: Engine, name: str, keep: tuple[int, int]) -> None:
     m.stage = m.stage.narrow(first, last)
     freed -= m.stage.num_bytes()
     m.layout = eng.pool.layout_for(last - first, m.spec.num_kv_heads, m.spec.head_dim)
-    eng._resize_pool()
+    eng.resize_pool()
     tpp = m.layout.tokens_per_page
     for s, kv in saved:
         pages = eng.pool.allocate(-(-s.num_computed // tpp))
         assert pages is not None, "the pool only grew"
         s.pages = pages
-        write_kv(eng, m, pages, kv)
+        write_kv(eng.pool, m, pages, kv)
     log.info(
         "%s: dropped to layers [%d, %d), %d weight bytes freed into the pool",
         name,
@@ -59,7 +75,7 @@ def drop_layers(eng: Engine, name: str, keep: tuple[int, int]) -> None:
     )
 
 
-def restore_layers(eng: Engine, name: str, layers: tuple[int, int] | None) -> None:
+def restore_layers(eng: LayerHost, name: str, layers: tuple[int, int] | None) -> None:
     m = eng.model(name)
     first, last = layers if layers is not None else (0, m.spec.num_layers)
     if not (0 <= first <= m.stage.first and m.stage.last <= last <= m.spec.num_layers):
@@ -68,24 +84,22 @@ def restore_layers(eng: Engine, name: str, layers: tuple[int, int] | None) -> No
         )
     extra = weights_bytes(m.spec, first, last, eng.dtype) - m.stage.num_bytes()
     new_layout = eng.pool.layout_for(last - first, m.spec.num_kv_heads, m.spec.head_dim)
-    pages_after = eng._pool_pages(eng._models) - (-(-extra // eng.config.page_size_bytes))
-    other_used = sum(len(s.pages) for s in eng._seqs.values() if s.model != name)
+    pages_after = eng.pool_pages(extra)
+    other_used = sum(len(s.pages) for s in eng.sequences() if s.model != name)
     if pages_after < other_used:
         raise OutOfMemoryBudgetError(
             f"{name!r}: restoring [{first}, {last}) needs {extra} more weight bytes; "
             f"{other_used} pages of other models are in use and only {max(pages_after, 0)} "
             "would remain"
         )
-    for s in [s for s in eng._seqs.values() if s.model == name and s.pages]:
-        eng._preempt(s)
+    for s in [s for s in eng.sequences(name) if s.pages]:
+        eng.preempt(s)
     stage = ModelStage(
         m.spec, read_weights(m.source, first, last), first, last, eng.dtype, eng.device
     )
     m.stage = stage
     m.layout = new_layout
-    eng._resize_pool()
+    eng.resize_pool()
     if m.tokenizer is None and stage.is_last:
-        from kvfleet.common.models.tokenizer import load_tokenizer
-
         m.tokenizer = load_tokenizer(name)
     log.info("%s: restored to layers [%d, %d)", name, first, last)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kvfleet.common.models.registry import ModelSource
+from kvfleet.common.models.sources import ModelSource
 from kvfleet.common.models.spec import ModelSpec
 from kvfleet.common.models.tokenizer import Tokenizer
 from kvfleet.services.worker.engine.kv_pool import KvLayout

@@ -8,8 +8,6 @@ over directly; across workers the same calls sit on either side of a transfer.
 
 from __future__ import annotations
 
-import time
-
 import torch
 
 from kvfleet.services.worker.engine.batch_builder import build_batch
@@ -62,7 +60,7 @@ class Pipeline:
             self.stages,
             key=lambda e: e.pool.num_free_pages * e.model(self.model).layout.tokens_per_page,
         )
-        plan = tightest.policy.plan(tightest._view(), time.monotonic())
+        plan = tightest.policy.plan(tightest._view(), first.clock.now_s())
         groups = [e._apply_plan(plan).get(self.model, []) for e in self.stages]
         if not groups[0]:
             return events

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
 from kvfleet.common.models.errors import UnknownModelError
+from kvfleet.common.sampling import SamplingParams
 
 
 class EngineInputError(ValueError):
@@ -21,36 +21,6 @@ class ModelNotFoundError(EngineInputError, UnknownModelError):
 
 class OutOfMemoryBudgetError(EngineInputError):
     """The model (or layer range) does not fit the engine's memory budget."""
-
-
-@dataclass(frozen=True, slots=True)
-class SamplingParams:
-    """Per-request sampling. ``temperature == 0`` is greedy."""
-
-    max_tokens: int = 16
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop_token_ids: tuple[int, ...] = ()
-    stop: tuple[str, ...] = ()
-    ignore_eos: bool = False
-
-    def validate(self) -> None:
-        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
-            raise EngineInputError(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
-        if not math.isfinite(self.temperature) or not 0.0 <= self.temperature <= 100.0:
-            raise EngineInputError(f"temperature must be in [0, 100], got {self.temperature!r}")
-        if not isinstance(self.top_k, int) or self.top_k < 0:
-            raise EngineInputError(f"top_k must be an integer >= 0, got {self.top_k!r}")
-        if not math.isfinite(self.top_p) or not 0.0 < self.top_p <= 1.0:
-            raise EngineInputError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):
-            raise EngineInputError(f"seed must be a non-negative integer, got {self.seed!r}")
-        if any((not isinstance(t, int)) or t < 0 for t in self.stop_token_ids):
-            raise EngineInputError("stop_token_ids must be non-negative integers")
-        if any((not isinstance(s, str)) or not s for s in self.stop):
-            raise EngineInputError("stop strings must be non-empty strings")
 
 
 @dataclass(frozen=True, slots=True)
