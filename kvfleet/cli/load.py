@@ -146,6 +146,13 @@ def load(
             rich_help_panel=_RUN,
         ),
     ] = None,
+    send_slo: Annotated[
+        bool,
+        typer.Option(
+            help="Send each request's TTFT/TPOT SLO to the server (kvfleet's extension field).",
+            rich_help_panel=_RUN,
+        ),
+    ] = True,
     tokenizer: Annotated[
         str | None,
         typer.Option(
@@ -215,6 +222,7 @@ def load(
         drain_timeout_s=drain_timeout,
         request_timeout_s=request_timeout,
         slo=slo or [],
+        send_slo=send_slo,
         tokenizer=tokenizer,
         length_control=length_control,
         out=out,

@@ -18,6 +18,7 @@ class Result:
     token_ids: tuple[int, ...]
     finish_reason: str
     prompt_tokens: int
+    predicted_output_tokens: int = 0  # the gateway's prediction (0: none given)
 
 
 def sampling(max_tokens: int = 16, temperature: float = 0.0, **kw: object) -> common_pb2.SamplingParams:
@@ -43,9 +44,12 @@ class GatewayClient:
                messages: list[dict[str, str]] | None = None,
                prompt_token_ids: list[int] | None = None,
                params: common_pb2.SamplingParams | None = None,
-               request_id: str = "") -> AsyncIterator[gateway_pb2.GenerateResponse]:
+               request_id: str = "",
+               service_level: common_pb2.ServiceLevel | None = None,
+               ) -> AsyncIterator[gateway_pb2.GenerateResponse]:
         req = gateway_pb2.GenerateRequest(model=model, request_id=request_id,
-                                          sampling=params or sampling())
+                                          sampling=params or sampling(),
+                                          service_level=service_level)
         if messages is not None:
             req.chat.messages.extend(gateway_pb2.ChatMessage(**m) for m in messages)
         elif prompt_token_ids is not None:
@@ -58,7 +62,7 @@ class GatewayClient:
         text: list[str] = []
         ids: list[int] = []
         rid = finish = ""
-        prompt_tokens = 0
+        prompt_tokens = predicted = 0
         async for msg in self.stream(model, **kw):  # type: ignore[arg-type]
             rid = msg.request_id
             text.append(msg.text)
@@ -66,7 +70,8 @@ class GatewayClient:
             if msg.finish_reason:
                 finish = msg.finish_reason
                 prompt_tokens = msg.usage.prompt_tokens
-        return Result(rid, "".join(text), tuple(ids), finish, prompt_tokens)
+                predicted = msg.predicted_output_tokens
+        return Result(rid, "".join(text), tuple(ids), finish, prompt_tokens, predicted)
 
     async def cancel(self, request_id: str) -> bool:
         reply = await self.stub.Cancel(gateway_pb2.CancelRequest(request_id=request_id),

@@ -11,16 +11,18 @@ import json
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+
+from kvfleet.common.slo import MAX_TPOT_SLO_S, MAX_TTFT_SLO_S, ServiceLevel, priority_rank
 
 _FILE_DATA: ContextVar[dict[str, Any] | None] = ContextVar("_FILE_DATA", default=None)
 
@@ -111,6 +113,22 @@ class GatewaySettings(ServiceSettings):
     first_token_timeout_s: float = Field(
         default=600.0, gt=0, description="Give up waiting after this."
     )
+    predictor_quantile: float = Field(
+        default=0.5, gt=0, lt=1, description="Output-length quantile the online predictor gives."
+    )
+    predictor_min_samples: int = Field(
+        default=16, ge=1, description="Samples a prompt-length bucket needs before it is used."
+    )
+    predictor_prior_tokens: int = Field(
+        default=128, ge=1, description="Prediction for a model with too few completed requests."
+    )
+    predictor_sync_s: float = Field(
+        default=2.0, gt=0, description="Re-read the shared predictor counts this often."
+    )
+    predictor_warm_start: dict[str, str] = Field(
+        default_factory=dict,
+        description="model -> trace file whose (input, output) lengths seed the predictor once.",
+    )
 
 
 class SchedulerSettings(ServiceSettings):
@@ -134,9 +152,27 @@ class SchedulerSettings(ServiceSettings):
     rpc_timeout_s: float = Field(default=10.0, gt=0, description="Deadline of calls to workers.")
 
 
+class SloConfig(BaseModel):
+    """A model's default service level; requests may override it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ttft_s: float | None = Field(default=None, gt=0, le=MAX_TTFT_SLO_S,
+                                 description="Time-to-first-token target (s).")
+    tpot_s: float | None = Field(default=None, gt=0, le=MAX_TPOT_SLO_S,
+                                 description="Time-per-output-token target (s).")
+    priority: Literal["high", "normal", "low"] = Field(
+        default="normal", description="Priority class of the model's requests."
+    )
+
+    def service_level(self) -> ServiceLevel:
+        return ServiceLevel(self.ttft_s, self.tpot_s, priority_rank(self.priority))
+
+
 class ModelConfig(BaseModel):
     name: str
     weight_bytes: int = Field(default=0, ge=0, description="Weight bytes (0: not accounted).")
+    slo: SloConfig = Field(default_factory=SloConfig, description="Default service level.")
 
 
 class WorkerConfig(BaseModel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from kvfleet.common.proto.common.v1 import common_pb2
 from kvfleet.common.sampling import SamplingParams
+from kvfleet.common.slo import PRIORITIES, ServiceLevel, priority_rank
 
 
 def sampling_to_pb(s: SamplingParams) -> common_pb2.SamplingParams:
@@ -26,4 +27,24 @@ def sampling_from_pb(msg: common_pb2.SamplingParams, default_max_tokens: int) ->
         stop_token_ids=tuple(msg.stop_token_ids),
         stop=tuple(msg.stop),
         ignore_eos=msg.ignore_eos,
+    )
+
+
+def service_level_to_pb(slo: ServiceLevel) -> common_pb2.ServiceLevel:
+    msg = common_pb2.ServiceLevel()
+    if slo.ttft_s is not None:
+        msg.ttft_s = slo.ttft_s
+    if slo.tpot_s is not None:
+        msg.tpot_s = slo.tpot_s
+    if slo.priority is not None:
+        msg.priority = PRIORITIES[slo.priority]
+    return msg
+
+
+def service_level_from_pb(msg: common_pb2.ServiceLevel) -> ServiceLevel:
+    """Raises :class:`SloError` for an unknown priority name (the caller validates ranges)."""
+    return ServiceLevel(
+        ttft_s=msg.ttft_s if msg.HasField("ttft_s") else None,
+        tpot_s=msg.tpot_s if msg.HasField("tpot_s") else None,
+        priority=priority_rank(msg.priority) if msg.priority else None,
     )

@@ -16,6 +16,9 @@ prefix ``kvfleet:v<SCHEMA_VERSION>:`` so two schema versions never collide.
 | ``worker:{id}:requests`` | set | request ids assigned to the worker and not finished |
 | ``draining`` | set | worker ids the scheduler must not dispatch to |
 | ``plan`` | string | :class:`PlanRecord` JSON |
+| ``models`` | hash | model name -> :class:`ModelInfo` JSON (per-model defaults, from the planner) |
+| ``predictor:{model}`` | hash | output-length counts ``"{prompt bucket}:{length bin}" -> n`` |
+| ``predictor:{model}:warm`` | string | set once a trace warm-started the model's counts |
 | ``events`` | stream (capped) | :class:`Event` per assignment, migration, failure, plan |
 """
 
@@ -26,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from kvfleet.common.sampling import SamplingParams
+from kvfleet.common.slo import ServiceLevel
 
 SCHEMA_VERSION = 1
 PREFIX = f"kvfleet:v{SCHEMA_VERSION}:"
@@ -50,6 +54,7 @@ ACTIVE_KEY = f"{PREFIX}active"
 WORKERS_KEY = f"{PREFIX}workers"
 DRAINING_KEY = f"{PREFIX}draining"
 PLAN_KEY = f"{PREFIX}plan"
+MODELS_KEY = f"{PREFIX}models"
 EVENTS_KEY = f"{PREFIX}events"
 
 
@@ -59,6 +64,23 @@ def request_key(request_id: str) -> str:
 
 def tokens_key(request_id: str) -> str:
     return f"{PREFIX}tokens:{request_id}"
+
+
+def predictor_key(model: str) -> str:
+    return f"{PREFIX}predictor:{model}"
+
+
+def predictor_warm_key(model: str) -> str:
+    return f"{PREFIX}predictor:{model}:warm"
+
+
+def predictor_field(bucket: int, bin_: int) -> str:
+    return f"{bucket}:{bin_}"
+
+
+def parse_predictor_field(name: str) -> tuple[int, int]:
+    bucket, _, bin_ = name.partition(":")
+    return int(bucket), int(bin_)
 
 
 def heartbeat_key(worker_id: str) -> str:
@@ -119,6 +141,8 @@ class RequestRecord:
     cancelled: bool = False
     finish_reason: str = ""
     num_resumes: int = 0
+    slo: ServiceLevel = ServiceLevel()
+    predicted_output_tokens: int | None = None
 
     def to_fields(self) -> dict[str, str]:
         return {
@@ -132,6 +156,8 @@ class RequestRecord:
             "cancelled": "1" if self.cancelled else "0",
             "finish_reason": self.finish_reason,
             "resumes": str(self.num_resumes),
+            "slo": json.dumps(self.slo.to_dict()),
+            "pred": "" if self.predicted_output_tokens is None else str(self.predicted_output_tokens),
         }
 
     @classmethod
@@ -151,6 +177,8 @@ class RequestRecord:
             cancelled=f.get("cancelled") == "1",
             finish_reason=f.get("finish_reason", ""),
             num_resumes=int(f.get("resumes", "0")),
+            slo=ServiceLevel.from_dict(json.loads(f["slo"])) if f.get("slo") else ServiceLevel(),
+            predicted_output_tokens=int(f["pred"]) if f.get("pred") else None,
         )
 
 
@@ -167,9 +195,10 @@ class TokenEntry:
     text: str
     finish_reason: str | None = None
     worker_id: str = ""
+    ts: float = 0.0  # when the worker produced it (wall clock, as every timestamp here)
 
     def to_fields(self) -> dict[str, str]:
-        out = {"i": str(self.index), "x": self.text, "w": self.worker_id}
+        out = {"i": str(self.index), "x": self.text, "w": self.worker_id, "s": repr(self.ts)}
         if self.token_id is not None:
             out["t"] = str(self.token_id)
         if self.finish_reason:
@@ -185,6 +214,7 @@ class TokenEntry:
             text=f.get("x", ""),
             finish_reason=f.get("f") or None,
             worker_id=f.get("w", ""),
+            ts=float(f.get("s", "0")),
         )
 
 
@@ -271,6 +301,22 @@ class PlanRecord:
             placements=tuple((p["worker_id"], p["model"]) for p in d["placements"]),
             ts=float(d.get("ts", 0.0)),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What the fleet config says of a served model that the gateway needs per request."""
+
+    name: str
+    slo: ServiceLevel = ServiceLevel()
+
+    def to_json(self) -> str:
+        return json.dumps({"v": SCHEMA_VERSION, "name": self.name, "slo": self.slo.to_dict()})
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> ModelInfo:
+        d = _loads(raw)
+        return cls(d["name"], ServiceLevel.from_dict(d.get("slo")))
 
 
 @dataclass(frozen=True, slots=True)

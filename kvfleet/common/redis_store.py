@@ -191,6 +191,18 @@ class RedisStore:
     async def set_plan(self, plan: rs.PlanRecord) -> None:
         await self.r.set(rs.PLAN_KEY, plan.to_json())
 
+    async def set_models(self, infos: list[rs.ModelInfo]) -> None:
+        """Replace the served models' per-model settings."""
+        async with self.r.pipeline(transaction=True) as p:
+            p.delete(rs.MODELS_KEY)
+            if infos:
+                p.hset(rs.MODELS_KEY, mapping={i.name: i.to_json() for i in infos})
+            await p.execute()
+
+    async def model_info(self, model: str) -> rs.ModelInfo | None:
+        raw = await self.r.hget(rs.MODELS_KEY, model)
+        return rs.ModelInfo.from_json(raw) if raw else None
+
     async def event(self, kind: str, now_s: float, **data: Any) -> None:
         await self.r.xadd(
             rs.EVENTS_KEY,

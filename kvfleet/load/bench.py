@@ -126,6 +126,7 @@ def run_bench(plan: BenchPlan, say: Callable[[str], None] = print) -> dict[str, 
                     tokenizer=plan.model,
                     out=out / "transformers-serve",
                     label="transformers-serve",
+                    send_slo=False,  # kvfleet's extension field; the peer has none
                 )
             )
         )

@@ -17,6 +17,8 @@ class Prepared:
     spec: RequestSpec
     prompt_ids: tuple[int, ...]
     prompt_text: str
+    ttft_slo_s: float | None = None  # sent to servers that take an SLO (kvfleet)
+    tpot_slo_s: float | None = None
 
 
 @dataclass(slots=True)
@@ -58,6 +60,7 @@ class Outcome:
     output_tokens: int = 0
     error: str = ""
     finish_reason: str = ""
+    predicted_output_tokens: int | None = None
 
 
 class LoadClient(Protocol):

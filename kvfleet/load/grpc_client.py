@@ -68,16 +68,23 @@ class GrpcClient:
         sampling = self.common_pb2.SamplingParams(
             max_tokens=req.spec.output_tokens, temperature=0.0, ignore_eos=True
         )
+        slo = self.common_pb2.ServiceLevel()
+        if req.ttft_slo_s is not None:
+            slo.ttft_s = req.ttft_slo_s
+        if req.tpot_slo_s is not None:
+            slo.tpot_s = req.tpot_slo_s
         return self.gateway_pb2.GenerateRequest(
             model=model,
             prompt_token_ids=self.gateway_pb2.TokenIds(ids=list(req.prompt_ids)),
             sampling=sampling,
+            service_level=slo,
         )
 
     async def send(self, req: Prepared, model: str) -> Outcome:
         timer = ChunkTimer()
         finish = ""
         usage_tokens: int | None = None
+        predicted: int | None = None
         call = self._stub.Generate(
             self.request(req, model), timeout=self._timeout_s, metadata=self._metadata
         )
@@ -89,6 +96,8 @@ class GrpcClient:
                     finish = msg.finish_reason
                 if msg.HasField("usage"):
                     usage_tokens = int(msg.usage.completion_tokens)
+                if msg.predicted_output_tokens:
+                    predicted = int(msg.predicted_output_tokens)
         except grpc.aio.AioRpcError as exc:
             return Outcome(
                 timer,
@@ -104,7 +113,8 @@ class GrpcClient:
         if finish == "abort":
             return Outcome(timer, False, output_tokens=timer.tokens, error="aborted by the server")
         n = usage_tokens if usage_tokens else timer.tokens
-        return Outcome(timer, True, output_tokens=n, finish_reason=finish)
+        return Outcome(timer, True, output_tokens=n, finish_reason=finish,
+                       predicted_output_tokens=predicted)
 
     async def close(self) -> None:
         await self._channel.close()

@@ -15,6 +15,7 @@ from typing import Literal
 
 import httpx
 
+from kvfleet.common.http_api import PREDICTED_OUTPUT_TOKENS_HEADER
 from kvfleet.load.client import ChunkTimer, Outcome, Prepared
 from kvfleet.load.target import Target, TargetError
 
@@ -34,11 +35,16 @@ class HttpClient:
         request_timeout_s: float = 600.0,
         count_tokens: Callable[[str], int] | None = None,
         max_connections: int = 1024,
+        send_slo: bool = False,
     ) -> None:
+        """``send_slo``: put each request's SLO in the body as kvfleet's ``slo`` extension,
+        where ``check`` finds the server is a kvfleet gateway (other servers may refuse it)."""
         self.target = target
         self.url = f"{target.base_url}/completions"
         self.length_control: LengthControl = length_control
         self.count_tokens = count_tokens
+        self.send_slo = send_slo
+        self.kvfleet_server = False  # set by check()
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.AsyncClient(
             headers=headers,
@@ -47,7 +53,9 @@ class HttpClient:
             trust_env=False,
         )
 
-    def body(self, prompt: str, model: str, max_tokens: int) -> dict[str, object]:
+    def body(
+        self, prompt: str, model: str, max_tokens: int, req: Prepared | None = None
+    ) -> dict[str, object]:
         body: dict[str, object] = {
             "model": model,
             "prompt": prompt,
@@ -58,7 +66,11 @@ class HttpClient:
         if self.length_control == "ignore_eos":
             body["ignore_eos"] = True
             body["stream_options"] = {"include_usage": True}
-        elif self.length_control == "generation_config":
+        if self.send_slo and self.kvfleet_server and req is not None:
+            slo = {"ttft_s": req.ttft_slo_s, "tpot_s": req.tpot_slo_s}
+            if any(v is not None for v in slo.values()):
+                body["slo"] = {k: v for k, v in slo.items() if v is not None}
+        if self.length_control == "generation_config":
             body["generation_config"] = json.dumps(
                 {"max_new_tokens": max_tokens, "min_new_tokens": max_tokens, "do_sample": False}
             )
@@ -84,6 +96,7 @@ class HttpClient:
                 raise TargetError(f"cannot reach {self.target}: {_describe(exc)}") from None
             if resp.status_code < 300:
                 log.info("%s accepts %s for exact output lengths", self.target, mode)
+                self.kvfleet_server = PREDICTED_OUTPUT_TOKENS_HEADER in resp.headers
                 return
             last = f"HTTP {resp.status_code}: {resp.text[:300]}"
             if resp.status_code not in (400, 422):
@@ -97,11 +110,13 @@ class HttpClient:
         finish = ""
         try:
             async with self._http.stream(
-                "POST", self.url, json=self.body(req.prompt_text, model, req.spec.output_tokens)
+                "POST", self.url,
+                json=self.body(req.prompt_text, model, req.spec.output_tokens, req),
             ) as resp:
                 if resp.status_code >= 300:
                     detail = (await resp.aread()).decode(errors="replace")[:300]
                     return Outcome(timer, False, error=f"HTTP {resp.status_code}: {detail}")
+                predicted = resp.headers.get(PREDICTED_OUTPUT_TOKENS_HEADER)
                 async for line in resp.aiter_lines():
                     if not line.startswith("data:"):
                         continue
@@ -128,7 +143,8 @@ class HttpClient:
             n = self.count_tokens("".join(text_parts))
         else:
             n = timer.tokens
-        return Outcome(timer, True, output_tokens=n, finish_reason=finish)
+        return Outcome(timer, True, output_tokens=n, finish_reason=finish,
+                       predicted_output_tokens=int(predicted) if predicted else None)
 
     async def close(self) -> None:
         await self._http.aclose()

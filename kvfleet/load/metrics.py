@@ -48,6 +48,9 @@ class RequestRecord:
     e2el_s: float | None = None
     itl_s: tuple[float, ...] = ()
     error: str = ""
+    ttft_slo_s: float | None = None  # the SLO the request was sent with
+    tpot_slo_s: float | None = None
+    predicted_output_tokens: int | None = None  # the server's prediction, when it gives one
 
     @property
     def tpot_s(self) -> float | None:
@@ -154,6 +157,7 @@ def summarize(
         "percentiles": [float(p) for p in percentiles],
     }
     summary.update(_latency_block(records, percentiles))
+    summary.update(prediction_error(records))
     summary["errors"] = dict(
         Counter(_short(r.error) for r in records if not r.success).most_common(10)
     )
@@ -188,6 +192,27 @@ def _model_summary(
     }
     out.update(_latency_block(records, percentiles))
     return out
+
+
+def prediction_error(records: Sequence[RequestRecord]) -> dict[str, object]:
+    """How far the server's output-length predictions were from the lengths generated, over
+    the successful requests that carried one: mean absolute error, mean signed error (bias)
+    and the share within 25% of the true length."""
+    pairs = [
+        (r.predicted_output_tokens, r.output_tokens)
+        for r in records
+        if r.success and r.predicted_output_tokens is not None and r.output_tokens > 0
+    ]
+    if not pairs:
+        return {"prediction_count": 0, "prediction_mae_tokens": None,
+                "prediction_bias_tokens": None, "prediction_within_25pct": None}
+    errors = [p - a for p, a in pairs]
+    return {
+        "prediction_count": len(pairs),
+        "prediction_mae_tokens": sum(abs(e) for e in errors) / len(pairs),
+        "prediction_bias_tokens": sum(errors) / len(pairs),
+        "prediction_within_25pct": sum(1 for p, a in pairs if abs(p - a) <= 0.25 * a) / len(pairs),
+    }
 
 
 def _short(error: str) -> str:

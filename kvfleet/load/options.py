@@ -25,6 +25,9 @@ class LoadOptions(WorkloadOptions):
     )
     request_timeout_s: float = Field(600.0, gt=0, description="per-request timeout")
     slo: list[str] = Field(default_factory=list, description="[MODEL:]ttft=..,tpot=..,e2el=..")
+    send_slo: bool = Field(
+        True, description="send each request's TTFT/TPOT SLO to the server (kvfleet's extension)"
+    )
     tokenizer: str | None = Field(None, description="tokenizer name/path (default: from the model)")
     length_control: Literal["auto", "ignore_eos", "generation_config", "none"] = "auto"
     out: Path | None = Field(None, description="results folder")

@@ -28,6 +28,9 @@ REQUEST_COLUMNS = (
     "mean_itl_ms",
     "num_chunks",
     "error",
+    "ttft_slo_ms",
+    "tpot_slo_ms",
+    "predicted_output_tokens",
 )
 
 
@@ -64,6 +67,9 @@ def write_requests_csv(
                     _ms(itl),
                     len(r.itl_s) + (1 if r.ttft_s is not None else 0),
                     r.error.replace("\n", " ")[:300],
+                    _ms(r.ttft_slo_s),
+                    _ms(r.tpot_slo_s),
+                    "" if r.predicted_output_tokens is None else r.predicted_output_tokens,
                 ]
             )
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from kvfleet.load.client import ChunkTimer, LoadClient, Outcome, Prepared
 from kvfleet.load.metrics import RequestRecord
+from kvfleet.load.slo import SloSet
 from kvfleet.load.tokens import PromptBuilder
 from kvfleet.workload.spec import RequestSpec
 
@@ -34,15 +35,22 @@ class RunResult:
     duration_s: float
 
 
-def prepare(specs: Sequence[RequestSpec], builders: dict[str, PromptBuilder]) -> list[Prepared]:
-    """Build every prompt before the run starts, so building does not disturb the timing."""
+def prepare(
+    specs: Sequence[RequestSpec],
+    builders: dict[str, PromptBuilder],
+    slos: SloSet | None = None,
+) -> list[Prepared]:
+    """Build every prompt before the run starts, so building does not disturb the timing.
+    ``slos``: each request carries its model's TTFT and TPOT targets to the server."""
     out = []
     for spec in specs:
         builder = builders.get(spec.model) or builders.get("*")
         if builder is None:
             raise ValueError(f"no tokenizer for model {spec.model!r}")
         ids, text = builder.build(spec)
-        out.append(Prepared(spec, tuple(ids), text))
+        slo = slos.for_model(spec.model) if slos is not None else None
+        out.append(Prepared(spec, tuple(ids), text,
+                            slo.ttft_s if slo else None, slo.tpot_s if slo else None))
     return out
 
 
@@ -61,6 +69,9 @@ def _record(req: Prepared, t0: float, outcome: Outcome) -> RequestRecord:
         e2el_s=timer.e2el_s,
         itl_s=tuple(timer.gaps),
         error=outcome.error,
+        ttft_slo_s=req.ttft_slo_s,
+        tpot_slo_s=req.tpot_slo_s,
+        predicted_output_tokens=outcome.predicted_output_tokens,
     )
 
 

@@ -42,6 +42,7 @@ def make_client(
         opts.length_control,
         request_timeout_s=opts.request_timeout_s,
         count_tokens=count_tokens,
+        send_slo=opts.send_slo,
     )
 
 
@@ -115,7 +116,7 @@ async def execute(
         for model in models:
             await client.check(check_timeout_s, model)
         builders = {m: PromptBuilder(tokenizer_of(m), seed=opts.seed) for m in models}
-        prepared = prepare(specs, builders)
+        prepared = prepare(specs, builders, slos if opts.send_slo else None)
         with Progress(len(prepared), opts.label or str(target), progress) as bar:
             result = await run_load(
                 client,

@@ -8,12 +8,19 @@ from dataclasses import dataclass
 
 import pytest
 
-from kvfleet.common.config import EngineSettings, FleetConfig, ModelConfig, WorkerConfig
+from kvfleet.common.config import (
+    EngineSettings,
+    FleetConfig,
+    ModelConfig,
+    SloConfig,
+    WorkerConfig,
+)
 from kvfleet.common.launcher import Stack, launch
 
 TINY = "tiny-llama"
 SMOL = "smollm2-135m"
 API_KEY = "sk-e2e"
+TINY_SLO = SloConfig(ttft_s=30.0, tpot_s=5.0, priority="low")  # the fleet's default for TINY
 
 
 @dataclass(frozen=True)
@@ -70,7 +77,7 @@ def reference() -> GreedyReference:
 @pytest.fixture(scope="session")
 def stack(reference, tmp_path_factory) -> Stack:
     fleet = FleetConfig(
-        models=[ModelConfig(name=TINY), ModelConfig(name=SMOL)],
+        models=[ModelConfig(name=TINY, slo=TINY_SLO), ModelConfig(name=SMOL)],
         workers=[
             WorkerConfig(id="w0", memory_bytes=1_500_000_000, models=[TINY, SMOL]),
             WorkerConfig(id="w1", memory_bytes=400_000_000, models=[TINY]),

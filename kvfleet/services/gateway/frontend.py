@@ -22,6 +22,9 @@ from kvfleet.common.ids import new_request_id, valid_request_id
 from kvfleet.common.proto.worker.v1 import worker_pb2, worker_pb2_grpc
 from kvfleet.common.redis_store import RedisStore
 from kvfleet.common.sampling import SamplingParams
+from kvfleet.common.slo import ServiceLevel, SloError
+from kvfleet.services.gateway.adapters.predictor_store import SharedLengthPredictor
+from kvfleet.services.gateway.core.length_predictor import LengthQuery, OnlineLengthPredictor
 from kvfleet.services.gateway.errors import ApiError, bad_request, model_not_found
 from kvfleet.services.gateway.tokenizers import TokenizerCache
 
@@ -36,6 +39,8 @@ class Prepared:
     model: str
     prompt_token_ids: tuple[int, ...]
     sampling: SamplingParams
+    slo: ServiceLevel = ServiceLevel()
+    predicted_output_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +61,16 @@ class Frontend:
         self._pool = ChannelPool()
         self._plan_models: tuple[str, ...] = ()
         self._plan_read_s = 0.0
+        self._model_slos: dict[str, tuple[float, ServiceLevel]] = {}
+        self.predictor = SharedLengthPredictor(
+            store,
+            OnlineLengthPredictor(
+                quantile=settings.predictor_quantile,
+                min_samples=settings.predictor_min_samples,
+                prior_tokens=settings.predictor_prior_tokens,
+            ),
+            settings.predictor_sync_s,
+        )
 
     async def models(self) -> dict[str, tuple[str, ...]]:
         """Served models -> workers that hold them in the current plan."""
@@ -75,6 +90,16 @@ class Frontend:
         self._plan_read_s = time.monotonic()
         return model in self._plan_models
 
+    async def model_slo(self, model: str) -> ServiceLevel:
+        """The model's default service level from the fleet config (cached for 2 s)."""
+        hit = self._model_slos.get(model)
+        if hit is not None and time.monotonic() - hit[0] < 2.0:
+            return hit[1]
+        info = await self.store.model_info(model)
+        slo = info.slo if info is not None else ServiceLevel()
+        self._model_slos[model] = (time.monotonic(), slo)
+        return slo
+
     async def prepare(
         self,
         model: str,
@@ -84,8 +109,10 @@ class Frontend:
         prompt_token_ids: Sequence[int] | None = None,
         sampling: SamplingParams,
         request_id: str = "",
+        slo: ServiceLevel | None = None,
     ) -> Prepared:
-        """Validate and tokenize; raises :class:`ApiError` (4xx) on bad input."""
+        """Validate, tokenize and predict the output length; raises :class:`ApiError` (4xx) on
+        bad input. ``slo`` fields left unset take the model's defaults."""
         if not model:
             raise bad_request("'model' is required.", param="model")
         if not await self._known(model):
@@ -94,6 +121,11 @@ class Frontend:
             raise bad_request("request_id must be 1-128 characters of [A-Za-z0-9._:-].",
                               param="request_id")
         self.check_sampling(sampling)
+        slo = slo or ServiceLevel()
+        try:
+            slo.validate()
+        except SloError as e:
+            raise bad_request(str(e), param="slo") from e
         tok = await self.tokenizers.get(model)
         if messages is not None:
             if not messages:
@@ -122,7 +154,12 @@ class Frontend:
                 param="messages" if messages is not None else "prompt",
                 code="context_length_exceeded",
             )
-        return Prepared(request_id or new_request_id(), model, tuple(ids), sampling)
+        rid = request_id or new_request_id()
+        predicted = await self.predictor.predict(
+            LengthQuery(rid, model, len(ids), sampling.max_tokens)
+        )
+        return Prepared(rid, model, tuple(ids), sampling, slo.resolved(await self.model_slo(model)),
+                        predicted)
 
     def check_sampling(self, s: SamplingParams) -> None:
         if not 1 <= s.max_tokens <= self.settings.max_tokens_limit:
@@ -143,7 +180,8 @@ class Frontend:
             raise bad_request("stop_token_ids must be >= 0.", param="stop_token_ids")
 
     async def submit(self, p: Prepared) -> str:
-        rec = rs.RequestRecord(p.request_id, p.model, p.prompt_token_ids, p.sampling, time.time())
+        rec = rs.RequestRecord(p.request_id, p.model, p.prompt_token_ids, p.sampling, time.time(),
+                               slo=p.slo, predicted_output_tokens=p.predicted_output_tokens)
         if await self.store.r.exists(rs.request_key(p.request_id)):
             raise ApiError(409, f"request id {p.request_id!r} is already in use.",
                            param="request_id", code="duplicate_request_id")

@@ -15,13 +15,24 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from kvfleet.common.http_api import PREDICTED_OUTPUT_TOKENS_HEADER, REQUEST_ID_HEADER
 from kvfleet.common.sampling import SamplingParams
+from kvfleet.common.slo import ServiceLevel, SloError, priority_rank
 from kvfleet.services.gateway.errors import ApiError, bad_request, unauthorized
 from kvfleet.services.gateway.frontend import Chunk, Frontend, Prepared
 from kvfleet.services.gateway.metrics import GatewayMetrics
 from kvfleet.services.gateway.relay import relay
 
 log = logging.getLogger(__name__)
+
+
+class SloBody(BaseModel):
+    """kvfleet's extension: a request's latency targets (seconds). Unset: the model's default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ttft_s: float | None = None
+    tpot_s: float | None = None
 
 
 class _Body(BaseModel):
@@ -39,6 +50,16 @@ class _Body(BaseModel):
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     n: int = 1
+    slo: SloBody | None = None  # kvfleet extension
+    priority: str | None = None  # kvfleet extension: "high", "normal" or "low"
+
+    def service_level(self) -> ServiceLevel:
+        try:
+            rank = priority_rank(self.priority) if self.priority is not None else None
+        except SloError as e:
+            raise bad_request(str(e), param="priority") from e
+        slo = self.slo or SloBody()
+        return ServiceLevel(slo.ttft_s, slo.tpot_s, rank)
 
     def sampling(self, default_max_tokens: int) -> SamplingParams:
         if self.n != 1:
@@ -109,6 +130,13 @@ def _usage(p: Prepared, n: int) -> dict[str, int]:
             "total_tokens": len(p.prompt_token_ids) + n}
 
 
+def _headers(p: Prepared) -> dict[str, str]:
+    out = {REQUEST_ID_HEADER: p.request_id}
+    if p.predicted_output_tokens is not None:
+        out[PREDICTED_OUTPUT_TOKENS_HEADER] = str(p.predicted_output_tokens)
+    return out
+
+
 def _sse(obj: Any) -> bytes:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n".encode()
 
@@ -162,7 +190,7 @@ def create_app(frontend: Frontend, metrics: GatewayMetrics, api_keys: list[str])
         else:
             kwargs = {"prompt_token_ids": [int(x) for x in body.prompt]}
         p = await frontend.prepare(body.model, sampling=body.sampling(settings.default_max_tokens),
-                                   **kwargs)
+                                   slo=body.service_level(), **kwargs)
         return await _respond(request, p, body, chat=False)
 
     @app.post("/v1/chat/completions")
@@ -172,7 +200,8 @@ def create_app(frontend: Frontend, metrics: GatewayMetrics, api_keys: list[str])
         if body.max_completion_tokens is not None and body.max_tokens is None:
             body.max_tokens = body.max_completion_tokens
         p = await frontend.prepare(body.model, messages=[m.plain() for m in body.messages],
-                                   sampling=body.sampling(settings.default_max_tokens))
+                                   sampling=body.sampling(settings.default_max_tokens),
+                                   slo=body.service_level())
         return await _respond(request, p, body, chat=True)
 
     async def _respond(request: Request, p: Prepared, body: _Body, chat: bool) -> Response:
@@ -183,7 +212,7 @@ def create_app(frontend: Frontend, metrics: GatewayMetrics, api_keys: list[str])
         if body.stream:
             return StreamingResponse(
                 _stream(p, body, chat, rid, created, api), media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Request-Id": p.request_id})
+                headers={"Cache-Control": "no-cache", **_headers(p)})
         text, n, finish = await _collect(request, p, api)
         if finish == "error":
             raise bad_request("the worker rejected the request")
@@ -194,7 +223,7 @@ def create_app(frontend: Frontend, metrics: GatewayMetrics, api_keys: list[str])
             choice["text"] = text
         return JSONResponse({"id": rid, "object": obj, "created": created, "model": p.model,
                              "choices": [choice], "usage": _usage(p, n)},
-                            headers={"X-Request-Id": p.request_id})
+                            headers=_headers(p))
 
     async def _collect(request: Request, p: Prepared, api: str) -> tuple[str, int, str | None]:
         async def run() -> tuple[str, int, str | None]:

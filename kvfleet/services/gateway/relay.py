@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 
 from kvfleet.services.gateway.frontend import Chunk, Frontend, Prepared
 from kvfleet.services.gateway.metrics import GatewayMetrics
+
+log = logging.getLogger(__name__)
+
+
+async def _learn(frontend: Frontend, p: Prepared, num_output_tokens: int) -> None:
+    """Teach the length predictor a completed request; a failure only costs the sample."""
+    try:
+        await frontend.predictor.observe(p.model, len(p.prompt_token_ids), num_output_tokens)
+    except Exception as e:  # Redis trouble must not break a finished stream
+        log.warning("request %s: predictor update failed: %s", p.request_id, e)
 
 
 async def relay(frontend: Frontend, metrics: GatewayMetrics, p: Prepared,
@@ -27,6 +38,8 @@ async def relay(frontend: Frontend, metrics: GatewayMetrics, p: Prepared,
             num_out += len(chunk.token_ids)
             if chunk.finish_reason:
                 finished = True
+                if chunk.finish_reason in ("stop", "length"):
+                    await _learn(frontend, p, num_out)
             yield chunk
         metrics.e2e.labels(p.model).observe(time.monotonic() - t0)
         metrics.requests.labels(api, p.model, "ok").inc()

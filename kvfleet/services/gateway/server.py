@@ -7,6 +7,7 @@ import contextlib
 import logging
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 import uvicorn
 
@@ -69,6 +70,20 @@ async def _warm_tokenizers(frontend: Frontend) -> None:
             log.warning("model %s: tokenizer not loaded: %s", model, e)
 
 
+async def warm_start_predictor(frontend: Frontend, traces: dict[str, str]) -> None:
+    """Seed each model's output-length counts from a trace's (input, output) lengths, once per
+    fleet (the first gateway to start does it). A bad trace file stops the start."""
+    from kvfleet.workload.readers import read_trace
+
+    for model, path in traces.items():
+        specs = await asyncio.to_thread(read_trace, Path(path), model)
+        n = await frontend.predictor.warm_start(
+            model, [(s.input_tokens, s.output_tokens) for s in specs]
+        )
+        log.info("predictor %s: %s", model,
+                 f"warm-started from {len(specs)} requests of {path}" if n else "already warm")
+
+
 def _bind(host: str, port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -84,6 +99,11 @@ async def start(settings: GatewaySettings) -> RunningGateway:
     store = RedisStore.from_url(settings.redis_url)
     await store.r.ping()
     frontend = Frontend(store, settings)
+    try:
+        await warm_start_predictor(frontend, settings.predictor_warm_start)
+    except BaseException:
+        await store.close()
+        raise
     metrics = GatewayMetrics()
     running = await start_server(
         settings.host, settings.port,

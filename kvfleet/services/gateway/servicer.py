@@ -6,9 +6,10 @@ import logging
 
 import grpc
 
-from kvfleet.common.convert import sampling_from_pb
+from kvfleet.common.convert import sampling_from_pb, service_level_from_pb
 from kvfleet.common.proto.common.v1 import common_pb2
 from kvfleet.common.proto.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from kvfleet.common.slo import SloError
 from kvfleet.services.gateway.errors import ApiError, bad_request, unauthorized
 from kvfleet.services.gateway.frontend import Frontend
 from kvfleet.services.gateway.metrics import GatewayMetrics
@@ -54,8 +55,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 kwargs["prompt_token_ids"] = list(request.prompt_token_ids.ids)
             else:
                 raise bad_request("one of prompt, chat or prompt_token_ids is required.")
+            try:
+                slo = service_level_from_pb(request.service_level)
+            except SloError as e:
+                raise bad_request(str(e), param="service_level") from e
             p = await self.frontend.prepare(request.model, sampling=sampling,
-                                            request_id=request.request_id, **kwargs)
+                                            request_id=request.request_id, slo=slo, **kwargs)
         except ApiError as e:
             await self._abort(context, e)
             return
@@ -69,6 +74,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                     msg.finish_reason = c.finish_reason
                     msg.usage.CopyFrom(common_pb2.Usage(
                         prompt_tokens=len(p.prompt_token_ids), completion_tokens=n))
+                    msg.predicted_output_tokens = p.predicted_output_tokens or 0
                 yield msg
         except ApiError as e:
             await self._abort(context, e)

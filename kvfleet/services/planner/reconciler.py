@@ -50,6 +50,9 @@ class Reconciler:
             await self.store.event("plan", time.time(), version=version,
                                    placements=[list(p) for p in placements])
             log.info("published plan v%d: %s", version, placements)
+        await self.store.set_models(
+            [rs.ModelInfo(m.name, m.slo.service_level()) for m in self.settings.models]
+        )
         self.plan = Plan(record.version, plan.placements)
         return record
 

@@ -33,6 +33,14 @@ class Queued:
     num_output: int
 
 
+def request_view(rec: rs.RequestRecord, num_output: int) -> RequestView:
+    return RequestView(
+        rec.request_id, rec.model, rec.arrival_s, len(rec.prompt_token_ids),
+        rec.sampling.max_tokens, num_output, rec.slo.ttft_s, rec.slo.tpot_s, rec.slo.rank,
+        rec.predicted_output_tokens,
+    )
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -138,11 +146,7 @@ class Dispatcher:
     async def _dispatch(self, workers: dict[str, tuple[rs.WorkerInfo, rs.Occupancy | None]]) -> None:
         view = self._view(workers, await self.store.draining())
         ordered = sorted(self.queue.values(), key=lambda q: (q.record.arrival_s, q.record.request_id))
-        requests = [
-            RequestView(q.record.request_id, q.model, q.record.arrival_s,
-                        len(q.record.prompt_token_ids), q.record.sampling.max_tokens, q.num_output)
-            for q in ordered
-        ]
+        requests = [request_view(q.record, q.num_output) for q in ordered]
         decisions = self.policy.decide(requests, view, self.clock.now_s())
         await asyncio.gather(*(
             self._assign(self.queue[a.request_id], a.worker_id, workers[a.worker_id][0].address)

@@ -128,7 +128,8 @@ class EngineRunner:
             if ev.request_id in self.migrated:
                 continue
             by_request.setdefault(ev.request_id, []).append(
-                rs.TokenEntry(ev.index, ev.token_id, ev.text, ev.finish_reason, self.worker_id))
+                rs.TokenEntry(ev.index, ev.token_id, ev.text, ev.finish_reason, self.worker_id,
+                              ev.ts))
             if ev.finish_reason:
                 finished.append((ev.request_id, ev.finish_reason))
         async with self.store.r.pipeline(transaction=False) as p:

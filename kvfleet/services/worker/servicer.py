@@ -10,12 +10,12 @@ import time
 import grpc
 
 from kvfleet.common.config import WorkerSettings
-from kvfleet.common.convert import sampling_from_pb
 from kvfleet.common.grpc_util import ChannelPool, Running
 from kvfleet.common.proto.worker.v1 import worker_pb2, worker_pb2_grpc
+from kvfleet.common.slo import SloError
+from kvfleet.services.worker.convert import engine_request
 from kvfleet.services.worker.engine import (
     EngineInputError,
-    EngineRequest,
     ModelNotFoundError,
     SequenceExport,
 )
@@ -47,14 +47,12 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         rid = request.request_id
         if rid in self.runner.running:  # assigned again (a scheduler restarted mid-assign)
             return worker_pb2.AssignResponse()
-        req = EngineRequest(rid, request.model, tuple(request.prompt_token_ids),
-                            sampling_from_pb(request.sampling, 16), tuple(request.output_token_ids),
-                            request.arrival_s)
         try:
+            req = engine_request(request)
             await self.runner.add(req)
         except ModelNotFoundError as e:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
-        except EngineInputError as e:
+        except (EngineInputError, SloError) as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         if rid in self.runner.cancelled:
             self.runner.cancelled.discard(rid)

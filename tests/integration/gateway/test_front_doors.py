@@ -68,6 +68,13 @@ async def test_http_auth_and_listing(gateway):
         (b'{"model": "m", "prompt": "hi", "top_p": 0}', 400, "top_p"),
         (b'{"model": "m", "prompt": "hi", "n": 2}', 400, "n"),
         (b'{"model": "m", "prompt": "hi", "max_tokens": "many"}', 400, "max_tokens"),
+        (b'{"model": "m", "prompt": "hi", "slo": {"ttft_s": 0}}', 400, "slo"),
+        (b'{"model": "m", "prompt": "hi", "slo": {"tpot_s": -0.1}}', 400, "slo"),
+        (b'{"model": "m", "prompt": "hi", "slo": {"ttft_s": 1e9}}', 400, "slo"),
+        (b'{"model": "m", "prompt": "hi", "slo": {"ttft_s": NaN}}', 400, "slo"),
+        (b'{"model": "m", "prompt": "hi", "slo": {"ttft": 1}}', 400, "slo.ttft"),
+        (b'{"model": "m", "prompt": "hi", "slo": {"ttft_s": "soon"}}', 400, "slo.ttft_s"),
+        (b'{"model": "m", "prompt": "hi", "priority": "urgent"}', 400, "priority"),
     ],
 )
 async def test_http_bad_input_is_4xx_openai_style(gateway, body, status, param):
@@ -122,6 +129,24 @@ async def test_grpc_auth_and_bad_input(gateway):
             ),
             (
                 gateway_pb2.GenerateRequest(model="m", prompt="hi", request_id="bad id!"),
+                grpc.StatusCode.INVALID_ARGUMENT,
+            ),
+            (
+                gateway_pb2.GenerateRequest(
+                    model="m", prompt="hi", service_level=common_pb2.ServiceLevel(ttft_s=-1)
+                ),
+                grpc.StatusCode.INVALID_ARGUMENT,
+            ),
+            (
+                gateway_pb2.GenerateRequest(
+                    model="m", prompt="hi", service_level=common_pb2.ServiceLevel(tpot_s=1e6)
+                ),
+                grpc.StatusCode.INVALID_ARGUMENT,
+            ),
+            (
+                gateway_pb2.GenerateRequest(
+                    model="m", prompt="hi", service_level=common_pb2.ServiceLevel(priority="vip")
+                ),
                 grpc.StatusCode.INVALID_ARGUMENT,
             ),
         ]

@@ -71,6 +71,11 @@ def test_short_run_against_the_stack(stack, tmp_path, kind):
     assert s["mean_tpot_ms"] > 0 and s["options"]["target_kind"] == kind
     for r in result.result.records:
         assert r.start_s >= r.scheduled_s - 0.01  # never sent early
+    # each request carried the SLO to the server and came back with the server's prediction
+    assert all((r["ttft_slo_ms"], r["tpot_slo_ms"]) == ("30000.000", "5000.000") for r in rows)
+    assert all(1 <= int(r["predicted_output_tokens"]) <= int(r["output_tokens"]) for r in rows)
+    assert s["prediction_count"] == s["completed"]
+    assert s["prediction_mae_tokens"] >= 0 and 0 <= s["prediction_within_25pct"] <= 1
     assert (out / "ttft_timeline.png").stat().st_size > 1000
 
 

@@ -4,6 +4,7 @@ import pytest
 
 from kvfleet.common import redis_schema as rs
 from kvfleet.common.sampling import SamplingParams
+from kvfleet.common.slo import ServiceLevel
 
 pytestmark = pytest.mark.unit
 
@@ -18,6 +19,8 @@ def test_request_record_round_trips_through_hash_fields():
         state=rs.ASSIGNED,
         worker_id="w0",
         num_resumes=2,
+        slo=ServiceLevel(0.5, 0.05, 0),
+        predicted_output_tokens=42,
     )
     fields = rec.to_fields()
     assert all(isinstance(v, str) for v in fields.values())
@@ -74,3 +77,10 @@ def test_keys_share_the_versioned_prefix():
     ]
     assert all(k.startswith(f"kvfleet:v{rs.SCHEMA_VERSION}:") for k in keys)
     assert len(set(keys)) == len(keys)
+
+
+def test_token_entries_and_model_infos_round_trip():
+    e = rs.TokenEntry(3, 17, "x", "stop", "w1", 1_700_000_000.25)
+    assert rs.TokenEntry.from_fields(e.to_fields()) == e
+    info = rs.ModelInfo("m", ServiceLevel(1.0, None, 2))
+    assert rs.ModelInfo.from_json(info.to_json()) == info

@@ -61,7 +61,7 @@ def _flags(typer_app) -> set[str]:
 # `kvfleet sim`, where the requests' model is --request-model.
 LOAD_RUN_ONLY = {
     "--target", "--allow-remote", "--max-concurrency", "--drain-timeout", "--request-timeout",
-    "--slo", "--tokenizer", "--length-control", "--out", "--plots", "--progress", "--label",
+    "--slo", "--send-slo", "--no-send-slo", "--tokenizer", "--length-control", "--out", "--plots", "--progress", "--label",
     "--dry-run", "--model",
 }
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from kvfleet.common import redis_schema as rs
-from kvfleet.common.convert import sampling_to_pb
+from kvfleet.common.convert import sampling_to_pb, service_level_to_pb
 from kvfleet.common.grpc_util import ChannelPool
 from kvfleet.common.proto.worker.v1 import worker_pb2, worker_pb2_grpc
 
@@ -22,6 +22,8 @@ class WorkerClient:
                 request_id=rec.request_id, model=rec.model,
                 prompt_token_ids=list(rec.prompt_token_ids), output_token_ids=output,
                 sampling=sampling_to_pb(rec.sampling), arrival_s=rec.arrival_s,
+                service_level=service_level_to_pb(rec.slo),
+                predicted_output_tokens=rec.predicted_output_tokens,
             ),
             timeout=self._timeout_s,
         )

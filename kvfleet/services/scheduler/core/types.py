@@ -35,6 +35,8 @@ class RequestView:
     num_output_tokens: int = 0
     ttft_slo_s: float | None = None
     tpot_slo_s: float | None = None
+    priority: int = 1  # rank of its priority class: 0 high, 1 normal, 2 low
+    predicted_output_tokens: int | None = None
 
     @property
     def num_tokens(self) -> int:

@@ -33,6 +33,7 @@ class SeqView:
     predicted_output_tokens: int | None = None
     ttft_slo_s: float | None = None
     tpot_slo_s: float | None = None
+    priority: int = 1  # rank of its priority class: 0 high, 1 normal, 2 low
 
     @property
     def num_uncomputed_tokens(self) -> int:

@@ -305,9 +305,8 @@ class Engine:
                 self._finish(seq, "abort")
         return events
 
-    @staticmethod
-    def _abort_event(rid: str, index: int) -> TokenEvent:
-        return TokenEvent(rid, None, "", index, "abort")
+    def _abort_event(self, rid: str, index: int) -> TokenEvent:
+        return TokenEvent(rid, None, "", index, "abort", self.clock.now_s())
 
     def _view(self) -> EngineView:
         def sv(s: Sequence) -> SeqView:
@@ -322,6 +321,10 @@ class Engine:
                 tokens_per_page=self._models[s.model].layout.tokens_per_page,
                 max_tokens=s.sampling.max_tokens,
                 num_output_tokens=s.num_output_tokens,
+                predicted_output_tokens=s.req.predicted_output_tokens,
+                ttft_slo_s=s.req.slo.ttft_s,
+                tpot_slo_s=s.req.slo.tpot_s,
+                priority=s.req.slo.rank,
             )
 
         return EngineView(
@@ -374,11 +377,12 @@ class Engine:
         events: list[TokenEvent] = []
         if not sampled:
             return events
+        now_s = self.clock.now_s()
         for seq, tok in zip(sampled, sample(logits, sampled), strict=True):
             delta = seq.append(tok, m.eos_ids)
-            events.append(
-                TokenEvent(seq.seq_id, tok, delta, seq.num_output_tokens - 1, seq.finish_reason)
-            )
+            events.append(TokenEvent(
+                seq.seq_id, tok, delta, seq.num_output_tokens - 1, seq.finish_reason, now_s
+            ))
             if seq.finish_reason is not None:
                 self._finish(seq, seq.finish_reason)
         return events

@@ -12,6 +12,7 @@ import base64
 
 import torch
 
+from kvfleet.common.slo import ServiceLevel
 from kvfleet.services.worker.engine.kv_pool import PagePool
 from kvfleet.services.worker.engine.loaded_model import LoadedModel
 from kvfleet.services.worker.engine.sequence import Sequence
@@ -67,6 +68,8 @@ def export_sequence(pool: PagePool, m: LoadedModel, seq: Sequence, since_tokens:
         "request_id": seq.seq_id,
         "model": seq.model,
         "arrival_s": seq.req.arrival_s,
+        "slo": seq.req.slo.to_dict(),
+        "predicted_output_tokens": seq.req.predicted_output_tokens,
         "prompt_token_ids": seq.tokens[: seq.num_prompt_tokens],
         "output_token_ids": seq.tokens[seq.num_prompt_tokens :],
         "sampling": seq.sampling.to_dict(),
@@ -119,6 +122,8 @@ def import_sequence(
         sampling,
         tuple(meta["output_token_ids"]),
         float(meta["arrival_s"]),
+        ServiceLevel.from_dict(meta.get("slo")),
+        meta.get("predicted_output_tokens"),
     )
     seq = Sequence(req, order, m.tokenizer, m.spec.max_context_tokens)
     seq.text = meta["text"]

@@ -9,6 +9,7 @@ import torch
 
 from kvfleet.common.models.errors import UnknownModelError
 from kvfleet.common.sampling import SamplingParams
+from kvfleet.common.slo import ServiceLevel
 
 
 class EngineInputError(ValueError):
@@ -32,7 +33,9 @@ class EngineRequest:
     prompt_token_ids: tuple[int, ...]
     sampling: SamplingParams
     output_token_ids: tuple[int, ...] = ()
-    arrival_s: float = 0.0
+    arrival_s: float = 0.0  # wall clock, as the engine's clock
+    slo: ServiceLevel = ServiceLevel()
+    predicted_output_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +47,7 @@ class TokenEvent:
     text: str
     index: int
     finish_reason: str | None
+    ts: float = 0.0  # the engine clock when the step that made it ended
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from ...common.v1 import common_pb2 as kvfleet_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n kvfleet/gateway/v1/gateway.proto\x12\x12kvfleet.gateway.v1\x1a\x1ekvfleet/common/v1/common.proto\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"A\n\x0c\x43hatMessages\x12\x31\n\x08messages\x18\x01 \x03(\x0b\x32\x1f.kvfleet.gateway.v1.ChatMessage\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"\xf0\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12\x30\n\x04\x63hat\x18\x03 \x01(\x0b\x32 .kvfleet.gateway.v1.ChatMessagesH\x00\x12\x38\n\x10prompt_token_ids\x18\x04 \x01(\x0b\x32\x1c.kvfleet.gateway.v1.TokenIdsH\x00\x12\x33\n\x08sampling\x18\x05 \x01(\x0b\x32!.kvfleet.common.v1.SamplingParams\x12\x12\n\nrequest_id\x18\x06 \x01(\tB\x07\n\x05input\"\x96\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12\r\n\x05index\x18\x04 \x01(\r\x12\x15\n\rfinish_reason\x18\x05 \x01(\t\x12\'\n\x05usage\x18\x06 \x01(\x0b\x32\x18.kvfleet.common.v1.Usage\"#\n\rCancelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1f\n\x0e\x43\x61ncelResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x13\n\x11ListModelsRequest\"F\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1a\n\x12max_context_tokens\x18\x02 \x01(\r\x12\x0f\n\x07workers\x18\x03 \x03(\t\"C\n\x12ListModelsResponse\x12-\n\x06models\x18\x01 \x03(\x0b\x32\x1d.kvfleet.gateway.v1.ModelInfo2\x90\x02\n\x07Gateway\x12W\n\x08Generate\x12#.kvfleet.gateway.v1.GenerateRequest\x1a$.kvfleet.gateway.v1.GenerateResponse0\x01\x12O\n\x06\x43\x61ncel\x12!.kvfleet.gateway.v1.CancelRequest\x1a\".kvfleet.gateway.v1.CancelResponse\x12[\n\nListModels\x12%.kvfleet.gateway.v1.ListModelsRequest\x1a&.kvfleet.gateway.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n kvfleet/gateway/v1/gateway.proto\x12\x12kvfleet.gateway.v1\x1a\x1ekvfleet/common/v1/common.proto\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"A\n\x0c\x43hatMessages\x12\x31\n\x08messages\x18\x01 \x03(\x0b\x32\x1f.kvfleet.gateway.v1.ChatMessage\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"\xa8\x02\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12\x30\n\x04\x63hat\x18\x03 \x01(\x0b\x32 .kvfleet.gateway.v1.ChatMessagesH\x00\x12\x38\n\x10prompt_token_ids\x18\x04 \x01(\x0b\x32\x1c.kvfleet.gateway.v1.TokenIdsH\x00\x12\x33\n\x08sampling\x18\x05 \x01(\x0b\x32!.kvfleet.common.v1.SamplingParams\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x36\n\rservice_level\x18\x07 \x01(\x0b\x32\x1f.kvfleet.common.v1.ServiceLevelB\x07\n\x05input\"\xb7\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12\r\n\x05index\x18\x04 \x01(\r\x12\x15\n\rfinish_reason\x18\x05 \x01(\t\x12\'\n\x05usage\x18\x06 \x01(\x0b\x32\x18.kvfleet.common.v1.Usage\x12\x1f\n\x17predicted_output_tokens\x18\x07 \x01(\r\"#\n\rCancelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1f\n\x0e\x43\x61ncelResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x13\n\x11ListModelsRequest\"F\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1a\n\x12max_context_tokens\x18\x02 \x01(\r\x12\x0f\n\x07workers\x18\x03 \x03(\t\"C\n\x12ListModelsResponse\x12-\n\x06models\x18\x01 \x03(\x0b\x32\x1d.kvfleet.gateway.v1.ModelInfo2\x90\x02\n\x07Gateway\x12W\n\x08Generate\x12#.kvfleet.gateway.v1.GenerateRequest\x1a$.kvfleet.gateway.v1.GenerateResponse0\x01\x12O\n\x06\x43\x61ncel\x12!.kvfleet.gateway.v1.CancelRequest\x1a\".kvfleet.gateway.v1.CancelResponse\x12[\n\nListModels\x12%.kvfleet.gateway.v1.ListModelsRequest\x1a&.kvfleet.gateway.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,19 +40,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TOKENIDS']._serialized_start=201
   _globals['_TOKENIDS']._serialized_end=224
   _globals['_GENERATEREQUEST']._serialized_start=227
-  _globals['_GENERATEREQUEST']._serialized_end=467
-  _globals['_GENERATERESPONSE']._serialized_start=470
-  _globals['_GENERATERESPONSE']._serialized_end=620
-  _globals['_CANCELREQUEST']._serialized_start=622
-  _globals['_CANCELREQUEST']._serialized_end=657
-  _globals['_CANCELRESPONSE']._serialized_start=659
-  _globals['_CANCELRESPONSE']._serialized_end=690
-  _globals['_LISTMODELSREQUEST']._serialized_start=692
-  _globals['_LISTMODELSREQUEST']._serialized_end=711
-  _globals['_MODELINFO']._serialized_start=713
-  _globals['_MODELINFO']._serialized_end=783
-  _globals['_LISTMODELSRESPONSE']._serialized_start=785
-  _globals['_LISTMODELSRESPONSE']._serialized_end=852
-  _globals['_GATEWAY']._serialized_start=855
-  _globals['_GATEWAY']._serialized_end=1127
+  _globals['_GENERATEREQUEST']._serialized_end=523
+  _globals['_GENERATERESPONSE']._serialized_start=526
+  _globals['_GENERATERESPONSE']._serialized_end=709
+  _globals['_CANCELREQUEST']._serialized_start=711
+  _globals['_CANCELREQUEST']._serialized_end=746
+  _globals['_CANCELRESPONSE']._serialized_start=748
+  _globals['_CANCELRESPONSE']._serialized_end=779
+  _globals['_LISTMODELSREQUEST']._serialized_start=781
+  _globals['_LISTMODELSREQUEST']._serialized_end=800
+  _globals['_MODELINFO']._serialized_start=802
+  _globals['_MODELINFO']._serialized_end=872
+  _globals['_LISTMODELSRESPONSE']._serialized_start=874
+  _globals['_LISTMODELSRESPONSE']._serialized_end=941
+  _globals['_GATEWAY']._serialized_start=944
+  _globals['_GATEWAY']._serialized_end=1216
 # @@protoc_insertion_point(module_scope)
