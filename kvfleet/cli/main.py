@@ -22,6 +22,22 @@ app.add_typer(sim.app, name="sim", help="Cluster simulator over kvfleet's policy
 app.add_typer(admin.app, name="admin", help="Show and steer a running fleet.")
 
 
+@app.command()
+def policies() -> None:
+    """The policy sets `kvfleet up --policy` and `kvfleet sim --policy` take."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from kvfleet.policies import POLICY_SETS
+
+    table = Table("policy", "dispatch", "batch", "migration", "placement", "overload",
+                  "description")
+    for s in POLICY_SETS.values():
+        table.add_row(s.name, s.dispatch().name, s.batch().name, s.migration().name,
+                      s.placement().name, s.overload().name, s.description)
+    Console(width=200).print(table)
+
+
 def main() -> None:
     app()
 

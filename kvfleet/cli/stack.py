@@ -78,6 +78,10 @@ def register(app: typer.Typer) -> None:
         api_key: Annotated[
             list[str] | None, typer.Option("--api-key", help="Require one of these keys.")
         ] = None,
+        policy: Annotated[
+            str | None,
+            typer.Option(help="Policy set for every service (see `kvfleet policies`)."),
+        ] = None,
         detach: Annotated[
             bool, typer.Option("--detach", "-d", help="Leave the stack running.")
         ] = False,
@@ -99,10 +103,16 @@ def register(app: typer.Typer) -> None:
             fleet.models = [ModelConfig(name=m) for m in model]
         if api_key:
             fleet.api_keys = list(api_key)
+        if policy is not None:
+            try:
+                fleet = FleetConfig.model_validate({**fleet.model_dump(), "policy": policy})
+            except ValueError as e:
+                typer.echo(f"kvfleet up: {e}", err=True)
+                raise typer.Exit(2) from None
         t0 = time.monotonic()
         typer.echo(
             f"starting kvfleet: {len(fleet.workers)} workers, models "
-            f"{', '.join(m.name for m in fleet.models)} ..."
+            f"{', '.join(m.name for m in fleet.models)}, policy {fleet.policy} ..."
         )
         try:
             stack = launch(fleet, run_dir, timeout_s)

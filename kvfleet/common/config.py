@@ -11,10 +11,10 @@ import json
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -39,6 +39,18 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping at the top level")
     return data
+
+
+def known_policy(name: str) -> str:
+    """Validator: ``name`` is a registered policy set."""
+    from kvfleet.policies import policy_names
+
+    if name not in policy_names():
+        raise ValueError(f"unknown policy {name!r}; known: {', '.join(policy_names())}")
+    return name
+
+
+PolicyName = Annotated[str, AfterValidator(known_policy)]
 
 
 class ServiceSettings(BaseSettings):
@@ -137,7 +149,7 @@ class SchedulerSettings(ServiceSettings):
         env_prefix="KVFLEET_SCHEDULER_", extra="ignore", env_nested_delimiter="__"
     )
 
-    dispatch_policy: str = Field(default="most-free-kv", description="Dispatch policy name.")
+    policy: PolicyName = Field(default="vllm", description="Policy set: its dispatch policy.")
     consumer: str = Field(
         default="scheduler-0",
         description="Consumer name in the queue group; "
@@ -191,7 +203,16 @@ class PlannerSettings(ServiceSettings):
 
     models: list[ModelConfig] = Field(default_factory=list, description="Models served.")
     workers: list[WorkerConfig] = Field(default_factory=list, description="Workers and budgets.")
+    policy: PolicyName = Field(
+        default="vllm", description="Policy set: its placement, migration and overload policies."
+    )
     reconcile_s: float = Field(default=0.5, gt=0, description="How often the plan is re-applied.")
+    migration_interval_s: float = Field(
+        default=0.5, gt=0, description="How often the migration policy runs."
+    )
+    migration_timeout_s: float = Field(
+        default=60.0, gt=0, description="Deadline of one migration (the source's Migrate call)."
+    )
     rpc_timeout_s: float = Field(default=600.0, gt=0, description="Deadline of Load/Unload calls.")
 
 
@@ -202,6 +223,7 @@ class WorkerSettings(ServiceSettings):
     )
 
     worker_id: str = Field(default="worker-0", description="Unique id in the fleet.")
+    policy: PolicyName = Field(default="vllm", description="Policy set: its batch policy.")
     memory_bytes: int = Field(default=1 << 30, ge=1 << 20, description="Memory budget in bytes.")
     engine: EngineSettings = Field(default_factory=lambda: EngineSettings())
     preload: list[str] = Field(default_factory=list, description="Models to load at start.")
@@ -236,6 +258,9 @@ class FleetConfig(BaseModel):
     models: list[ModelConfig] = Field(default_factory=lambda: [ModelConfig(name="smollm2-135m")])
     workers: list[WorkerConfig] = Field(
         default_factory=lambda: [WorkerConfig(id="worker-0"), WorkerConfig(id="worker-1")]
+    )
+    policy: PolicyName = Field(
+        default="vllm", description="Policy set every service uses (kvfleet.policies)."
     )
     host: str = "127.0.0.1"
     http_port: int = Field(default=8000, ge=0, le=65535)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from kvfleet.policies import PolicySet, policy_set
 from kvfleet.services.planner.core.migration import (
     MigrationCandidate,
     MigrationOrder,
@@ -23,7 +24,6 @@ from kvfleet.services.planner.core.migration import (
 )
 from kvfleet.services.scheduler.core.types import ClusterView, WorkerView
 from kvfleet.sim.fleet import SimConfig, build_fleet, build_workers_like, migration_link
-from kvfleet.sim.policies import PolicySet, policy_set
 from kvfleet.sim.seq import SimSeq
 from kvfleet.sim.worker import SimWorker
 
@@ -108,8 +108,8 @@ class Simulator:
             self.workers = build_workers_like(config, self.policies, workers)
         self.check_invariants = check_invariants
         self.dispatch_log: list[tuple[str, str]] | None = [] if log_dispatch else None
-        self.dispatch = self.policies.make_dispatch()
-        self.migration = self.policies.make_migration()
+        self.dispatch = self.policies.dispatch()
+        self.migration = self.policies.migration()
         self.link = migration_link(config)
         served = sorted({m for w in self.workers for m in w.models})
         mapping = map_models(requests, served)

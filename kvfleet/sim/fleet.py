@@ -7,13 +7,13 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
+from kvfleet.policies import PolicySet, policy_names
 from kvfleet.services.planner.core.policy import static_plan
 from kvfleet.services.planner.core.types import FleetSpec, ModelSpecRef, WorkerSpec
 from kvfleet.services.scheduler.core.types import WorkerView
 from kvfleet.sim.cost_model import CostModel, load_calibration
-from kvfleet.sim.policies import PolicySet
 from kvfleet.sim.presets import GiB, gpu_preset, link_preset, model_preset
 from kvfleet.sim.worker import SimWorker, WorkerConfig
 
@@ -28,7 +28,7 @@ class SimConfig(BaseModel):
                               description="Model presets; workers are split evenly between them.")
     num_gpus: int = Field(default=16, ge=1, description="GPUs in the fleet.")
     tp: int | None = Field(default=None, ge=1, description="GPUs per worker; default: fewest that fit.")
-    policy: str = Field(default="vllm", description="Policy set (see kvfleet.sim.policies).")
+    policy: str = Field(default="vllm", description="Policy set (see kvfleet.policies).")
     link: str = Field(default="100gbe", description="Link preset for KV migration.")
     dispatch_interval_s: float = Field(default=0.005, ge=0.0, description="Scheduler batching tick.")
     migration_interval_s: float = Field(default=0.5, gt=0.0, description="Migration policy tick.")
@@ -41,6 +41,14 @@ class SimConfig(BaseModel):
     horizon_s: float | None = Field(default=None, gt=0.0, description="Stop here; unfinished are dropped.")
     calibration: str | None = Field(default=None, description="Calibration JSON (see load_calibration).")
     seed: int = Field(default=0, description="Seed for the workload generator.")
+
+
+    @field_validator("policy")
+    @classmethod
+    def _known_policy(cls, name: str) -> str:
+        if name not in policy_names():
+            raise ValueError(f"unknown policy {name!r}; known: {', '.join(policy_names())}")
+        return name
 
 
 def pick_tp(config: SimConfig) -> int:
@@ -93,7 +101,7 @@ def build_fleet(config: SimConfig, policies: PolicySet) -> list[SimWorker]:
         tpp = {m: page_bytes // shapes[m].kv_bytes_per_token for m in models}
         wcfg = WorkerConfig(wspec.worker_id, models, int(pages), tpp,
                             config.token_budget, config.max_num_seqs)
-        workers.append(SimWorker(i, wcfg, {m: costs[m] for m in models}, policies.make_batch()))
+        workers.append(SimWorker(i, wcfg, {m: costs[m] for m in models}, policies.batch()))
     log.info("fleet: %d workers of %dx %s, models %s, %d pages each (%d tokens/page)",
              num_workers, tp, gpu.name, names, workers[0].total_pages,
              next(iter(workers[0].tpp.values())))
@@ -118,7 +126,7 @@ def build_workers_like(
         tpp = {m: v.tokens_per_page.get(m, config.page_tokens) for m in v.models}
         wcfg = WorkerConfig(v.worker_id, v.models, v.num_total_pages, tpp,
                             config.token_budget, config.max_num_seqs)
-        workers.append(SimWorker(i, wcfg, dict.fromkeys(v.models, cost), policies.make_batch()))
+        workers.append(SimWorker(i, wcfg, dict.fromkeys(v.models, cost), policies.batch()))
     return workers
 
 

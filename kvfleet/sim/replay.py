@@ -10,21 +10,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from kvfleet.services.planner.core.migration import NoMigrationPolicy
+from kvfleet.policies import POLICY_SETS, PolicySet
 from kvfleet.services.scheduler.core.policy import DISPATCH_POLICIES
 from kvfleet.services.scheduler.core.types import WorkerView
 from kvfleet.services.worker.core.batch_policy import FcfsBatchPolicy
 from kvfleet.sim.engine import RequestLike, Simulator
 from kvfleet.sim.fleet import SimConfig
-from kvfleet.sim.policies import POLICY_SETS, PolicySet
 
 
 def _policy_set(policy: str) -> PolicySet:
     if policy in POLICY_SETS:
         return POLICY_SETS[policy]
     if policy in DISPATCH_POLICIES:
-        return PolicySet(policy, f"{policy} dispatch, FCFS batches", policy,
-                         FcfsBatchPolicy, NoMigrationPolicy)
+        return PolicySet(policy, f"{policy} dispatch, FCFS batches",
+                         DISPATCH_POLICIES[policy], FcfsBatchPolicy)
     known = ", ".join(sorted(set(POLICY_SETS) | set(DISPATCH_POLICIES)))
     raise ValueError(f"unknown policy {policy!r}; known: {known}")
 

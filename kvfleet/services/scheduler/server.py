@@ -11,7 +11,7 @@ from kvfleet.common.config import SchedulerSettings
 from kvfleet.common.grpc_util import Running, start_server
 from kvfleet.common.proto.scheduler.v1 import scheduler_pb2_grpc
 from kvfleet.common.redis_store import RedisStore
-from kvfleet.services.scheduler.core.policy import make_dispatch_policy
+from kvfleet.policies import policy_set
 from kvfleet.services.scheduler.dispatcher import Dispatcher
 from kvfleet.services.scheduler.servicer import SchedulerServicer
 
@@ -67,7 +67,7 @@ async def start(settings: SchedulerSettings) -> RunningScheduler:
     if not settings.redis_url:
         raise ValueError("scheduler: redis_url is required")
     store = RedisStore.from_url(settings.redis_url)
-    dispatcher = Dispatcher(store, make_dispatch_policy(settings.dispatch_policy),
+    dispatcher = Dispatcher(store, policy_set(settings.policy).dispatch(),
                             settings.consumer, settings.rpc_timeout_s, settings.reclaim_idle_s)
     running = await start_server(
         settings.host, settings.port,
@@ -78,5 +78,5 @@ async def start(settings: SchedulerSettings) -> RunningScheduler:
     task = asyncio.create_task(_loop(dispatcher, settings.tick_s, stopping),
                                name="scheduler-loop")
     log.info("scheduler %s on %s, policy %s", settings.consumer, running.address,
-             settings.dispatch_policy)
+             settings.policy)
     return RunningScheduler(running, dispatcher, task, stopping)

@@ -14,6 +14,7 @@ from kvfleet.common.config import WorkerSettings
 from kvfleet.common.grpc_util import Running, start_server
 from kvfleet.common.proto.worker.v1 import worker_pb2_grpc
 from kvfleet.common.redis_store import RedisStore
+from kvfleet.policies import policy_set
 from kvfleet.services.worker.engine import Engine, EngineConfig
 from kvfleet.services.worker.runner import EngineRunner
 from kvfleet.services.worker.servicer import WorkerServicer
@@ -69,7 +70,7 @@ async def start(settings: WorkerSettings) -> RunningWorker:
         memory_bytes=settings.memory_bytes, page_size_bytes=es.page_size_bytes,
         max_num_batched_tokens=es.max_num_batched_tokens, max_num_seqs=es.max_num_seqs,
         device=es.device, dtype=es.dtype, num_threads=es.num_threads,
-    ))
+    ), policy_set(settings.policy).batch())
     store = RedisStore.from_url(settings.redis_url)
     runner = EngineRunner(engine, store, settings.worker_id, settings.heartbeat_ttl_s,
                           settings.occupancy_min_s)

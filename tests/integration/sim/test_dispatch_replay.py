@@ -53,7 +53,7 @@ async def _live(redis_url: str, policy: str, gaps_s: list[float], n_workers: int
         await store.heartbeat(rs.Occupancy(wid, ("m",), PAGES, PAGES, tokens_per_page={"m": 16}),
                               60_000)
     sched = await start(SchedulerSettings(redis_url=redis_url, tick_s=0.01,
-                                          reclaim_idle_s=0.2, dispatch_policy=policy))
+                                          reclaim_idle_s=0.2, policy=policy))
     try:
         arrival = 0.0
         for i, gap in enumerate(gaps_s):
@@ -84,7 +84,7 @@ def _sim(policy: str, gaps_s: list[float], n_workers: int):
     return replay_dispatch(requests, workers, policy, gpu="CPU", model="SmolLM2-135M")
 
 
-@pytest.mark.parametrize("policy", ["round-robin", "most-free-kv"])
+@pytest.mark.parametrize("policy", ["round-robin", "vllm"])
 async def test_live_scheduler_and_simulator_make_the_same_dispatch_decisions(redis_url, policy):
     # Requests far enough apart that each one finishes in the simulator before the next
     # arrives, so both paths see idle workers at every decision.

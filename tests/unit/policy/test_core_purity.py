@@ -11,7 +11,10 @@ import pytest
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[3] / "kvfleet"
-CORES = [p for p in ROOT.rglob("*.py") if "core" in p.relative_to(ROOT).parts[:-1]]
+CORES = [
+    p for p in ROOT.rglob("*.py")
+    if "core" in p.relative_to(ROOT).parts[:-1] or p.relative_to(ROOT).parts[0] == "policies"
+]
 FORBIDDEN = {"grpc", "redis", "torch", "asyncio", "time", "datetime", "os", "random", "uvloop"}
 
 

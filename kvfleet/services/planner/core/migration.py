@@ -141,13 +141,3 @@ class KvBalancePolicy:
                 return dst
         return None
 
-
-MIGRATION_POLICIES: dict[str, type] = {p.name: p for p in (NoMigrationPolicy, KvBalancePolicy)}
-
-
-def make_migration_policy(name: str) -> MigrationPolicy:
-    try:
-        return MIGRATION_POLICIES[name]()  # type: ignore[no-any-return]
-    except KeyError:
-        known = ", ".join(sorted(MIGRATION_POLICIES))
-        raise ValueError(f"unknown migration policy {name!r}; known: {known}") from None

@@ -46,3 +46,13 @@ class Plan:
 
     def workers_of(self, model: str) -> tuple[str, ...]:
         return tuple(p.worker_id for p in self.placements if p.model == model)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelLoad:
+    """A model's measured load over the planner's recent window."""
+
+    model: str
+    request_rate: float = 0.0  # requests per second
+    mean_prompt_tokens: float = 0.0
+    mean_output_tokens: float = 0.0

@@ -86,6 +86,8 @@ def pages_needed(seq: SeqView, num_new_tokens: int) -> int:
 
 
 class BatchPolicy(Protocol):
+    name: str
+
     def plan(self, view: EngineView, now_s: float) -> StepPlan: ...
 
 
@@ -99,6 +101,8 @@ class FcfsBatchPolicy:
     prefill). Admission stops at the first waiting sequence that does not fit, so a large
     request is never starved by smaller ones behind it.
     """
+
+    name = "fcfs"
 
     def __init__(self, chunked_prefill: bool = True) -> None:
         self.chunked_prefill = chunked_prefill
