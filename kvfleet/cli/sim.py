@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from kvfleet.services.scheduler.core.admission import DEFAULT_MAX_QUEUED_REQUESTS
+
 app = typer.Typer(
     invoke_without_command=True,
     help="Cluster simulator over kvfleet's policy cores (virtual clock, GPU cost model).",
@@ -48,7 +50,11 @@ DispatchS = Annotated[float, typer.Option(help="Scheduler dispatch tick (s).")]
 MigrationS = Annotated[float, typer.Option(help="Migration policy tick (s).")]
 SampleS = Annotated[float, typer.Option(help="fleet.csv row interval (s).")]
 HorizonS = Annotated[float | None, typer.Option(help="Stop at this virtual time; unfinished are dropped.")]
-Slo = Annotated[list[str] | None, typer.Option(help="[MODEL:]ttft=..,tpot=..,e2el=.. for goodput.")]
+Slo = Annotated[list[str] | None, typer.Option(help="[MODEL:]ttft=..,tpot=..,e2el=.. for goodput (each request also carries its model's ttft/tpot to the policies).")]
+Predictor = Annotated[str, typer.Option(help="Output-length predictor: online, oracle, noisy-oracle.")]
+PredictorSpread = Annotated[float, typer.Option(help="noisy-oracle: relative error spread, e.g. 0.25.")]
+QueueFraction = Annotated[float, typer.Option(help="Worker queue allowance, as a share of its pool.")]
+MaxQueued = Annotated[int, typer.Option(help="Per-model scheduler-queue bound (requests); 429 past it.")]
 
 
 def _workload(**kw: object) -> list:  # type: ignore[type-arg]
@@ -111,7 +117,9 @@ def sim(
     policy: Annotated[str, typer.Option(help="vllm, round-robin, llumnix, best-fit, worst-fit.")] = "vllm",
     link: Link = "100gbe", calibration: Calibration = None, dispatch_interval_s: DispatchS = 0.005,
     migration_interval_s: MigrationS = 0.5, sample_interval_s: SampleS = 1.0,
-    horizon_s: HorizonS = None, slo: Slo = None,
+    horizon_s: HorizonS = None, slo: Slo = None, predictor: Predictor = "online",
+    predictor_spread: PredictorSpread = 0.25, worker_queue_fraction: QueueFraction = 1.0,
+    max_queued_requests: MaxQueued = DEFAULT_MAX_QUEUED_REQUESTS,
     out: Annotated[Path | None, typer.Option(help="Results folder.")] = None,
 ) -> None:
     """Simulate one fleet on one workload: writes requests.csv, summary.json, fleet.csv."""
@@ -136,10 +144,12 @@ def sim(
         policy=policy, link=link, calibration=str(calibration) if calibration else None,
         dispatch_interval_s=dispatch_interval_s, migration_interval_s=migration_interval_s,
         sample_interval_s=sample_interval_s, horizon_s=horizon_s, seed=seed,
+        predictor=predictor, predictor_spread=predictor_spread,
+        worker_queue_fraction=worker_queue_fraction, max_queued_requests=max_queued_requests,
     )
     slos = _slos(slo)
     try:
-        result = simulate(config, requests)
+        result = simulate(config, requests, slos=slos)
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -193,9 +203,12 @@ def compare(
                 dispatch_interval_s=p["dispatch_interval_s"],
                 migration_interval_s=p["migration_interval_s"],
                 sample_interval_s=p["sample_interval_s"], horizon_s=p["horizon_s"], seed=p["seed"],
+                predictor=p["predictor"], predictor_spread=p["predictor_spread"],
+                worker_queue_fraction=p["worker_queue_fraction"],
+                max_queued_requests=p["max_queued_requests"],
             )
             try:
-                result = simulate(config, requests)
+                result = simulate(config, requests, slos=slos)
             except ValueError as exc:
                 typer.echo(f"error: {exc}", err=True)
                 raise typer.Exit(2) from None

@@ -23,6 +23,10 @@ from pydantic_settings import (
 )
 
 from kvfleet.common.slo import MAX_TPOT_SLO_S, MAX_TTFT_SLO_S, ServiceLevel, priority_rank
+from kvfleet.services.scheduler.core.admission import (
+    DEFAULT_MAX_QUEUED_REQUESTS,
+    DEFAULT_MAX_QUEUED_TOKENS,
+)
 
 _FILE_DATA: ContextVar[dict[str, Any] | None] = ContextVar("_FILE_DATA", default=None)
 
@@ -125,6 +129,9 @@ class GatewaySettings(ServiceSettings):
     first_token_timeout_s: float = Field(
         default=600.0, gt=0, description="Give up waiting after this."
     )
+    retry_after_s: int = Field(
+        default=1, ge=0, description="Retry-After of a 429 when a model's queue is full."
+    )
     predictor_quantile: float = Field(
         default=0.5, gt=0, lt=1, description="Output-length quantile the online predictor gives."
     )
@@ -162,6 +169,11 @@ class SchedulerSettings(ServiceSettings):
         description="Claim other consumers' pending entries idle this long (a dead scheduler's).",
     )
     rpc_timeout_s: float = Field(default=10.0, gt=0, description="Deadline of calls to workers.")
+    worker_queue_fraction: float = Field(
+        default=1.0, ge=0,
+        description="A worker takes requests until it is committed this share of its pool "
+        "beyond its free pages; the rest wait in the scheduler's queue.",
+    )
 
 
 class SloConfig(BaseModel):
@@ -185,6 +197,14 @@ class ModelConfig(BaseModel):
     name: str
     weight_bytes: int = Field(default=0, ge=0, description="Weight bytes (0: not accounted).")
     slo: SloConfig = Field(default_factory=SloConfig, description="Default service level.")
+    max_queued_requests: int = Field(
+        default=DEFAULT_MAX_QUEUED_REQUESTS, ge=1,
+        description="Requests that may wait for a worker; past it the gateway answers 429.",
+    )
+    max_queued_tokens: int = Field(
+        default=DEFAULT_MAX_QUEUED_TOKENS, ge=1,
+        description="Prompt tokens that may wait for a worker; past it the gateway answers 429.",
+    )
 
 
 class WorkerConfig(BaseModel):

@@ -8,6 +8,8 @@ prefix ``kvfleet:v<SCHEMA_VERSION>:`` so two schema versions never collide.
 | --- | --- | --- |
 | ``queue:{model}`` | stream, group ``schedulers`` | one entry per request to place: ``{v, rid}`` |
 | ``queue-models`` | set | models that have a queue stream |
+| ``queued:{model}`` | sorted set | requests waiting for a worker (admission counts them), by arrival |
+| ``queued-tokens:{model}`` | string | their prompt tokens, summed |
 | ``request:{rid}`` | hash | :class:`RequestRecord` fields |
 | ``tokens:{rid}`` | stream | :class:`TokenEntry` per output token, the last one with ``f`` |
 | ``active`` | sorted set | unfinished request ids, scored by arrival time |
@@ -30,6 +32,11 @@ from typing import Any
 
 from kvfleet.common.sampling import SamplingParams
 from kvfleet.common.slo import ServiceLevel
+from kvfleet.services.scheduler.core.admission import (
+    DEFAULT_MAX_QUEUED_REQUESTS,
+    DEFAULT_MAX_QUEUED_TOKENS,
+)
+from kvfleet.services.scheduler.core.occupancy import OccupancyReport, SeqReport
 
 SCHEMA_VERSION = 1
 PREFIX = f"kvfleet:v{SCHEMA_VERSION}:"
@@ -47,6 +54,14 @@ class SchemaError(ValueError):
 
 def queue_key(model: str) -> str:
     return f"{PREFIX}queue:{model}"
+
+
+def queued_key(model: str) -> str:
+    return f"{PREFIX}queued:{model}"
+
+
+def queued_tokens_key(model: str) -> str:
+    return f"{PREFIX}queued-tokens:{model}"
 
 
 QUEUE_MODELS_KEY = f"{PREFIX}queue-models"
@@ -247,9 +262,20 @@ class WorkerInfo:
         return cls(**d)
 
 
+_SEQ_FIELDS = (
+    "request_id", "model", "num_pages", "num_tokens", "num_computed_tokens",
+    "num_output_tokens", "arrival_s", "predicted_output_tokens",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Occupancy:
-    """A worker's heartbeat: its models and KV pages. Stored with a TTL."""
+    """A worker's heartbeat: its models, KV pages, queues and requests. Stored with a TTL.
+
+    ``seqs`` lists the worker's requests compactly (one list of ``_SEQ_FIELDS`` each);
+    ``boot_id`` and ``intake_seq`` let the scheduler tell which of its assignments the
+    report already counts.
+    """
 
     worker_id: str
     models: tuple[str, ...]
@@ -261,10 +287,15 @@ class Occupancy:
     num_waiting: int = 0
     loading: bool = False
     ts: float = 0.0
+    num_queued_pages: int = 0
+    boot_id: str = ""
+    intake_seq: int = 0
+    seqs: tuple[SeqReport, ...] = ()
 
     def to_json(self) -> str:
         d = asdict(self)
         d["models"] = list(self.models)
+        d["seqs"] = [[getattr(s, f) for f in _SEQ_FIELDS] for s in self.seqs]
         return json.dumps({"v": SCHEMA_VERSION, **d})
 
     @classmethod
@@ -272,7 +303,16 @@ class Occupancy:
         d = _loads(raw)
         d.pop("v")
         d["models"] = tuple(d["models"])
+        d["seqs"] = tuple(SeqReport(*s) for s in d.get("seqs", ()))
         return cls(**d)
+
+    def report(self) -> OccupancyReport:
+        """The policy cores' view of this heartbeat."""
+        return OccupancyReport(
+            self.worker_id, self.models, self.num_total_pages, self.num_free_pages,
+            self.num_reserved_pages, self.num_queued_pages, dict(self.tokens_per_page),
+            self.num_running, self.num_waiting, self.boot_id, self.intake_seq, self.seqs,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,14 +349,20 @@ class ModelInfo:
 
     name: str
     slo: ServiceLevel = ServiceLevel()
+    max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS
+    max_queued_tokens: int = DEFAULT_MAX_QUEUED_TOKENS
 
     def to_json(self) -> str:
-        return json.dumps({"v": SCHEMA_VERSION, "name": self.name, "slo": self.slo.to_dict()})
+        return json.dumps({"v": SCHEMA_VERSION, "name": self.name, "slo": self.slo.to_dict(),
+                           "max_queued_requests": self.max_queued_requests,
+                           "max_queued_tokens": self.max_queued_tokens})
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> ModelInfo:
         d = _loads(raw)
-        return cls(d["name"], ServiceLevel.from_dict(d.get("slo")))
+        return cls(d["name"], ServiceLevel.from_dict(d.get("slo")),
+                   int(d.get("max_queued_requests", DEFAULT_MAX_QUEUED_REQUESTS)),
+                   int(d.get("max_queued_tokens", DEFAULT_MAX_QUEUED_TOKENS)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,8 +11,48 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from kvfleet.common import redis_schema as rs
+from kvfleet.services.scheduler.core.admission import QueueBound
 
 log = logging.getLogger(__name__)
+
+
+# Admission and enqueue in one step (every gateway replica runs it; Redis runs scripts one at a
+# time). KEYS: queued zset, queued-tokens counter, request hash, active zset, queue-models set,
+# queue stream. ARGV: request id, arrival, prompt tokens, max requests (-1: no bound), max
+# tokens, model, schema version, then the request hash's fields and values.
+_ENQUEUE = """
+local n = redis.call('ZCARD', KEYS[1])
+local maxr = tonumber(ARGV[4])
+if maxr >= 0 then
+  if maxr == 0 then return 0 end
+  local t = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if n > 0 and (n >= maxr or t + tonumber(ARGV[3]) > tonumber(ARGV[5])) then return 0 end
+end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('INCRBY', KEYS[2], ARGV[3])
+redis.call('HSET', KEYS[3], unpack(ARGV, 8))
+redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
+redis.call('SADD', KEYS[5], ARGV[6])
+redis.call('XADD', KEYS[6], '*', 'v', ARGV[7], 'rid', ARGV[1])
+return 1
+"""
+
+# A request leaves the scheduler's queue. KEYS: queued zset, queued-tokens. ARGV: id, tokens.
+_RELEASE = """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
+  redis.call('DECRBY', KEYS[2], ARGV[2])
+end
+return 0
+"""
+
+# An accepted request comes back to the scheduler's queue (never refused). ARGV: id, score,
+# tokens.
+_REQUEUED = """
+if redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1]) == 1 then
+  redis.call('INCRBY', KEYS[2], ARGV[3])
+end
+return 0
+"""
 
 
 def connect(url: str) -> aioredis.Redis:
@@ -33,14 +73,36 @@ class RedisStore:
 
     # requests -----------------------------------------------------------------------------
 
-    async def enqueue(self, rec: rs.RequestRecord) -> None:
-        """Store a new request and put it on its model's queue, atomically."""
+    async def enqueue(self, rec: rs.RequestRecord, bound: QueueBound | None = None) -> bool:
+        """Store a new request and put it on its model's queue, atomically, if the model's
+        queue is within ``bound`` (:mod:`~kvfleet.services.scheduler.core.admission`); returns
+        False, changing nothing, when it is full."""
+        fields = [x for kv in rec.to_fields().items() for x in kv]
+        bound = bound or QueueBound(-1, -1)
+        admitted = await self.r.eval(
+            _ENQUEUE, 6,
+            rs.queued_key(rec.model), rs.queued_tokens_key(rec.model),
+            rs.request_key(rec.request_id), rs.ACTIVE_KEY, rs.QUEUE_MODELS_KEY,
+            rs.queue_key(rec.model),
+            rec.request_id, repr(rec.arrival_s), len(rec.prompt_token_ids), bound.max_requests,
+            bound.max_tokens, rec.model, rs.SCHEMA_VERSION, *fields,
+        )
+        return bool(admitted)
+
+    async def release_queued(self, rec: rs.RequestRecord) -> None:
+        """The request left the scheduler's queue (assigned, or dropped): it no longer counts
+        against the model's queue bound."""
+        await self.r.eval(_RELEASE, 2, rs.queued_key(rec.model),
+                          rs.queued_tokens_key(rec.model), rec.request_id,
+                          len(rec.prompt_token_ids))
+
+    async def queue_depth(self, model: str) -> tuple[int, int]:
+        """(requests, prompt tokens) waiting for a worker."""
         async with self.r.pipeline(transaction=True) as p:
-            p.hset(rs.request_key(rec.request_id), mapping=rec.to_fields())
-            p.zadd(rs.ACTIVE_KEY, {rec.request_id: rec.arrival_s})
-            p.sadd(rs.QUEUE_MODELS_KEY, rec.model)
-            p.xadd(rs.queue_key(rec.model), rs.queue_entry(rec.request_id))
-            await p.execute()
+            p.zcard(rs.queued_key(model))
+            p.get(rs.queued_tokens_key(model))
+            n, tokens = await p.execute()
+        return int(n), int(tokens or 0)
 
     async def requeue(self, rec: rs.RequestRecord, now_s: float, reason: str) -> None:
         """Put an unfinished request back on its queue (its worker died)."""
@@ -51,6 +113,8 @@ class RedisStore:
             )
             p.sadd(rs.QUEUE_MODELS_KEY, rec.model)
             p.xadd(rs.queue_key(rec.model), rs.queue_entry(rec.request_id))
+            p.eval(_REQUEUED, 2, rs.queued_key(rec.model), rs.queued_tokens_key(rec.model),
+                   rec.request_id, now_s, len(rec.prompt_token_ids))
             p.xadd(
                 rs.EVENTS_KEY,
                 rs.Event(

@@ -16,12 +16,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from kvfleet.load.slo import SloSet
 from kvfleet.policies import PolicySet, policy_set
-from kvfleet.services.planner.core.migration import (
-    MigrationCandidate,
-    MigrationOrder,
-    MigrationWorkerView,
-)
+from kvfleet.services.gateway.core.length_predictor import LengthQuery, make_predictor
+from kvfleet.services.planner.core.migration import MigrationOrder, migration_views
+from kvfleet.services.scheduler.core.admission import QueueBound, QueueDepth
+from kvfleet.services.scheduler.core.dispatch import decide
 from kvfleet.services.scheduler.core.types import ClusterView, WorkerView
 from kvfleet.sim.fleet import SimConfig, build_fleet, build_workers_like, migration_link
 from kvfleet.sim.seq import SimSeq
@@ -95,11 +95,13 @@ class Simulator:
         workers: Sequence[WorkerView] | None = None,
         check_invariants: bool = False,
         log_dispatch: bool = False,
+        slos: SloSet | None = None,
     ) -> None:
         """``workers`` replaces the fleet built from ``config`` by workers shaped like the
         given views (ids, models, pages); ``check_invariants`` checks every worker's page
         accounting after each of its events (slow; tests); ``log_dispatch`` keeps every
-        assignment in ``dispatch_log``."""
+        assignment in ``dispatch_log``; ``slos`` gives each request its model's TTFT and TPOT
+        targets (as the load generator sends them to a live fleet)."""
         self.config = config
         self.policies = policies or policy_set(config.policy)
         if workers is None:
@@ -114,16 +116,25 @@ class Simulator:
         served = sorted({m for w in self.workers for m in w.models})
         mapping = map_models(requests, served)
         order = sorted(range(len(requests)), key=lambda i: requests[i].arrival_s)
+        self.predictor = make_predictor(
+            config.predictor, quantile=config.predictor_quantile,
+            spread=config.predictor_spread, seed=config.seed,
+        )
         self.seqs = []
         for idx, i in enumerate(order):
             r = requests[i]
-            self.seqs.append(
-                SimSeq(idx, r.request_id, mapping[r.model], float(r.arrival_s),
-                       int(r.input_tokens), int(r.output_tokens))
-            )
+            seq = SimSeq(idx, r.request_id, mapping[r.model], float(r.arrival_s),
+                         int(r.input_tokens), int(r.output_tokens))
+            slo = slos.for_model(r.model) if slos is not None else None
+            if slo is not None:
+                seq.ttft_slo_s, seq.tpot_slo_s = slo.ttft_s, slo.tpot_s
+            self.seqs.append(seq)
         self._heap: list[tuple[float, int, int, object, object]] = []
         self._counter = 0
-        self._pending: list[SimSeq] = []
+        self._pending: list[SimSeq] = []  # the scheduler's queue, in arrival order
+        self._depth: dict[str, QueueDepth] = {}  # per model
+        self._bound = QueueBound(config.max_queued_requests, config.max_queued_tokens)
+        self._served = {m for w in self.workers for m in w.models}
         self._dispatch_at = INF
         self._num_done = 0
         self._num_dropped = 0
@@ -179,9 +190,9 @@ class Simulator:
             events += 1
             if t_arr <= t_ev:
                 now = t_arr
-                self._pending.append(seqs[i])
+                self._admit(seqs[i])
                 i += 1
-                if self._dispatch_at == INF:
+                if self._pending and self._dispatch_at == INF:
                     self._dispatch_at = now + interval
                     self._push(self._dispatch_at, _DISPATCH)
                 continue
@@ -198,10 +209,15 @@ class Simulator:
                     worker.check()
                 if finished:
                     self._num_done += len(finished)
+                    for s in finished:
+                        self.predictor.observe(s.model, s.num_prompt_tokens, s.num_output)
                     finished.clear()
                 if departed:
                     self._depart(departed, now)
                     departed.clear()
+                if self._pending and self._dispatch_at == INF:  # room may have opened
+                    self._dispatch_at = now + interval
+                    self._push(self._dispatch_at, _DISPATCH)
                 for rid in asked:  # orders the source could not honour are forgotten
                     entry = self._inflight.get(rid)
                     if entry is not None and entry[1] == 0:
@@ -237,48 +253,55 @@ class Simulator:
         return result
 
     # ----- scheduler -----
+    def _admit(self, seq: SimSeq) -> None:
+        """The gateway's admission: a model nobody serves is not found; past the model's
+        queue bound the request is refused (429); otherwise its length is predicted and it
+        joins the scheduler's queue."""
+        if seq.model not in self._served:
+            self._drop(seq, "no_worker_for_model")
+            return
+        depth = self._depth.get(seq.model, QueueDepth())
+        if not self._bound.admits(depth, seq.num_prompt_tokens):
+            self._drop(seq, "queue_full")
+            return
+        self._depth[seq.model] = depth.add(seq.num_prompt_tokens)
+        seq.predicted_output_tokens = self.predictor.predict(LengthQuery(
+            seq.request_id, seq.model, seq.num_prompt_tokens, seq.max_tokens, seq.max_tokens))
+        self._pending.append(seq)
+
     def _dispatch(self, now: float) -> None:
         self._dispatch_at = INF
         pending = self._pending
         if not pending:
             return
-        self._pending = []
         views = self._views
         if self._dirty:
             workers = self.workers
             for idx in self._dirty:
                 views[idx] = workers[idx].worker_view()
             self._dirty.clear()
-        view = ClusterView(tuple(views))
+        out = decide(self.dispatch, [s.request_view() for s in pending], ClusterView(tuple(views)),
+                     now)
+        if not out.decisions.assignments:
+            return
         by_id = {s.request_id: s for s in pending}
-        decisions = self.dispatch.decide([s.request_view() for s in pending], view, now)
         index = self._worker_index
-        for a in decisions.assignments:
-            seq = by_id[a.request_id]
+        for a in out.decisions.assignments:
+            seq = by_id.pop(a.request_id)
             worker = index[a.worker_id]
             seq.dispatch_s = now
+            self._depth[seq.model] = self._depth[seq.model].remove(seq.num_prompt_tokens)
             if self.dispatch_log is not None:
                 self.dispatch_log.append((seq.request_id, worker.worker_id))
             if seq.num_prompt_tokens + seq.max_tokens > worker.capacity_tokens(seq.model):
                 self._drop(seq, "exceeds_worker_kv_capacity")
                 continue
-            self._push_worker(worker, worker.enqueue(seq, now))
-        for rid in decisions.unassigned:
-            self._drop(by_id[rid], "no_worker_for_model")
+            self._push_worker(worker, worker.enqueue(seq, now, out.pages[a.request_id]))
+        self._pending = [s for s in pending if s.request_id in by_id]
 
     # ----- migration -----
     def _migrate(self, now: float) -> None:
-        views = []
-        for w in self.workers:
-            wv = w.worker_view()
-            cands = tuple(
-                MigrationCandidate(s.request_id, s.model, s.num_pages, s.arrival_s)
-                for s in w.running[-4:]
-                if s.num_computed == s.num_tokens - 1 and s.request_id not in self._inflight
-            )
-            queued = w.free_pages - wv.num_free_pages
-            views.append(MigrationWorkerView(w.worker_id, w.models, w.total_pages,
-                                             w.free_pages, queued, cands))
+        views = migration_views([w.report() for w in self.workers], self._inflight)
         orders = self.migration.decide(views, now)
         for order in orders:
             self._order(order, now)
@@ -340,7 +363,11 @@ class Simulator:
 
 
 def simulate(
-    config: SimConfig, requests: Sequence[RequestLike], policies: PolicySet | None = None
+    config: SimConfig,
+    requests: Sequence[RequestLike],
+    policies: PolicySet | None = None,
+    slos: SloSet | None = None,
 ) -> SimResult:
-    """Run ``requests`` through a fleet built from ``config``."""
-    return Simulator(config, requests, policies).run()
+    """Run ``requests`` through a fleet built from ``config`` (each request carrying its
+    model's SLO from ``slos``)."""
+    return Simulator(config, requests, policies, slos=slos).run()

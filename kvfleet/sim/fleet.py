@@ -12,6 +12,10 @@ from pydantic import BaseModel, Field, field_validator
 from kvfleet.policies import PolicySet, policy_names
 from kvfleet.services.planner.core.policy import static_plan
 from kvfleet.services.planner.core.types import FleetSpec, ModelSpecRef, WorkerSpec
+from kvfleet.services.scheduler.core.admission import (
+    DEFAULT_MAX_QUEUED_REQUESTS,
+    DEFAULT_MAX_QUEUED_TOKENS,
+)
 from kvfleet.services.scheduler.core.types import WorkerView
 from kvfleet.sim.cost_model import CostModel, load_calibration
 from kvfleet.sim.presets import GiB, gpu_preset, link_preset, model_preset
@@ -31,6 +35,19 @@ class SimConfig(BaseModel):
     policy: str = Field(default="vllm", description="Policy set (see kvfleet.policies).")
     link: str = Field(default="100gbe", description="Link preset for KV migration.")
     dispatch_interval_s: float = Field(default=0.005, ge=0.0, description="Scheduler batching tick.")
+    worker_queue_fraction: float = Field(
+        default=1.0, ge=0.0,
+        description="A worker takes requests until committed this share of its pool beyond "
+        "its free pages (the scheduler's worker_queue_fraction).",
+    )
+    max_queued_requests: int = Field(
+        default=DEFAULT_MAX_QUEUED_REQUESTS, ge=1,
+        description="A model's scheduler-queue bound in requests (429 past it).",
+    )
+    max_queued_tokens: int = Field(
+        default=DEFAULT_MAX_QUEUED_TOKENS, ge=1,
+        description="A model's scheduler-queue bound in prompt tokens.",
+    )
     migration_interval_s: float = Field(default=0.5, gt=0.0, description="Migration policy tick.")
     sample_interval_s: float = Field(default=1.0, gt=0.0, description="fleet.csv row interval.")
     token_budget: int = Field(default=2048, ge=1, description="Max tokens per engine step.")
@@ -40,6 +57,15 @@ class SimConfig(BaseModel):
     activation_reserve_gib: float = Field(default=1.0, ge=0.0, description="Per-GPU activation reserve.")
     horizon_s: float | None = Field(default=None, gt=0.0, description="Stop here; unfinished are dropped.")
     calibration: str | None = Field(default=None, description="Calibration JSON (see load_calibration).")
+    predictor: str = Field(
+        default="online", description="Output-length predictor: online, oracle or noisy-oracle."
+    )
+    predictor_spread: float = Field(
+        default=0.25, ge=0.0, lt=1.0, description="noisy-oracle: relative error spread."
+    )
+    predictor_quantile: float = Field(
+        default=0.5, gt=0.0, lt=1.0, description="online: the quantile predicted."
+    )
     seed: int = Field(default=0, description="Seed for the workload generator.")
 
 
@@ -100,7 +126,7 @@ def build_fleet(config: SimConfig, policies: PolicySet) -> list[SimWorker]:
             raise ValueError(f"{', '.join(models)} leaves no KV memory on {tp}x {gpu.name}")
         tpp = {m: page_bytes // shapes[m].kv_bytes_per_token for m in models}
         wcfg = WorkerConfig(wspec.worker_id, models, int(pages), tpp,
-                            config.token_budget, config.max_num_seqs)
+                            config.token_budget, config.max_num_seqs, config.worker_queue_fraction)
         workers.append(SimWorker(i, wcfg, {m: costs[m] for m in models}, policies.batch()))
     log.info("fleet: %d workers of %dx %s, models %s, %d pages each (%d tokens/page)",
              num_workers, tp, gpu.name, names, workers[0].total_pages,
@@ -125,7 +151,7 @@ def build_workers_like(
             raise ValueError(f"worker {v.worker_id}: needs models and pages")
         tpp = {m: v.tokens_per_page.get(m, config.page_tokens) for m in v.models}
         wcfg = WorkerConfig(v.worker_id, v.models, v.num_total_pages, tpp,
-                            config.token_budget, config.max_num_seqs)
+                            config.token_budget, config.max_num_seqs, config.worker_queue_fraction)
         workers.append(SimWorker(i, wcfg, dict.fromkeys(v.models, cost), policies.batch()))
     return workers
 

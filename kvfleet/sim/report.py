@@ -41,6 +41,7 @@ def to_records(result: SimResult) -> list[RequestRecord]:
             s.first_token_s - s.arrival_s if ok else None,
             s.finish_s - s.arrival_s if ok else None,
             (), "" if ok else f"dropped: {s.drop_reason}",
+            s.ttft_slo_s, s.tpot_slo_s, s.predicted_output_tokens,
         ))
     return out
 

@@ -14,7 +14,8 @@ class SimSeq:
         "idx", "request_id", "model", "arrival_s", "num_prompt_tokens", "max_tokens",
         "num_tokens", "num_computed", "num_pages", "num_output", "tokens_per_page",
         "dispatch_s", "first_token_s", "finish_s", "worker_idx", "num_preemptions",
-        "num_migrations", "drop_reason", "_view", "_request_view",
+        "num_migrations", "drop_reason", "predicted_output_tokens", "ttft_slo_s", "tpot_slo_s",
+        "priority", "_view", "_request_view",
     )
 
     def __init__(
@@ -39,6 +40,10 @@ class SimSeq:
         self.num_preemptions = 0
         self.num_migrations = 0
         self.drop_reason = ""
+        self.predicted_output_tokens: int | None = None
+        self.ttft_slo_s: float | None = None
+        self.tpot_slo_s: float | None = None
+        self.priority = 1
         #: The batch policy's view; set to None by whoever changes a count.
         self._view: SeqView | None = None
         self._request_view: RequestView | None = None
@@ -50,7 +55,8 @@ class SimSeq:
             v = self._view = SeqView(
                 self.request_id, self.model, self.arrival_s, self.num_prompt_tokens,
                 self.num_tokens, self.num_computed, self.num_pages, self.tokens_per_page,
-                self.max_tokens, self.num_output,
+                self.max_tokens, self.num_output, self.predicted_output_tokens,
+                self.ttft_slo_s, self.tpot_slo_s, self.priority,
             )
         return v
 
@@ -59,7 +65,8 @@ class SimSeq:
         if self._request_view is None:
             self._request_view = RequestView(
                 self.request_id, self.model, self.arrival_s, self.num_prompt_tokens,
-                self.max_tokens,
+                self.max_tokens, 0, self.ttft_slo_s, self.tpot_slo_s, self.priority,
+                self.predicted_output_tokens,
             )
         return self._request_view
 

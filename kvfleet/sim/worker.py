@@ -17,6 +17,13 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from kvfleet.services.scheduler.core.occupancy import (
+    OccupancyReport,
+    PendingAssignment,
+    SeqReport,
+    unreflected,
+    worker_view,
+)
 from kvfleet.services.scheduler.core.types import WorkerView
 from kvfleet.services.worker.core.batch_policy import BatchPolicy, EngineView, StepPlan
 from kvfleet.sim.cost_model import CostModel, DecodeRun
@@ -37,6 +44,7 @@ class WorkerConfig:
     tokens_per_page: dict[str, int]
     token_budget: int = 2048
     max_num_seqs: int = 256
+    queue_fraction: float = 1.0  # the scheduler's queue allowance for this worker
 
 
 class SimWorker:
@@ -73,6 +81,12 @@ class SimWorker:
         self._incoming: list[SimSeq] = []
         self._run_claim = 0  # pages the current run of decode steps may still take
         self._view: WorkerView | None = None
+        # What the scheduler knows: the report published at the last step boundary (as a
+        # heartbeat after a step) and the assignments it has not shown yet.
+        self.intake_seq = 0
+        self._queued_pages = 0  # pages the waiting sequences need (all hold none)
+        self.pending: list[PendingAssignment] = []
+        self.published = self._snapshot()
         self.num_steps = 0
         self.num_plans = 0
         self.busy_s = 0.0
@@ -85,19 +99,40 @@ class SimWorker:
                 self._dirty_sink.append(self.idx)
 
     def worker_view(self) -> WorkerView:
-        """Occupancy as reported: free pages net of the pages its queued requests will need
-        (negative when the queue needs more than is free, so an overloaded worker still
-        ranks by how overloaded it is)."""
+        """The scheduler's view: the last published report and the assignments it does not
+        show yet, through the same ``worker_view`` as the live scheduler."""
         if self._view is None:
-            demand = 0
-            for s in self.waiting:
-                demand += -(-(s.num_tokens - s.num_computed) // s.tokens_per_page)
-            self._view = WorkerView(
-                self.worker_id, self.models, self.total_pages,
-                self.free_pages - demand, self.tpp,
-                len(self.running), len(self.waiting),
+            self._view = worker_view(
+                self.published, self.pending, queue_fraction=self.config.queue_fraction
             )
         return self._view
+
+    def _snapshot(self) -> OccupancyReport:
+        return OccupancyReport(
+            self.worker_id, self.models, self.total_pages, self.free_pages, 0,
+            self._queued_pages, self.tpp, len(self.running), len(self.waiting), "sim",
+            self.intake_seq,
+        )
+
+    def _publish(self) -> None:
+        self.published = self._snapshot()
+        if self.pending:
+            self.pending = unreflected(self.pending, self.published)
+        self._invalidate()
+
+    def report(self) -> OccupancyReport:
+        """The worker's state now, with its requests (for the migration policy)."""
+        seqs = tuple(
+            SeqReport(s.request_id, s.model, s.num_pages, s.num_tokens, s.num_computed,
+                      s.num_output, s.arrival_s, s.predicted_output_tokens)
+            for s in (*self.running, *self.waiting)
+        )
+        snap = self._snapshot()
+        return OccupancyReport(
+            snap.worker_id, snap.models, snap.num_total_pages, snap.num_free_pages,
+            snap.num_reserved_pages, snap.num_queued_pages, snap.tokens_per_page,
+            snap.num_running, snap.num_waiting, snap.boot_id, snap.intake_seq, seqs,
+        )
 
     @property
     def used_pages(self) -> int:
@@ -111,15 +146,24 @@ class SimWorker:
         return self.total_pages * self.tpp[model]
 
     # ----- arrivals -----
-    def enqueue(self, seq: SimSeq, now: float) -> float | None:
-        """Queue a dispatched request. Returns a new wake-up time if the worker's pending
-        event must move (idle worker, or a run of decode steps to cut short)."""
+    def enqueue(self, seq: SimSeq, now: float, num_pages: int = 0) -> float | None:
+        """Queue a dispatched request (the scheduler charged it ``num_pages``). Returns a new
+        wake-up time if the worker's pending event must move (idle worker, or a run of decode
+        steps to cut short)."""
         seq.tokens_per_page = self.tpp[seq.model]
         seq.worker_idx = self.idx
+        self._to_waiting(seq)
         self.waiting.append(seq)
         self.by_id[seq.request_id] = seq
+        self.intake_seq += 1
+        self.pending.append(
+            PendingAssignment(seq.request_id, self.worker_id, "sim", self.intake_seq, num_pages))
         self._invalidate()
         return self._wake(now)
+
+    def _to_waiting(self, seq: SimSeq) -> None:
+        """Count a sequence joining the waiting queue (with no pages, nothing computed)."""
+        self._queued_pages += -(-seq.num_tokens // seq.tokens_per_page)
 
     def attach(self, seq: SimSeq, now: float) -> float | None:
         """A migrated sequence arrives with its KV (pages were reserved at departure)."""
@@ -186,6 +230,7 @@ class SimWorker:
             self._incoming.clear()
         if self._detach:
             self._do_detach(departed, accept)
+        self._publish()
         return self._plan(now)
 
     def _finish_step(self, now: float, finished: list[SimSeq]) -> None:
@@ -294,6 +339,7 @@ class SimWorker:
             seq.num_pages = 0
             seq.num_computed = 0
             seq.num_preemptions += 1
+            self._to_waiting(seq)
         victims.sort(key=lambda s: s.arrival_s)
         self.waiting.extendleft(reversed(victims))
 
@@ -338,6 +384,8 @@ class SimWorker:
 
     def _admit(self, new: list[SimSeq]) -> None:
         """Move newly scheduled waiting sequences to running, in plan order."""
+        for s in new:
+            self._queued_pages -= -(-s.num_tokens // s.tokens_per_page)
         waiting = self.waiting
         if all(i < len(waiting) and waiting[i] is s for i, s in enumerate(new)):
             for _ in new:

@@ -15,6 +15,7 @@ class ApiError(Exception):
     type: str = "invalid_request_error"
     code: str | None = None
     param: str | None = None
+    retry_after_s: int | None = None  # sent as Retry-After (HTTP) / retry-after (gRPC)
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param,
@@ -40,6 +41,11 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
 def unauthorized() -> ApiError:
     return ApiError(401, "Invalid or missing API key. Pass it as 'Authorization: Bearer <key>'.",
                     type="authentication_error", code="invalid_api_key")
+
+
+def queue_full(model: str, retry_after_s: int) -> ApiError:
+    return ApiError(429, f"The queue of '{model}' is full; retry later.", type="rate_limit_error",
+                    code="queue_full", param="model", retry_after_s=retry_after_s)
 
 
 def model_not_found(model: str) -> ApiError:

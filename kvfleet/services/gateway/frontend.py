@@ -25,8 +25,9 @@ from kvfleet.common.sampling import SamplingParams
 from kvfleet.common.slo import ServiceLevel, SloError
 from kvfleet.services.gateway.adapters.predictor_store import SharedLengthPredictor
 from kvfleet.services.gateway.core.length_predictor import LengthQuery, OnlineLengthPredictor
-from kvfleet.services.gateway.errors import ApiError, bad_request, model_not_found
+from kvfleet.services.gateway.errors import ApiError, bad_request, model_not_found, queue_full
 from kvfleet.services.gateway.tokenizers import TokenizerCache
+from kvfleet.services.scheduler.core.admission import QueueBound
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class Frontend:
         self._pool = ChannelPool()
         self._plan_models: tuple[str, ...] = ()
         self._plan_read_s = 0.0
-        self._model_slos: dict[str, tuple[float, ServiceLevel]] = {}
+        self._model_infos: dict[str, tuple[float, rs.ModelInfo]] = {}
         self.predictor = SharedLengthPredictor(
             store,
             OnlineLengthPredictor(
@@ -90,15 +91,14 @@ class Frontend:
         self._plan_read_s = time.monotonic()
         return model in self._plan_models
 
-    async def model_slo(self, model: str) -> ServiceLevel:
-        """The model's default service level from the fleet config (cached for 2 s)."""
-        hit = self._model_slos.get(model)
+    async def model_info(self, model: str) -> rs.ModelInfo:
+        """The model's per-model settings from the fleet config (cached for 2 s)."""
+        hit = self._model_infos.get(model)
         if hit is not None and time.monotonic() - hit[0] < 2.0:
             return hit[1]
-        info = await self.store.model_info(model)
-        slo = info.slo if info is not None else ServiceLevel()
-        self._model_slos[model] = (time.monotonic(), slo)
-        return slo
+        info = await self.store.model_info(model) or rs.ModelInfo(model)
+        self._model_infos[model] = (time.monotonic(), info)
+        return info
 
     async def prepare(
         self,
@@ -158,8 +158,8 @@ class Frontend:
         predicted = await self.predictor.predict(
             LengthQuery(rid, model, len(ids), sampling.max_tokens)
         )
-        return Prepared(rid, model, tuple(ids), sampling, slo.resolved(await self.model_slo(model)),
-                        predicted)
+        default = (await self.model_info(model)).slo
+        return Prepared(rid, model, tuple(ids), sampling, slo.resolved(default), predicted)
 
     def check_sampling(self, s: SamplingParams) -> None:
         if not 1 <= s.max_tokens <= self.settings.max_tokens_limit:
@@ -185,7 +185,11 @@ class Frontend:
         if await self.store.r.exists(rs.request_key(p.request_id)):
             raise ApiError(409, f"request id {p.request_id!r} is already in use.",
                            param="request_id", code="duplicate_request_id")
-        await self.store.enqueue(rec)
+        info = await self.model_info(p.model)
+        if not await self.store.enqueue(
+            rec, QueueBound(info.max_queued_requests, info.max_queued_tokens)
+        ):
+            raise queue_full(p.model, self.settings.retry_after_s)
         log.debug("request %s: queued for %s (%d prompt tokens)", p.request_id, p.model,
                   len(p.prompt_token_ids))
         return p.request_id

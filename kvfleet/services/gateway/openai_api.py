@@ -104,7 +104,8 @@ class ChatBody(_Body):
 
 
 def _error(e: ApiError) -> JSONResponse:
-    return JSONResponse(e.body(), status_code=e.status)
+    headers = {"Retry-After": str(e.retry_after_s)} if e.retry_after_s is not None else None
+    return JSONResponse(e.body(), status_code=e.status, headers=headers)
 
 
 async def _parse(request: Request, cls: type[_Body], max_bytes: int) -> Any:

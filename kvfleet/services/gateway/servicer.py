@@ -35,6 +35,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
 
     async def _abort(self, context: grpc.aio.ServicerContext, e: ApiError) -> None:
         self.metrics.requests.labels("grpc", "", str(e.status)).inc()
+        if e.retry_after_s is not None:
+            context.set_trailing_metadata((("retry-after", str(e.retry_after_s)),))
         await context.abort(e.grpc_code(), e.message)
 
     async def Generate(self, request, context):  # noqa: N802

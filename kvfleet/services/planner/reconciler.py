@@ -1,4 +1,5 @@
-"""The planner's loop: publish the static plan and make live workers match it."""
+"""The planner's placement loop: publish the placement policy's plan and make live workers
+match it."""
 
 from __future__ import annotations
 
@@ -10,10 +11,9 @@ import grpc
 
 from kvfleet.common import redis_schema as rs
 from kvfleet.common.config import PlannerSettings
-from kvfleet.common.grpc_util import ChannelPool
-from kvfleet.common.proto.worker.v1 import worker_pb2, worker_pb2_grpc
 from kvfleet.common.redis_store import RedisStore
-from kvfleet.services.planner.core.policy import static_plan
+from kvfleet.common.worker_client import WorkerClient
+from kvfleet.policies import policy_set
 from kvfleet.services.planner.core.types import FleetSpec, ModelSpecRef, Plan, WorkerSpec
 
 log = logging.getLogger(__name__)
@@ -30,15 +30,16 @@ class Reconciler:
     def __init__(self, store: RedisStore, settings: PlannerSettings) -> None:
         self.store = store
         self.settings = settings
+        self.placement = policy_set(settings.policy).placement()
         self.plan: Plan | None = None
-        self._pool = ChannelPool()
+        self.workers = WorkerClient(settings.rpc_timeout_s)
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self.num_loads = 0
         self.num_unloads = 0
 
     async def publish(self) -> rs.PlanRecord:
-        """Compute the static plan; publish it with a new version if it changed."""
-        plan = static_plan(fleet_spec(self.settings))
+        """Ask the placement policy for a plan; publish it with a new version if it changed."""
+        plan = self.placement.place(fleet_spec(self.settings), self.plan, {}, time.time())
         placements = tuple((p.worker_id, p.model) for p in plan.placements)
         current = await self.store.get_plan()
         if current is not None and current.placements == placements:
@@ -51,7 +52,8 @@ class Reconciler:
                                    placements=[list(p) for p in placements])
             log.info("published plan v%d: %s", version, placements)
         await self.store.set_models(
-            [rs.ModelInfo(m.name, m.slo.service_level()) for m in self.settings.models]
+            [rs.ModelInfo(m.name, m.slo.service_level(), m.max_queued_requests,
+                          m.max_queued_tokens) for m in self.settings.models]
         )
         self.plan = Plan(record.version, plan.placements)
         return record
@@ -78,21 +80,20 @@ class Reconciler:
         return loads, unloads
 
     async def _apply(self, worker_id: str, address: str, load: list[str], unload: list[str]) -> None:
-        stub = worker_pb2_grpc.WorkerStub(self._pool.get(address))
         timeout = self.settings.rpc_timeout_s
         try:
             for model in unload:
-                await stub.Unload(worker_pb2.UnloadRequest(model=model), timeout=timeout)
+                await self.workers.unload(address, model, timeout)
                 self.num_unloads += 1
                 await self.store.event("unload", time.time(), worker_id=worker_id, model=model)
             for model in load:
                 log.info("worker %s: loading %s", worker_id, model)
-                await stub.Load(worker_pb2.LoadRequest(model=model), timeout=timeout)
+                await self.workers.load(address, model, timeout)
                 self.num_loads += 1
                 await self.store.event("load", time.time(), worker_id=worker_id, model=model)
         except grpc.aio.AioRpcError as e:
             log.warning("worker %s: plan step failed: %s %s", worker_id, e.code(), e.details())
-            await self._pool.drop(address)
+            await self.workers.forget(address)
             await self.store.event("failure", time.time(), worker_id=worker_id,
                                    what="load/unload", detail=str(e.details()))
 
@@ -100,4 +101,4 @@ class Reconciler:
         for task in self._inflight.values():
             task.cancel()
         await asyncio.gather(*self._inflight.values(), return_exceptions=True)
-        await self._pool.close()
+        await self.workers.close()

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from kvfleet.common.config import PlannerSettings
 from kvfleet.common.grpc_util import Running, start_server
 from kvfleet.common.proto.planner.v1 import planner_pb2, planner_pb2_grpc
 from kvfleet.common.redis_store import RedisStore
+from kvfleet.policies import policy_set
+from kvfleet.services.planner.migrator import Migrator
 from kvfleet.services.planner.reconciler import Reconciler
 
 log = logging.getLogger(__name__)
@@ -39,28 +42,32 @@ class PlannerServicer(planner_pb2_grpc.PlannerServicer):
 class RunningPlanner:
     grpc: Running
     reconciler: Reconciler
-    task: asyncio.Task[None]
+    migrator: Migrator
+    tasks: list[asyncio.Task[None]]
 
     def addresses(self) -> dict[str, str]:
         return {"grpc": self.grpc.address}
 
     async def stop(self) -> None:
-        self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await self.grpc.stop()
+        await self.migrator.close()
         await self.reconciler.close()
         await self.reconciler.store.close()
 
 
-async def _loop(rc: Reconciler, period_s: float) -> None:
+async def _every(what: str, period_s: float, step: Callable[[], Awaitable[object]]) -> None:
     while True:
         try:
-            await rc.reconcile()
+            await step()
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("reconcile failed")
+        except Exception:  # keep planning: one bad tick must not stop the fleet
+            log.exception("%s failed", what)
         await asyncio.sleep(period_s)
 
 
@@ -75,5 +82,13 @@ async def start(settings: PlannerSettings) -> RunningPlanner:
         lambda s: planner_pb2_grpc.add_PlannerServicer_to_server(PlannerServicer(rc), s),
         [SERVICE],
     )
-    task = asyncio.create_task(_loop(rc, settings.reconcile_s), name="planner-loop")
-    return RunningPlanner(running, rc, task)
+    migrator = Migrator(store, policy_set(settings.policy).migration(),
+                        settings.migration_timeout_s)
+    tasks = [asyncio.create_task(_every("reconcile", settings.reconcile_s, rc.reconcile),
+                                 name="planner-reconcile")]
+    if migrator.policy.name != "none":
+        tasks.append(asyncio.create_task(
+            _every("migration tick", settings.migration_interval_s, migrator.tick),
+            name="planner-migrate"))
+    log.info("planner on %s, policy %s", running.address, settings.policy)
+    return RunningPlanner(running, rc, migrator, tasks)

@@ -1,8 +1,10 @@
 """The scheduler's loop: read queues, watch worker liveness, dispatch through the pure core.
 
 One iteration (``tick``): pull new queue entries, requeue the requests of workers whose
-heartbeat expired, ask the dispatch policy for assignments, and send ``Assign`` to the
-chosen workers. Queue entries are acknowledged only after their request is assigned.
+heartbeat expired, ask the dispatch core for assignments, and send ``Assign`` to the chosen
+workers. Queue entries are acknowledged only after their request is assigned. Requests no
+worker has room for stay queued here (the gateway bounds the queue). Each accepted
+assignment counts against its worker until a heartbeat shows it (``core/occupancy.py``).
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ import grpc
 from kvfleet.common import redis_schema as rs
 from kvfleet.common.clock import Clock, WallClock
 from kvfleet.common.redis_store import RedisStore
+from kvfleet.common.worker_client import WorkerClient
 from kvfleet.services.scheduler.adapters.queue import RequestQueues
-from kvfleet.services.scheduler.adapters.worker_client import WorkerClient
+from kvfleet.services.scheduler.core.dispatch import DispatchInput, dispatch
+from kvfleet.services.scheduler.core.occupancy import PendingAssignment, unreflected
 from kvfleet.services.scheduler.core.policy import DispatchPolicy
-from kvfleet.services.scheduler.core.types import ClusterView, RequestView, WorkerView
+from kvfleet.services.scheduler.core.types import RequestView
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +54,7 @@ class Dispatcher:
         rpc_timeout_s: float,
         reclaim_idle_s: float,
         clock: Clock | None = None,
+        queue_fraction: float = 1.0,
     ) -> None:
         self.store = store
         self.policy = policy
@@ -58,6 +63,10 @@ class Dispatcher:
         self.clock = clock or WallClock()
         self.reclaim_idle_ms = int(reclaim_idle_s * 1000)
         self.queue: dict[str, Queued] = {}
+        self.queue_fraction = queue_fraction
+        self.pending: dict[str, list[PendingAssignment]] = {}  # by worker id
+        #: every decision's input and output, when set (tests compare them with the simulator)
+        self.decision_log: list[tuple[DispatchInput, tuple[tuple[str, str], ...]]] | None = None
         self._last_claim = 0.0
         self.num_assigned = 0
         self.num_ticks = 0
@@ -92,12 +101,15 @@ class Dispatcher:
                 continue
             rec = await self.store.get_request(rid)
             if rec is None or rec.state == rs.FINISHED:
+                if rec is not None:
+                    await self.store.release_queued(rec)
                 await self.queues.ack(model, entry_id)
                 continue
             if rec.cancelled:
                 await self._drop_cancelled(rec, model, entry_id)
                 continue
             if rec.state == rs.ASSIGNED and rec.worker_id and workers.get(rec.worker_id, (0, None))[1]:
+                await self.store.release_queued(rec)
                 await self.queues.ack(model, entry_id)  # assigned by a predecessor already
                 continue
             num_output = len(rs.output_tokens(await self.store.all_tokens(rid)))
@@ -108,6 +120,7 @@ class Dispatcher:
             len(rs.output_tokens(await self.store.all_tokens(rec.request_id))), None, "",
             "abort")])
         await self.store.finish(rec.request_id, "abort")
+        await self.store.release_queued(rec)
         await self.queues.ack(model, entry_id)
 
     async def _reap_dead(self, workers: dict[str, tuple[rs.WorkerInfo, rs.Occupancy | None]]) -> None:
@@ -127,33 +140,36 @@ class Dispatcher:
                 await self.store.requeue(rec, now_s, reason=f"worker {wid} dead")
             await self.store.r.delete(rs.worker_requests_key(wid))
             await self.store.forget_worker(wid)
+            self.pending.pop(wid, None)
             await self.store.event("worker_dead", now_s, worker_id=wid, num_requeued=len(rids))
 
-    def _view(self, workers: dict[str, tuple[rs.WorkerInfo, rs.Occupancy | None]],
-              draining: set[str]) -> ClusterView:
-        views = []
-        for wid, (_info, occ) in sorted(workers.items()):
-            if occ is None or occ.loading and not occ.models:
-                continue
-            views.append(WorkerView(
-                worker_id=wid, models=occ.models, num_total_pages=occ.num_total_pages,
-                num_free_pages=occ.num_free_pages, tokens_per_page=dict(occ.tokens_per_page),
-                num_running=occ.num_running, num_waiting=occ.num_waiting, alive=True,
-                draining=wid in draining,
-            ))
-        return ClusterView(tuple(views))
-
     async def _dispatch(self, workers: dict[str, tuple[rs.WorkerInfo, rs.Occupancy | None]]) -> None:
-        view = self._view(workers, await self.store.draining())
+        reports = tuple(
+            occ.report() for _wid, (_info, occ) in sorted(workers.items())
+            if occ is not None and not (occ.loading and not occ.models)
+        )
+        live = {r.worker_id: r for r in reports}
+        self.pending = {
+            wid: left for wid, ps in self.pending.items()
+            if wid in live and (left := unreflected(ps, live[wid]))
+        }
         ordered = sorted(self.queue.values(), key=lambda q: (q.record.arrival_s, q.record.request_id))
-        requests = [request_view(q.record, q.num_output) for q in ordered]
-        decisions = self.policy.decide(requests, view, self.clock.now_s())
+        inp = DispatchInput(
+            self.clock.now_s(), tuple(request_view(q.record, q.num_output) for q in ordered),
+            reports, tuple(p for ps in self.pending.values() for p in ps),
+            frozenset(await self.store.draining()), self.queue_fraction,
+        )
+        out = dispatch(self.policy, inp)
+        if self.decision_log is not None:
+            self.decision_log.append(
+                (inp, tuple((a.request_id, a.worker_id) for a in out.decisions.assignments)))
         await asyncio.gather(*(
-            self._assign(self.queue[a.request_id], a.worker_id, workers[a.worker_id][0].address)
-            for a in decisions.assignments
+            self._assign(self.queue[a.request_id], a.worker_id, workers[a.worker_id][0].address,
+                         out.pages[a.request_id])
+            for a in out.decisions.assignments
         ))
 
-    async def _assign(self, q: Queued, worker_id: str, address: str) -> None:
+    async def _assign(self, q: Queued, worker_id: str, address: str, num_pages: int) -> None:
         rid = q.record.request_id
         if not await self.store.set_assigned(rid, worker_id):
             await self.store.r.srem(rs.worker_requests_key(worker_id), rid)
@@ -162,7 +178,7 @@ class Dispatcher:
             return
         output = rs.output_tokens(await self.store.all_tokens(rid))
         try:
-            await self.workers.assign(address, q.record, output)
+            reply = await self.workers.assign(address, q.record, output)
         except grpc.RpcError as e:
             code = e.code() if isinstance(e, grpc.aio.AioRpcError) else None
             if code == grpc.StatusCode.INVALID_ARGUMENT:
@@ -170,6 +186,7 @@ class Dispatcher:
                             e.details() if isinstance(e, grpc.aio.AioRpcError) else e)
                 await self.store.append_tokens(rid, [rs.TokenEntry(len(output), None, "", "error")])
                 await self.store.finish(rid, "error", worker_id)
+                await self.store.release_queued(q.record)
                 await self.queues.ack(q.model, q.entry_id)
                 self.queue.pop(rid, None)
                 return
@@ -180,6 +197,9 @@ class Dispatcher:
                 p.srem(rs.worker_requests_key(worker_id), rid)
                 await p.execute()
             return
+        self.pending.setdefault(worker_id, []).append(
+            PendingAssignment(rid, worker_id, reply.boot_id, reply.intake_seq, num_pages))
+        await self.store.release_queued(q.record)
         await self.queues.ack(q.model, q.entry_id)
         self.queue.pop(rid, None)
         self.num_assigned += 1

@@ -68,7 +68,8 @@ async def start(settings: SchedulerSettings) -> RunningScheduler:
         raise ValueError("scheduler: redis_url is required")
     store = RedisStore.from_url(settings.redis_url)
     dispatcher = Dispatcher(store, policy_set(settings.policy).dispatch(),
-                            settings.consumer, settings.rpc_timeout_s, settings.reclaim_idle_s)
+                            settings.consumer, settings.rpc_timeout_s, settings.reclaim_idle_s,
+                            queue_fraction=settings.worker_queue_fraction)
     running = await start_server(
         settings.host, settings.port,
         lambda s: scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerServicer(dispatcher), s),

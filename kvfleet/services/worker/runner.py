@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -49,6 +50,7 @@ class EngineRunner:
         self._task: asyncio.Task[None] | None = None
         self._write: asyncio.Task[None] | None = None  # the last step's token writes
         self.info: rs.WorkerInfo | None = None  # registry entry, renewed with each heartbeat
+        self.boot_id = secrets.token_hex(6)
         self.num_steps = 0
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -68,11 +70,13 @@ class EngineRunner:
     def occupancy_record(self) -> rs.Occupancy:
         occ = self._occ
         if occ is None:
-            return rs.Occupancy(self.worker_id, (), 0, 0, loading=self.loading, ts=time.time())
+            return rs.Occupancy(self.worker_id, (), 0, 0, loading=self.loading, ts=time.time(),
+                                boot_id=self.boot_id)
         return rs.Occupancy(
             self.worker_id, tuple(occ.models), occ.num_total_pages, occ.num_free_pages,
             occ.num_reserved_pages, dict(occ.tokens_per_page), occ.num_running, occ.num_waiting,
-            self.loading, time.time(),
+            self.loading, time.time(), occ.num_queued_pages, self.boot_id, occ.intake_seq,
+            occ.seqs,
         )
 
     async def write_occupancy(self, force: bool) -> None:
@@ -142,12 +146,14 @@ class EngineRunner:
             await self.store.finish(rid, reason, self.worker_id)
             log.debug("request %s: finished (%s) on %s", rid, reason, self.worker_id)
 
-    async def add(self, req: EngineRequest) -> None:
-        """Queue a request (validated synchronously by the engine; raises on bad input)."""
-        self.engine.add_request(req)
+    async def add(self, req: EngineRequest) -> int:
+        """Queue a request (validated synchronously by the engine; raises on bad input).
+        Returns its intake sequence number."""
+        seq = self.engine.add_request(req)
         self.running.add(req.request_id)
         self.migrated.discard(req.request_id)
         self.wake()
+        return seq
 
     def abort(self, request_id: str) -> bool:
         found = self.engine.abort(request_id)

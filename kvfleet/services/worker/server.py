@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import time
 from dataclasses import dataclass
 
@@ -94,7 +93,7 @@ async def start(settings: WorkerSettings) -> RunningWorker:
         await runner.call(engine.load_model, model)
     await runner.refresh_occupancy()
     runner.info = rs.WorkerInfo(settings.worker_id, f"{advertised}:{running.port}",
-                                secrets.token_hex(6), time.time())
+                                runner.boot_id, time.time())
     await store.register_worker(runner.info)
     if engine.models():
         await running.set_serving(True)

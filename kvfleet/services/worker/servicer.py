@@ -46,10 +46,10 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
     async def Assign(self, request, context):  # noqa: N802
         rid = request.request_id
         if rid in self.runner.running:  # assigned again (a scheduler restarted mid-assign)
-            return worker_pb2.AssignResponse()
+            return worker_pb2.AssignResponse(boot_id=self.runner.boot_id)
         try:
             req = engine_request(request)
-            await self.runner.add(req)
+            intake_seq = await self.runner.add(req)
         except ModelNotFoundError as e:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
         except (EngineInputError, SloError) as e:
@@ -59,7 +59,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             self.runner.abort(rid)
         log.debug("request %s: accepted on %s (%d prompt, %d resumed tokens)", rid,
                   self.settings.worker_id, len(req.prompt_token_ids), len(req.output_token_ids))
-        return worker_pb2.AssignResponse()
+        return worker_pb2.AssignResponse(boot_id=self.runner.boot_id, intake_seq=intake_seq)
 
     async def Cancel(self, request, context):  # noqa: N802
         rid = request.request_id

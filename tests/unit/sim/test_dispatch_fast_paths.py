@@ -21,15 +21,19 @@ MODELS = ("a", "b")
 @st.composite
 def scenario(draw):
     n_workers = draw(st.integers(1, 12))
+    # a homogeneous fleet (the fast paths' own case) or one of mixed pool sizes
+    same_total = st.just(draw(st.integers(0, 200))) if draw(st.booleans()) else None
+    fraction = draw(st.sampled_from([0.0, 0.25, 1.0]))
     workers = []
     for i in range(n_workers):
         models = tuple(m for m in MODELS if draw(st.booleans())) or ("a",)
-        total = draw(st.integers(0, 200))
+        total = draw(same_total) if same_total is not None else draw(st.integers(0, 200))
         workers.append(WorkerView(
             worker_id=f"w{draw(st.integers(0, 99)):02d}-{i}", models=models,
-            num_total_pages=total, num_free_pages=draw(st.integers(0, total)),
+            num_total_pages=total, num_free_pages=draw(st.integers(-total, total)),
             tokens_per_page={m: 16 for m in models},
             alive=draw(st.booleans()) or i == 0, draining=draw(st.integers(0, 5)) == 0,
+            queue_allowance_pages=int(total * fraction),
         ))
     queue = [
         RequestView(f"r{j}", draw(st.sampled_from(MODELS + ("c",))), float(j),

@@ -121,3 +121,32 @@ def test_first_token_when_the_last_prefill_chunk_is_a_single_token():
     cost = result.workers[0].costs["Llama-2-7B"]
     expected = cost.step_s(16, 16 * 17 / 2, 16, 1) + cost.step_s(1, 17, 17, 1)
     assert seq.first_token_s == pytest.approx(expected)
+
+
+def test_requests_wait_in_a_bounded_scheduler_queue_and_the_rest_are_refused():
+    # A burst far beyond a small fleet's room: each worker takes what fits its pool (no queue
+    # allowance), at most 10 wait in the scheduler's queue, the rest are refused at once.
+    burst = [SimRequest(f"b{i}", 0.001 * i, "m", 2000, 50) for i in range(200)]
+    cfg = SimConfig(num_gpus=2, tp=1, gpu="RTX4090", worker_queue_fraction=0.0,
+                    max_queued_requests=10, sample_interval_s=0.05)
+    result = Simulator(cfg, burst, check_invariants=True).run()
+    check_conservation(result)
+    refused = [s for s in result.seqs if s.drop_reason == "queue_full"]
+    done = [s for s in result.seqs if not s.drop_reason]
+    assert refused and done and len(refused) + len(done) == 200
+    queue_col = [r[4] for r in result.fleet_rows]  # scheduler_queue
+    assert max(queue_col) <= 10 and max(queue_col) > 0
+    # FCFS through the scheduler's queue: served requests arrived before refused ones would
+    assert max(s.arrival_s for s in done[:5]) < min(s.arrival_s for s in refused)
+
+
+def test_each_request_carries_its_prediction_and_slo():
+    from kvfleet.load.slo import Slo, SloSet
+
+    reqs = poisson_requests(60, 20.0, seed=1)
+    cfg = SimConfig(num_gpus=2, tp=1, gpu="A100-40G", predictor="noisy-oracle",
+                    predictor_spread=0.2)
+    result = simulate(cfg, reqs, slos=SloSet(Slo(ttft_s=2.0, tpot_s=0.1)))
+    for s in result.seqs:
+        assert s.ttft_slo_s == 2.0 and s.tpot_slo_s == 0.1
+        assert abs(s.predicted_output_tokens - s.max_tokens) <= 0.2 * s.max_tokens + 1

@@ -12,9 +12,11 @@ requests on the hot worker can start.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+from kvfleet.services.scheduler.core.occupancy import OccupancyReport
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +55,35 @@ class MigrationOrder:
     request_id: str
     src_worker_id: str
     dst_worker_id: str
+
+
+MAX_CANDIDATES = 4
+"""Running requests per worker offered to a migration policy: the newest decoding ones."""
+
+
+def migration_views(
+    reports: Sequence[OccupancyReport],
+    inflight: Collection[str] = (),
+    draining: Collection[str] = (),
+    max_candidates: int = MAX_CANDIDATES,
+) -> list[MigrationWorkerView]:
+    """The migration policy's view of each worker, from its report (live: its heartbeat;
+    simulated: its state): free pages net of reservations, queued demand, and the newest
+    decoding requests not already moving."""
+    views = []
+    for r in reports:
+        movable = sorted(
+            (s for s in r.seqs if s.decoding and s.request_id not in inflight),
+            key=lambda s: (-s.arrival_s, s.request_id),
+        )[:max_candidates]
+        views.append(MigrationWorkerView(
+            r.worker_id, r.models, r.num_total_pages, r.num_free_pages - r.num_reserved_pages,
+            r.num_queued_pages,
+            tuple(MigrationCandidate(s.request_id, s.model, s.num_pages, s.arrival_s)
+                  for s in movable),
+            r.worker_id in draining,
+        ))
+    return views
 
 
 class MigrationPolicy(Protocol):

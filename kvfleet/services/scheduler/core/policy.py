@@ -2,7 +2,10 @@
 
 ``decide`` walks the queue in order and charges each assignment's KV pages against a local
 copy of the workers' free pages, so a burst of requests spreads as it would if the workers
-had reported after every one.
+had reported after every one. A worker takes a request only while it has room for it
+(``WorkerView.can_take``: free pages, plus the queue allowance the scheduler grants). The
+first request of a model that no worker has room for holds the rest of that model's queue
+until the next decision, so a large request is never starved by smaller ones behind it.
 """
 
 from __future__ import annotations
@@ -42,23 +45,47 @@ class _ChargingPolicy:
 
     name = "base"
 
-    def pick(self, request: RequestView, candidates: list[WorkerView], free: dict[str, int]) -> str:
+    def pick(
+        self, request: RequestView, candidates: list[WorkerView], free: dict[str, int]
+    ) -> str | None:
+        """A worker among ``candidates`` (every live worker serving the model) that has room
+        for ``request`` given ``free``, or None when none has."""
         raise NotImplementedError
 
     def decide(self, queue: Sequence[RequestView], view: ClusterView, now_s: float) -> Decisions:
         free = {w.worker_id: w.num_free_pages for w in view.workers}
         assignments: list[Assignment] = []
         unassigned: list[str] = []
-        for request in queue:
+        held: set[str] = set()  # models whose queue waits behind a request with no room
+        served = _served(view)
+        for i, request in enumerate(queue):
+            if held >= served:  # nothing more can be assigned in this decision
+                unassigned.extend(r.request_id for r in queue[i:])
+                break
             candidates = [w for w in view.workers if w.can_serve(request.model)]
-            if not candidates:
+            worker_id = (
+                None if request.model in held or not candidates
+                else self.pick(request, candidates, free)
+            )
+            if worker_id is None:
+                held.add(request.model)
                 unassigned.append(request.request_id)
                 continue
-            worker_id = self.pick(request, candidates, free)
             worker = next(w for w in candidates if w.worker_id == worker_id)
             free[worker_id] -= request_pages(request, worker)
             assignments.append(Assignment(request.request_id, worker_id))
         return Decisions(tuple(assignments), tuple(unassigned))
+
+
+def _served(view: ClusterView) -> set[str]:
+    """Models some worker can take requests for now."""
+    return {m for w in view.workers if w.alive and not w.draining for m in w.models}
+
+
+def _with_room(
+    request: RequestView, candidates: list[WorkerView], free: dict[str, int]
+) -> list[WorkerView]:
+    return [w for w in candidates if w.can_take(request_pages(request, w), free[w.worker_id])]
 
 
 # Heap entry: (key, worker_id, stamp, view). Worker ids are unique and a worker's stamps
@@ -108,7 +135,15 @@ def _heap_decide(
     heaps: dict[str, list[_Entry]] = {}
     assignments: list[Assignment] = []
     unassigned: list[str] = []
-    for request in queue:
+    held: set[str] = set()
+    served = _served(view)
+    for i, request in enumerate(queue):
+        if held >= served:
+            unassigned.extend(r.request_id for r in queue[i:])
+            break
+        if request.model in held:
+            unassigned.append(request.request_id)
+            continue
         heap = heaps.get(request.model)
         if heap is None:
             heap = keys.entries(view, request.model)
@@ -121,10 +156,11 @@ def _heap_decide(
             heaps[request.model] = heap
         while heap and heap[0][2] != stamp.get(heap[0][1], 0):
             heapq.heappop(heap)
-        if not heap:
+        worker = _first_with_room(heap, request, free, stamp)
+        if worker is None:
+            held.add(request.model)
             unassigned.append(request.request_id)
             continue
-        worker = heap[0][3]
         wid = worker.worker_id
         left = free[wid] = free.get(wid, worker.num_free_pages) - request_pages(request, worker)
         version = stamp[wid] = stamp.get(wid, 0) + 1
@@ -134,6 +170,28 @@ def _heap_decide(
                 heapq.heappush(other, (key(worker, left), wid, version, worker))
         assignments.append(Assignment(request.request_id, wid))
     return Decisions(tuple(assignments), tuple(unassigned))
+
+
+def _first_with_room(
+    heap: list[_Entry], request: RequestView, free: dict[str, int], stamp: dict[str, int]
+) -> WorkerView | None:
+    """The heap's least-key worker that has room for ``request`` (the top, almost always;
+    otherwise a scan of the entries still current)."""
+    if not heap:
+        return None
+    top = heap[0][3]
+    if top.can_take(request_pages(request, top), free.get(top.worker_id, top.num_free_pages)):
+        return top
+    best: _Entry | None = None
+    for e in heap:
+        w = e[3]
+        if e[2] != stamp.get(e[1], 0):
+            continue
+        if w.can_take(request_pages(request, w), free.get(w.worker_id, w.num_free_pages)) and (
+            best is None or e[:2] < best[:2]
+        ):
+            best = e
+    return None if best is None else best[3]
 
 
 def _free_fraction_key(w: WorkerView, free: int) -> float:
@@ -153,12 +211,15 @@ class MostFreeKvPolicy(_ChargingPolicy):
 
     name = "most-free-kv"
 
-    def pick(self, request: RequestView, candidates: list[WorkerView], free: dict[str, int]) -> str:
+    def pick(
+        self, request: RequestView, candidates: list[WorkerView], free: dict[str, int]
+    ) -> str | None:
         def key(w: WorkerView) -> tuple[float, str]:
             frac = free[w.worker_id] / w.num_total_pages if w.num_total_pages else 0.0
             return (-frac, w.worker_id)
 
-        return min(candidates, key=key).worker_id
+        room = _with_room(request, candidates, free)
+        return min(room, key=key).worker_id if room else None
 
     def __init__(self) -> None:
         self._keys = _KeyCache(_free_fraction_key)
@@ -168,71 +229,118 @@ class MostFreeKvPolicy(_ChargingPolicy):
 
 
 class RoundRobinPolicy(_ChargingPolicy):
-    """Each model's requests go to its workers in turn, ignoring load."""
+    """Each model's requests go to its workers in turn, ignoring load (a worker without room
+    is skipped, and the turn moves past the worker chosen)."""
 
     name = "round-robin"
 
     def __init__(self) -> None:
         self._next: dict[str, int] = {}
 
-    def pick(self, request: RequestView, candidates: list[WorkerView], free: dict[str, int]) -> str:
-        ordered = sorted(w.worker_id for w in candidates)
+    def pick(
+        self, request: RequestView, candidates: list[WorkerView], free: dict[str, int]
+    ) -> str | None:
+        by_id = {w.worker_id: w for w in candidates}
+        return self._next_with_room(request, sorted(by_id), by_id, free)
+
+    def _next_with_room(
+        self, request: RequestView, ordered: list[str], by_id: dict[str, WorkerView],
+        free: dict[str, int],
+    ) -> str | None:
         i = self._next.get(request.model, 0)
-        self._next[request.model] = i + 1
-        return ordered[i % len(ordered)]
+        for k in range(len(ordered)):
+            wid = ordered[(i + k) % len(ordered)]
+            w = by_id[wid]
+            if w.can_take(request_pages(request, w), free[wid]):
+                self._next[request.model] = i + k + 1
+                return wid
+        return None
 
     def decide(self, queue: Sequence[RequestView], view: ClusterView, now_s: float) -> Decisions:
         """Same decisions as the generic walk, with each model's order computed once."""
         orders: dict[str, list[str]] = {}
+        by_id = {w.worker_id: w for w in view.workers}
+        free = {w.worker_id: w.num_free_pages for w in view.workers}
         assignments: list[Assignment] = []
         unassigned: list[str] = []
-        for request in queue:
+        held: set[str] = set()
+        served = _served(view)
+        for i, request in enumerate(queue):
+            if held >= served:
+                unassigned.extend(r.request_id for r in queue[i:])
+                break
             ordered = orders.get(request.model)
             if ordered is None:
                 ordered = orders[request.model] = sorted(
                     w.worker_id for w in view.workers if w.can_serve(request.model)
                 )
-            if not ordered:
+            pick = None
+            if request.model not in held and ordered:
+                pick = self._next_with_room(request, ordered, by_id, free)
+            if pick is None:
+                held.add(request.model)
                 unassigned.append(request.request_id)
                 continue
-            i = self._next.get(request.model, 0)
-            self._next[request.model] = i + 1
-            assignments.append(Assignment(request.request_id, ordered[i % len(ordered)]))
+            free[pick] -= request_pages(request, by_id[pick])
+            assignments.append(Assignment(request.request_id, pick))
         return Decisions(tuple(assignments), tuple(unassigned))
 
 
 class BestFitPolicy(_ChargingPolicy):
-    """Bin packing: the worker with the least free KV that still fits the request."""
+    """Bin packing: the worker with the least free KV that still holds the request; when
+    none holds it outright, the one with the most free KV among those with room."""
 
     name = "best-fit"
 
-    def pick(self, request: RequestView, candidates: list[WorkerView], free: dict[str, int]) -> str:
+    def pick(
+        self, request: RequestView, candidates: list[WorkerView], free: dict[str, int]
+    ) -> str | None:
         fitting = [w for w in candidates if free[w.worker_id] >= request_pages(request, w)]
-        pool = fitting or candidates
-        return min(pool, key=lambda w: (free[w.worker_id], w.worker_id)).worker_id
+        if fitting:
+            return min(fitting, key=lambda w: (free[w.worker_id], w.worker_id)).worker_id
+        room = _with_room(request, candidates, free)
+        return min(room, key=lambda w: (-free[w.worker_id], w.worker_id)).worker_id if room else None
 
     def decide(self, queue: Sequence[RequestView], view: ClusterView, now_s: float) -> Decisions:
         """Same decisions as the generic walk, over a sorted ``(free, worker_id)`` list per
-        model; falls back to the walk when a model's workers differ in tokens per page."""
+        model; falls back to the walk when a model's workers differ in tokens per page, pool
+        size or queue allowance."""
         free = {w.worker_id: w.num_free_pages for w in view.workers}
         by_id = {w.worker_id: w for w in view.workers}
         lists: dict[str, list[tuple[int, str]]] = {}
         for request in queue:
             if request.model not in lists:
                 cands = [w for w in view.workers if w.can_serve(request.model)]
-                if len({w.tokens_per_page.get(request.model, 0) for w in cands}) > 1:
+                shapes = {(w.tokens_per_page.get(request.model, 0), w.num_total_pages,
+                           w.queue_allowance_pages) for w in cands}
+                if len(shapes) > 1:
                     return _ChargingPolicy.decide(self, queue, view, now_s)
                 lists[request.model] = sorted((free[w.worker_id], w.worker_id) for w in cands)
         assignments: list[Assignment] = []
         unassigned: list[str] = []
-        for request in queue:
+        held: set[str] = set()
+        served = _served(view)
+        for i, request in enumerate(queue):
+            if held >= served:
+                unassigned.extend(r.request_id for r in queue[i:])
+                break
             ordered = lists[request.model]
-            if not ordered:
+            wid = None
+            if request.model not in held and ordered:
+                w0 = by_id[ordered[0][1]]
+                need = request_pages(request, w0)
+                i = bisect_left(ordered, (need, ""))
+                if i < len(ordered):
+                    wid = ordered[i][1]
+                else:  # nothing holds it outright: the most free, if it has room
+                    top = ordered[-1][0]
+                    cand = ordered[bisect_left(ordered, (top, ""))][1]
+                    if w0.can_take(need, top):
+                        wid = cand
+            if wid is None:
+                held.add(request.model)
                 unassigned.append(request.request_id)
                 continue
-            need = request_pages(request, by_id[ordered[0][1]])
-            i = bisect_left(ordered, (need, ""))
-            wid = ordered[i][1] if i < len(ordered) else ordered[0][1]
             worker = by_id[wid]
             old = (free[wid], wid)
             free[wid] -= request_pages(request, worker)
@@ -250,8 +358,11 @@ class WorstFitPolicy(_ChargingPolicy):
 
     name = "worst-fit"
 
-    def pick(self, request: RequestView, candidates: list[WorkerView], free: dict[str, int]) -> str:
-        return min(candidates, key=lambda w: (-free[w.worker_id], w.worker_id)).worker_id
+    def pick(
+        self, request: RequestView, candidates: list[WorkerView], free: dict[str, int]
+    ) -> str | None:
+        room = _with_room(request, candidates, free)
+        return min(room, key=lambda w: (-free[w.worker_id], w.worker_id)).worker_id if room else None
 
     def __init__(self) -> None:
         self._keys = _KeyCache(_free_pages_key)

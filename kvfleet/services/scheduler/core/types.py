@@ -18,9 +18,19 @@ class WorkerView:
     num_waiting: int = 0
     alive: bool = True
     draining: bool = False
+    queue_allowance_pages: int = 0  # how far beyond its free pages it may be committed
 
     def can_serve(self, model: str) -> bool:
         return self.alive and not self.draining and model in self.models
+
+    def can_take(self, num_pages: int, free_pages: int) -> bool:
+        """Whether a request needing ``num_pages`` may be assigned with ``free_pages`` left
+        (net of everything already committed). A request larger than the whole pool is let
+        through so that the worker refuses it with a clear error."""
+        return (
+            num_pages > self.num_total_pages
+            or free_pages - num_pages >= -self.queue_allowance_pages
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +66,8 @@ class Assignment:
 
 @dataclass(frozen=True, slots=True)
 class Decisions:
-    """Assignments made now; requests left out stay queued (no live worker has the model)."""
+    """Assignments made now; requests left out stay queued (no live worker has the model,
+    or none has room for them yet)."""
 
     assignments: tuple[Assignment, ...]
     unassigned: tuple[str, ...] = ()

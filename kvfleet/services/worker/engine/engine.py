@@ -18,6 +18,7 @@ from kvfleet.common.models import UnknownModelError, read_spec, read_weights, re
 from kvfleet.common.models.errors import UnsupportedModelError
 from kvfleet.common.models.tokenizer import load_tokenizer
 from kvfleet.common.sampling import SamplingError
+from kvfleet.services.scheduler.core.occupancy import SeqReport
 from kvfleet.services.worker.core.batch_policy import (
     BatchPolicy,
     EngineView,
@@ -77,6 +78,7 @@ class Engine:
         self._inbox: list[EngineRequest] = []
         self._aborts: list[str] = []
         self._live: set[str] = set()
+        self._intake_seq = 0  # requests accepted (counted with the inbox, under its lock)
         self._seqs: dict[str, Sequence] = {}
         self._running: list[Sequence] = []
         self._waiting: list[Sequence] = []
@@ -232,22 +234,26 @@ class Engine:
             )
         return m
 
-    def add_request(self, req: EngineRequest) -> None:
-        """Validate (raising EngineInputError) and queue. Thread-safe."""
+    def add_request(self, req: EngineRequest) -> int:
+        """Validate (raising EngineInputError) and queue. Thread-safe. Returns the request's
+        intake sequence number: every occupancy snapshot with ``intake_seq`` at least this
+        one counts the request."""
         m = self.validate(req)
         if not (m.stage.is_first and m.stage.is_last):
             raise EngineInputError(
                 f"this engine holds only layers [{m.stage.first}, {m.stage.last}) of "
                 f"{req.model!r}; serve it through a pipeline of stages"
             )
-        self._enqueue(req)
+        return self._enqueue(req)
 
-    def _enqueue(self, req: EngineRequest) -> None:
+    def _enqueue(self, req: EngineRequest) -> int:
         with self._inbox_lock:
             if req.request_id in self._live:
                 raise EngineInputError(f"request id {req.request_id!r} is already in use")
             self._live.add(req.request_id)
             self._inbox.append(req)
+            self._intake_seq += 1
+            return self._intake_seq
 
     def abort(self, request_id: str) -> bool:
         """Stop a request; the next step emits its abort event. Thread-safe."""
@@ -450,16 +456,34 @@ class Engine:
 
     # ------------------------------------------------------------------ snapshots
     def occupancy(self) -> Occupancy:
+        """A snapshot for the heartbeat. Call it from the thread that steps the engine."""
         with self._inbox_lock:
-            num_inbox = len(self._inbox)
+            inbox = list(self._inbox)
+            intake_seq = self._intake_seq
+        tpp = {n: m.layout.tokens_per_page for n, m in self._models.items()}
+        queued = sum(
+            -(-(s.num_tokens - s.num_computed) // tpp[s.model]) - len(s.pages)
+            for s in self._waiting
+        )
+        queued += sum(
+            -(-(len(r.prompt_token_ids) + len(r.output_token_ids)) // tpp[r.model])
+            for r in inbox if r.model in tpp
+        )
         return Occupancy(
             num_total_pages=self.pool.num_pages,
             num_free_pages=self.pool.num_free_pages,
             num_reserved_pages=0,
-            tokens_per_page={n: m.layout.tokens_per_page for n, m in self._models.items()},
+            tokens_per_page=tpp,
             num_running=len(self._running),
-            num_waiting=len(self._waiting) + num_inbox,
+            num_waiting=len(self._waiting) + len(inbox),
             models=tuple(self._models),
+            num_queued_pages=max(0, queued),
+            intake_seq=intake_seq,
+            seqs=tuple(
+                SeqReport(s.seq_id, s.model, len(s.pages), s.num_tokens, s.num_computed,
+                          s.num_output_tokens, s.req.arrival_s, s.req.predicted_output_tokens)
+                for s in (*self._running, *self._waiting)
+            ),
         )
 
     def accounting(self) -> Accounting:

@@ -10,6 +10,7 @@ import torch
 from kvfleet.common.models.errors import UnknownModelError
 from kvfleet.common.sampling import SamplingParams
 from kvfleet.common.slo import ServiceLevel
+from kvfleet.services.scheduler.core.occupancy import SeqReport
 
 
 class EngineInputError(ValueError):
@@ -52,6 +53,8 @@ class TokenEvent:
 
 @dataclass(frozen=True, slots=True)
 class Occupancy:
+    """The engine's KV memory and queues at one moment (what a heartbeat reports)."""
+
     num_total_pages: int
     num_free_pages: int
     num_reserved_pages: int
@@ -59,6 +62,9 @@ class Occupancy:
     num_running: int
     num_waiting: int
     models: tuple[str, ...]
+    num_queued_pages: int = 0  # pages the waiting requests need to start
+    intake_seq: int = 0  # requests accepted so far (add_request calls that succeeded)
+    seqs: tuple[SeqReport, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,8 +28,12 @@ class AssignRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., output_token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., arrival_s: _Optional[float] = ..., service_level: _Optional[_Union[_common_pb2.ServiceLevel, _Mapping]] = ..., predicted_output_tokens: _Optional[int] = ...) -> None: ...
 
 class AssignResponse(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("boot_id", "intake_seq")
+    BOOT_ID_FIELD_NUMBER: _ClassVar[int]
+    INTAKE_SEQ_FIELD_NUMBER: _ClassVar[int]
+    boot_id: str
+    intake_seq: int
+    def __init__(self, boot_id: _Optional[str] = ..., intake_seq: _Optional[int] = ...) -> None: ...
 
 class CancelRequest(_message.Message):
     __slots__ = ("request_id",)

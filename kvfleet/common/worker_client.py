@@ -1,4 +1,5 @@
-"""Calls from the scheduler to workers."""
+"""Calls to workers from the scheduler (assign, migrate) and the planner (load, unload,
+migrate)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ class WorkerClient:
     def _stub(self, address: str) -> worker_pb2_grpc.WorkerStub:
         return worker_pb2_grpc.WorkerStub(self._pool.get(address))
 
-    async def assign(self, address: str, rec: rs.RequestRecord, output: list[int]) -> None:
-        await self._stub(address).Assign(
+    async def assign(
+        self, address: str, rec: rs.RequestRecord, output: list[int]
+    ) -> worker_pb2.AssignResponse:
+        return await self._stub(address).Assign(
             worker_pb2.AssignRequest(
                 request_id=rec.request_id, model=rec.model,
                 prompt_token_ids=list(rec.prompt_token_ids), output_token_ids=output,
@@ -36,6 +39,20 @@ class WorkerClient:
                                       target_address=target_address),
             timeout=timeout_s,
         )
+
+    async def load(self, address: str, model: str, timeout_s: float) -> worker_pb2.LoadResponse:
+        return await self._stub(address).Load(worker_pb2.LoadRequest(model=model),
+                                              timeout=timeout_s)
+
+    async def unload(
+        self, address: str, model: str, timeout_s: float
+    ) -> worker_pb2.UnloadResponse:
+        return await self._stub(address).Unload(worker_pb2.UnloadRequest(model=model),
+                                                timeout=timeout_s)
+
+    async def forget(self, address: str) -> None:
+        """Drop the channel to a worker that failed (the next call reconnects)."""
+        await self._pool.drop(address)
 
     async def close(self) -> None:
         await self._pool.close()
