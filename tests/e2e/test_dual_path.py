@@ -24,8 +24,11 @@ DURING = [("dual-a", TINY, 40, 6), ("dual-b", TINY, 90, 6), ("dual-c", TINY, 20,
 AFTER = [("dual-d", TINY, 64, 6), ("dual-e", TINY, 30, 6)]
 
 
-async def _occupancy(store: RedisStore, idle: set[str]):
-    """Occupancy once every planned model is loaded and the workers in ``idle`` run nothing."""
+async def _occupancy(store: RedisStore, idle: set[str], after_s: float = 0.0):
+    """Occupancy once every planned model is loaded, the workers in ``idle`` run nothing, and
+    every heartbeat was written after ``after_s`` (so it shows every request assigned and
+    finished before then: heartbeats are rate-limited, and an older one can look idle while
+    the scheduler rightly still counts a request it assigned since)."""
 
     async def ready():
         plan = await store.get_plan()
@@ -34,7 +37,7 @@ async def _occupancy(store: RedisStore, idle: set[str]):
         if plan is None or len(occs) != len(workers):
             return None
         for o in occs.values():
-            if o.loading or set(o.models) != set(plan.models_of(o.worker_id)):
+            if o.loading or set(o.models) != set(plan.models_of(o.worker_id)) or o.ts <= after_s:
                 return None
             busy = o.num_free_pages != o.num_total_pages or o.num_running or o.num_waiting
             if o.worker_id in idle and busy:
@@ -42,6 +45,11 @@ async def _occupancy(store: RedisStore, idle: set[str]):
         return occs
 
     return await until(ready, timeout_s=120)
+
+
+async def _finished_at(store: RedisStore, live: list[tuple[str, str]]) -> float:
+    """When the last of the requests run so far finished (the worker's clock)."""
+    return max([(await store.all_tokens(rid))[-1].ts for rid, _ in live], default=0.0)
 
 
 async def _run(client: GatewayClient, store: RedisStore, req) -> tuple[str, str]:
@@ -73,12 +81,13 @@ async def test_live_stack_and_simulator_make_the_same_dispatch_decisions(stack):
 
             await until(long_running, timeout_s=60)
             for req in DURING:
-                await _occupancy(store, idle={"w1"})
+                await _occupancy(store, idle={"w1"}, after_s=await _finished_at(store, live))
                 live.append(await _run(client, store, req))
             assert not long_task.done(), "the long request ended too soon for this trace"
             live.insert(0, await long_task)
             for req in AFTER:
-                await _occupancy(store, idle={"w0", "w1"})
+                await _occupancy(store, idle={"w0", "w1"},
+                                 after_s=await _finished_at(store, live))
                 live.append(await _run(client, store, req))
 
         # Virtual arrivals: the tiny requests come while the long one runs, one at a time,
