@@ -290,7 +290,8 @@ class FleetConfig(BaseModel):
     api_keys: list[str] = Field(default_factory=list)
     engine: EngineSettings = Field(default_factory=lambda: EngineSettings())
     gateway: dict[str, Any] = Field(default_factory=dict, description="Extra gateway settings.")
-    scheduler: dict[str, Any] = Field(default_factory=dict)
+    scheduler: dict[str, Any] = Field(default_factory=dict, description="Extra scheduler settings.")
+    planner: dict[str, Any] = Field(default_factory=dict, description="Extra planner settings.")
     worker: dict[str, Any] = Field(default_factory=dict, description="Extra for every worker.")
 
     @classmethod

@@ -189,6 +189,7 @@ def service_configs(fleet: FleetConfig, redis_url: str) -> list[tuple[str, str, 
             "planner",
             "planner",
             {
+                **fleet.planner,
                 "redis_url": redis_url,
                 "host": host,
                 "port": fleet.planner_port,
