@@ -40,7 +40,7 @@ down: install
 
 lint: install
 	$(BIN)/ruff check kvfleet tests
-	$(BIN)/mypy kvfleet/common
+	$(BIN)/mypy kvfleet/common kvfleet/services/*/core kvfleet/policies
 
 clean:
 	rm -rf $(VENV) .pytest_cache

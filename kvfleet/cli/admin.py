@@ -73,6 +73,8 @@ async def _workers_table():  # type: ignore[no-untyped-def]
         "state",
         "models",
         "free/total pages",
+        "reserved",
+        "queued",
         "running",
         "waiting",
         "requests",
@@ -88,6 +90,8 @@ async def _workers_table():  # type: ignore[no-untyped-def]
             state,
             ", ".join(occ.models) if occ else "-",
             f"{occ.num_free_pages}/{occ.num_total_pages}" if occ else "-",
+            str(occ.num_reserved_pages) if occ else "-",
+            str(occ.num_queued_pages) if occ else "-",
             str(occ.num_running) if occ else "-",
             str(occ.num_waiting) if occ else "-",
             str(counts[wid]),
@@ -176,12 +180,17 @@ def status(events: int = typer.Option(10, min=0, help="Recent events to show."))
         try:
             p = await store.get_plan()
             q = Table(title="queues")
-            for col in ("model", "entries", "active requests"):
+            for col in ("model", "waiting for a worker", "waiting tokens", "bound",
+                        "active requests"):
                 q.add_column(col)
             active = await store.active_requests(100000)
             for m in sorted(await store.r.smembers(rs.QUEUE_MODELS_KEY)):
-                q.add_row(m, str(await store.r.xlen(rs.queue_key(m))), "")
-            q.add_row("all", "", str(len(active)))
+                n, tokens = await store.queue_depth(m)
+                info = await store.model_info(m)
+                bound = (f"{info.max_queued_requests} req / {info.max_queued_tokens} tok"
+                         if info else "-")
+                q.add_row(m, str(n), str(tokens), bound, "")
+            q.add_row("all", "", "", "", str(len(active)))
             ev = Table(title="recent events")
             for col in ("time", "kind", "data"):
                 ev.add_column(col)
