@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_left, insort
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 from kvfleet.services.scheduler.core.types import (
@@ -55,31 +55,43 @@ class _ChargingPolicy:
     def decide(self, queue: Sequence[RequestView], view: ClusterView, now_s: float) -> Decisions:
         free = {w.worker_id: w.num_free_pages for w in view.workers}
         assignments: list[Assignment] = []
-        unassigned: list[str] = []
-        held: set[str] = set()  # models whose queue waits behind a request with no room
-        served = _served(view)
-        for i, request in enumerate(queue):
-            if held >= served:  # nothing more can be assigned in this decision
-                unassigned.extend(r.request_id for r in queue[i:])
-                break
+        walk = _Walk(queue, view)
+        for request in walk:
             candidates = [w for w in view.workers if w.can_serve(request.model)]
-            worker_id = (
-                None if request.model in held or not candidates
-                else self.pick(request, candidates, free)
-            )
+            worker_id = self.pick(request, candidates, free) if candidates else None
             if worker_id is None:
-                held.add(request.model)
-                unassigned.append(request.request_id)
+                walk.hold(request)
                 continue
             worker = next(w for w in candidates if w.worker_id == worker_id)
             free[worker_id] -= request_pages(request, worker)
             assignments.append(Assignment(request.request_id, worker_id))
-        return Decisions(tuple(assignments), tuple(unassigned))
+        return Decisions(tuple(assignments), tuple(walk.unassigned))
 
 
-def _served(view: ClusterView) -> set[str]:
-    """Models some worker can take requests for now."""
-    return {m for w in view.workers if w.alive and not w.draining for m in w.models}
+class _Walk:
+    """The queue walk every ``decide`` shares: requests in order, each model's queue held
+    behind its first request that finds no room, and an early end once every model some
+    worker serves is held (the rest of the queue then waits as it is)."""
+
+    def __init__(self, queue: Sequence[RequestView], view: ClusterView) -> None:
+        self.queue = queue
+        self.served = {m for w in view.workers if w.alive and not w.draining for m in w.models}
+        self.held: set[str] = set()
+        self.unassigned: list[str] = []
+
+    def __iter__(self) -> Iterator[RequestView]:
+        for i, request in enumerate(self.queue):
+            if self.held >= self.served:
+                self.unassigned.extend(r.request_id for r in self.queue[i:])
+                return
+            if request.model in self.held:
+                self.unassigned.append(request.request_id)
+                continue
+            yield request
+
+    def hold(self, request: RequestView) -> None:
+        self.held.add(request.model)
+        self.unassigned.append(request.request_id)
 
 
 def _with_room(
@@ -134,16 +146,8 @@ def _heap_decide(
     stamp: dict[str, int] = {}
     heaps: dict[str, list[_Entry]] = {}
     assignments: list[Assignment] = []
-    unassigned: list[str] = []
-    held: set[str] = set()
-    served = _served(view)
-    for i, request in enumerate(queue):
-        if held >= served:
-            unassigned.extend(r.request_id for r in queue[i:])
-            break
-        if request.model in held:
-            unassigned.append(request.request_id)
-            continue
+    walk = _Walk(queue, view)
+    for request in walk:
         heap = heaps.get(request.model)
         if heap is None:
             heap = keys.entries(view, request.model)
@@ -158,8 +162,7 @@ def _heap_decide(
             heapq.heappop(heap)
         worker = _first_with_room(heap, request, free, stamp)
         if worker is None:
-            held.add(request.model)
-            unassigned.append(request.request_id)
+            walk.hold(request)
             continue
         wid = worker.worker_id
         left = free[wid] = free.get(wid, worker.num_free_pages) - request_pages(request, worker)
@@ -169,7 +172,7 @@ def _heap_decide(
             if other is not None and worker.can_serve(model):
                 heapq.heappush(other, (key(worker, left), wid, version, worker))
         assignments.append(Assignment(request.request_id, wid))
-    return Decisions(tuple(assignments), tuple(unassigned))
+    return Decisions(tuple(assignments), tuple(walk.unassigned))
 
 
 def _first_with_room(
@@ -262,28 +265,20 @@ class RoundRobinPolicy(_ChargingPolicy):
         by_id = {w.worker_id: w for w in view.workers}
         free = {w.worker_id: w.num_free_pages for w in view.workers}
         assignments: list[Assignment] = []
-        unassigned: list[str] = []
-        held: set[str] = set()
-        served = _served(view)
-        for i, request in enumerate(queue):
-            if held >= served:
-                unassigned.extend(r.request_id for r in queue[i:])
-                break
+        walk = _Walk(queue, view)
+        for request in walk:
             ordered = orders.get(request.model)
             if ordered is None:
                 ordered = orders[request.model] = sorted(
                     w.worker_id for w in view.workers if w.can_serve(request.model)
                 )
-            pick = None
-            if request.model not in held and ordered:
-                pick = self._next_with_room(request, ordered, by_id, free)
+            pick = self._next_with_room(request, ordered, by_id, free) if ordered else None
             if pick is None:
-                held.add(request.model)
-                unassigned.append(request.request_id)
+                walk.hold(request)
                 continue
             free[pick] -= request_pages(request, by_id[pick])
             assignments.append(Assignment(request.request_id, pick))
-        return Decisions(tuple(assignments), tuple(unassigned))
+        return Decisions(tuple(assignments), tuple(walk.unassigned))
 
 
 class BestFitPolicy(_ChargingPolicy):
@@ -317,16 +312,11 @@ class BestFitPolicy(_ChargingPolicy):
                     return _ChargingPolicy.decide(self, queue, view, now_s)
                 lists[request.model] = sorted((free[w.worker_id], w.worker_id) for w in cands)
         assignments: list[Assignment] = []
-        unassigned: list[str] = []
-        held: set[str] = set()
-        served = _served(view)
-        for i, request in enumerate(queue):
-            if held >= served:
-                unassigned.extend(r.request_id for r in queue[i:])
-                break
+        walk = _Walk(queue, view)
+        for request in walk:
             ordered = lists[request.model]
             wid = None
-            if request.model not in held and ordered:
+            if ordered:
                 w0 = by_id[ordered[0][1]]
                 need = request_pages(request, w0)
                 i = bisect_left(ordered, (need, ""))
@@ -338,8 +328,7 @@ class BestFitPolicy(_ChargingPolicy):
                     if w0.can_take(need, top):
                         wid = cand
             if wid is None:
-                held.add(request.model)
-                unassigned.append(request.request_id)
+                walk.hold(request)
                 continue
             worker = by_id[wid]
             old = (free[wid], wid)
@@ -350,7 +339,7 @@ class BestFitPolicy(_ChargingPolicy):
                     del other[bisect_left(other, old)]
                     insort(other, (free[wid], wid))
             assignments.append(Assignment(request.request_id, wid))
-        return Decisions(tuple(assignments), tuple(unassigned))
+        return Decisions(tuple(assignments), tuple(walk.unassigned))
 
 
 class WorstFitPolicy(_ChargingPolicy):
