@@ -11,6 +11,14 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+MAX_STOP_STRINGS = 16
+"""Stop strings one request may give."""
+MAX_STOP_STRING_CHARS = 256
+"""Characters in one stop string at most (the engine holds back up to this much output)."""
+MAX_U32 = (1 << 32) - 1
+"""Largest value of a uint32 wire field (max_tokens, top_k, token ids)."""
+MAX_SEED = (1 << 63) - 1
+
 
 class SamplingError(ValueError):
     """A sampling parameter is out of range."""
@@ -31,20 +39,27 @@ class SamplingParams:
 
     def validate(self) -> None:
         """The engine's hard limits (the gateway applies the API's tighter ones)."""
-        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
-            raise SamplingError(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
+        if not isinstance(self.max_tokens, int) or not 1 <= self.max_tokens <= MAX_U32:
+            raise SamplingError(f"max_tokens must be an integer in [1, {MAX_U32}], "
+                                f"got {self.max_tokens!r}")
         if not math.isfinite(self.temperature) or not 0.0 <= self.temperature <= 100.0:
             raise SamplingError(f"temperature must be in [0, 100], got {self.temperature!r}")
-        if not isinstance(self.top_k, int) or self.top_k < 0:
-            raise SamplingError(f"top_k must be an integer >= 0, got {self.top_k!r}")
+        if not isinstance(self.top_k, int) or not 0 <= self.top_k <= MAX_U32:
+            raise SamplingError(f"top_k must be an integer in [0, {MAX_U32}], got {self.top_k!r}")
         if not math.isfinite(self.top_p) or not 0.0 < self.top_p <= 1.0:
             raise SamplingError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):
-            raise SamplingError(f"seed must be a non-negative integer, got {self.seed!r}")
-        if any((not isinstance(t, int)) or t < 0 for t in self.stop_token_ids):
-            raise SamplingError("stop_token_ids must be non-negative integers")
+        if self.seed is not None and (
+            not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED
+        ):
+            raise SamplingError(f"seed must be an integer in [0, 2^63), got {self.seed!r}")
+        if any((not isinstance(t, int)) or not 0 <= t <= MAX_U32 for t in self.stop_token_ids):
+            raise SamplingError(f"stop_token_ids must be integers in [0, {MAX_U32}]")
+        if len(self.stop) > MAX_STOP_STRINGS:
+            raise SamplingError(f"at most {MAX_STOP_STRINGS} stop strings, got {len(self.stop)}")
         if any((not isinstance(s, str)) or not s for s in self.stop):
             raise SamplingError("stop strings must be non-empty strings")
+        if any(len(s) > MAX_STOP_STRING_CHARS for s in self.stop):
+            raise SamplingError(f"a stop string has at most {MAX_STOP_STRING_CHARS} characters")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from kvfleet.common import redis_schema as rs
+from kvfleet.common.bounded import RecentSet
 from kvfleet.common.redis_store import RedisStore
 from kvfleet.services.worker.engine import (
     Engine,
@@ -42,8 +43,10 @@ class EngineRunner:
         self.step_lock = asyncio.Lock()  # held across step + token writes, and by export
         self._wake = asyncio.Event()
         self.running: set[str] = set()     # requests this worker owns, not finished
-        self.migrated: set[str] = set()    # exported away: their events here are not ours
-        self.cancelled: set[str] = set()   # cancels that arrived before the Assign
+        # exported away: their events here are not ours (bounded: a step emits them at once)
+        self.migrated = RecentSet(max_items=10_000, ttl_s=600.0)
+        # cancels that arrived before their Assign (which comes within seconds, or never)
+        self.cancelled = RecentSet(max_items=10_000, ttl_s=120.0)
         self.loading = False
         self._occ: Occupancy | None = None
         self._occ_written_s = 0.0

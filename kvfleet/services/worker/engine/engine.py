@@ -72,7 +72,8 @@ class Engine:
             torch.set_num_threads(config.num_threads or torch.get_num_threads())
         self.memory_bytes = self._budget(config)
         self._models: dict[str, LoadedModel] = {}
-        self.pool = PagePool(config.page_size_bytes, self.pool_pages(), self.dtype, self.device)
+        # Empty until a model is loaded: the pool is sized to what the weights leave.
+        self.pool = PagePool(config.page_size_bytes, 0, self.dtype, self.device)
         self._lock = threading.RLock()  # held by step, loads and migrations
         self._inbox_lock = threading.Lock()
         self._inbox: list[EngineRequest] = []
@@ -88,12 +89,20 @@ class Engine:
 
     # ------------------------------------------------------------------ memory
     def _budget(self, config: EngineConfig) -> int:
+        """The memory budget: ``memory_bytes``, or on CUDA when it is unset, the device's
+        free memory now less ``cuda_reserve_bytes`` (CUDA context, allocator slack)."""
         if config.memory_bytes is not None:
             return config.memory_bytes
         if self.device.type != "cuda":
             raise EngineInputError("memory_bytes is required on CPU")
         free, _total = torch.cuda.mem_get_info(self.device)
-        return max(0, free - config.cuda_reserve_bytes)
+        budget = free - config.cuda_reserve_bytes
+        if budget <= 0:
+            raise EngineInputError(
+                f"{self.device}: {free} bytes free, less than the reserve of "
+                f"{config.cuda_reserve_bytes}; set memory_bytes"
+            )
+        return budget
 
     def pool_pages(self, extra_weight_bytes: int = 0) -> int:
         """Pages the budget leaves for KV with the models held (plus ``extra_weight_bytes``
@@ -110,9 +119,10 @@ class Engine:
         )
         return max(0, (self.memory_bytes - used - ws) // self.config.page_size_bytes)
 
-    def resize_pool(self) -> None:
-        """Size the pool to what the budget leaves after the models held."""
-        remap = self.pool.resize(self.pool_pages())
+    def resize_pool(self, num_pages: int | None = None) -> None:
+        """Size the pool to ``num_pages`` (default: what the budget leaves after the models
+        held), rewriting the page tables of sequences whose pages moved."""
+        remap = self.pool.resize(self.pool_pages() if num_pages is None else num_pages)
         if remap:
             for seq in self._seqs.values():
                 seq.pages = [remap.get(p, p) for p in seq.pages]
@@ -151,10 +161,17 @@ class Engine:
                     f"page_size_bytes={self.config.page_size_bytes} is smaller than one token "
                     f"of {name_or_path!r} KV"
                 )
-            stage = ModelStage(
-                spec, read_weights(source, first, last), first, last, self.dtype, self.device
-            )
-            tok = load_tokenizer(name_or_path) if stage.is_last else None
+            # Make room first: the pool gives back what the new weights will take, so weights
+            # and pool never exceed the budget together (on a GPU: never run out mid-load).
+            self.resize_pool(max(self.pool.num_used_pages, self.pool_pages(need)))
+            try:
+                stage = ModelStage(
+                    spec, read_weights(source, first, last), first, last, self.dtype, self.device
+                )
+                tok = load_tokenizer(name_or_path) if stage.is_last else None
+            except BaseException:
+                self.resize_pool()
+                raise
             self._models[name_or_path] = LoadedModel(name_or_path, source, spec, stage, layout, tok)
             self.resize_pool()
             log.info(

@@ -4,6 +4,11 @@ A page is ``page_size_bytes`` of one flat storage tensor. Allocation hands out p
 knows nothing about models; each model views the storage as
 [num_pages, num_layers, 2, tokens_per_page, num_kv_heads, head_dim] with its own
 tokens per page, so a page freed by one model serves another at once.
+
+The pool never holds two storages at once: a resize copies the pages in use to host memory,
+frees the old storage, allocates the new one and copies them back. The engine sizes the pool
+after the weights are loaded (and shrinks it before loading more), so on a GPU the weights and
+the KV pool together never exceed the budget, not even for a moment.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ class PagePool:
         self.device = device
         self.elem_bytes = torch.empty((), dtype=dtype).element_size()
         self.page_elems = page_size_bytes // self.elem_bytes
-        self.storage = torch.empty(num_pages * self.page_elems, dtype=dtype, device=device)
+        self.storage: torch.Tensor = self._new_storage(num_pages)
         self.num_pages = num_pages
         self._free: list[int] = list(range(num_pages))  # a min-heap: low page ids go first
         self._used: set[int] = set()
@@ -73,29 +78,52 @@ class PagePool:
         """Grow or shrink to ``num_pages``; pages in use above the new size move down.
 
         Returns {old page id: new page id} for moved pages; the caller rewrites page tables.
+        At no point are two storages allocated: the pages in use wait in host memory while
+        the old storage is released and the new one allocated.
         """
+        if num_pages < 0:
+            raise ValueError(f"cannot resize to {num_pages} pages")
         if num_pages < len(self._used):
             raise ValueError(f"cannot shrink to {num_pages} pages: {len(self._used)} in use")
         remap: dict[int, int] = {}
         if num_pages < self.num_pages:
             high = sorted(p for p in self._used if p >= num_pages)
             low_free = sorted(p for p in self._free if p < num_pages)
-            for old, new in zip(high, low_free, strict=False):
-                remap[old] = new
-                self._page(new).copy_(self._page(old))
-            self._used = {remap.get(p, p) for p in self._used}
+            remap = dict(zip(high, low_free, strict=False))
         if num_pages != self.num_pages:
-            old_pages = self._pages()
-            self.storage = torch.empty(
-                num_pages * self.page_elems, dtype=self.dtype, device=self.device
-            )
-            if self._used:
-                keep = torch.tensor(sorted(self._used), device=self.device)
-                self._pages(num_pages).index_copy_(0, keep, old_pages.index_select(0, keep))
+            moves = sorted((p, remap.get(p, p)) for p in self._used)  # (old id, new id)
+            saved = self._stage_to_host([old for old, _ in moves])
+            self.storage = self._new_storage(0)  # release the old storage first
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            self.storage = self._new_storage(num_pages)
+            self.num_pages = num_pages
+            if moves:
+                dst = torch.tensor([new for _, new in moves], device=self.device)
+                self._pages().index_copy_(0, dst, saved.to(self.device))
+        self._used = {remap.get(p, p) for p in self._used}
         self.num_pages = num_pages
         self._free = [p for p in range(num_pages) if p not in self._used]  # ascending: a heap
         log.info("KV pool resized to %d pages (%d moved)", num_pages, len(remap))
         return remap
+
+    def _new_storage(self, num_pages: int) -> torch.Tensor:
+        """The only place the pool allocates device memory."""
+        return torch.empty(num_pages * self.page_elems, dtype=self.dtype, device=self.device)
+
+    def _stage_to_host(self, pages: list[int], chunk: int = 16) -> torch.Tensor:
+        """Copy ``pages`` to host memory a few at a time (no device-side temporary larger
+        than ``chunk`` pages)."""
+        out = torch.empty((len(pages), self.page_elems), dtype=self.dtype, device="cpu")
+        view = self._pages()
+        for i in range(0, len(pages), chunk):
+            idx = torch.tensor(pages[i : i + chunk], device=self.device)
+            out[i : i + len(idx)].copy_(view.index_select(0, idx))
+        return out
+
+    @property
+    def storage_bytes(self) -> int:
+        return self.storage.numel() * self.elem_bytes
 
     def _pages(self, num_pages: int | None = None) -> torch.Tensor:
         n = self.num_pages if num_pages is None else num_pages

@@ -8,8 +8,6 @@ differ. The meta dict is JSON-serializable.
 
 from __future__ import annotations
 
-import base64
-
 import torch
 
 from kvfleet.common.slo import ServiceLevel
@@ -25,7 +23,7 @@ from kvfleet.services.worker.engine.types import (
     SequenceExport,
 )
 
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2  # 2: the seed replaces the generator state
 
 
 def _slots(pages: list[int], start: int, end: int, tpp: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,9 +58,6 @@ def export_sequence(pool: PagePool, m: LoadedModel, seq: Sequence, since_tokens:
             f"request {seq.seq_id}: since_tokens={since_tokens} is outside [0, {end}]"
         )
     kv = read_kv(pool, m, seq.pages, since_tokens, end)
-    rng = None
-    if seq.generator is not None:
-        rng = base64.b64encode(seq.generator.get_state().numpy().tobytes()).decode()
     meta = {
         "version": EXPORT_VERSION,
         "request_id": seq.seq_id,
@@ -73,7 +68,7 @@ def export_sequence(pool: PagePool, m: LoadedModel, seq: Sequence, since_tokens:
         "prompt_token_ids": seq.tokens[: seq.num_prompt_tokens],
         "output_token_ids": seq.tokens[seq.num_prompt_tokens :],
         "sampling": seq.sampling.to_dict(),
-        "rng_state": rng,
+        "seed": seq.seed,  # sampled tokens are a function of (seed, index): nothing else
         "text": seq.text,
         "num_emitted_chars": seq.num_emitted_chars,
         "layer_range": [m.stage.first, m.stage.last],
@@ -91,11 +86,40 @@ def import_sequence(
     ones; ``order`` is its arrival order in the importing engine."""
     if not exports:
         raise EngineInputError("import_sequence needs at least one export")
-    parts = sorted(exports, key=lambda e: e.meta["token_range"][0])
-    last = max(exports, key=lambda e: e.meta["token_range"][1])
+    try:
+        seq, pieces, m = _rebuild(models, exports, order)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        if isinstance(e, EngineInputError):
+            raise
+        raise EngineInputError(f"malformed sequence export: {type(e).__name__}: {e}") from e
+    end = seq.num_computed
+    tpp = m.layout.tokens_per_page
+    pages = pool.allocate(-(-end // tpp))
+    if pages is None:
+        raise OutOfMemoryBudgetError(
+            f"request {seq.seq_id}: not enough free KV pages to import {end} tokens"
+        )
+    try:
+        if end:
+            write_kv(pool, m, pages, torch.cat(pieces, dim=2))
+    except BaseException:
+        pool.free(pages)  # nothing of a failed import stays behind
+        raise
+    seq.pages = pages
+    return seq
+
+
+def _rebuild(
+    models: dict[str, LoadedModel], exports: list[SequenceExport], order: int
+) -> tuple[Sequence, list[torch.Tensor], LoadedModel]:
+    """Check every export against the model held here and build the sequence (no pages)."""
+    parts = sorted(exports, key=lambda e: int(e.meta["token_range"][0]))
+    last = max(exports, key=lambda e: int(e.meta["token_range"][1]))
     meta = last.meta
     if any(e.meta.get("version") != EXPORT_VERSION for e in parts):
         raise EngineInputError(f"unsupported export version (expected {EXPORT_VERSION})")
+    if any(e.meta.get("request_id") != meta["request_id"] for e in parts):
+        raise EngineInputError("exports of different requests")
     m = models.get(meta["model"])
     if m is None:
         raise ModelNotFoundError(f"model {meta['model']!r} is not loaded on this engine")
@@ -104,41 +128,52 @@ def import_sequence(
             f"export holds layers {meta['layer_range']}, this engine holds "
             f"[{m.stage.first}, {m.stage.last}) of {meta['model']!r}"
         )
+    sampling = SamplingParams.from_dict(meta["sampling"])
+    sampling.validate()
+    prompt = tuple(int(t) for t in meta["prompt_token_ids"])
+    output = tuple(int(t) for t in meta["output_token_ids"])
+    vocab = m.spec.vocab_size
+    if not prompt or any(not 0 <= t < vocab for t in (*prompt, *output)):
+        raise EngineInputError(f"export: empty prompt or token ids outside [0, {vocab})")
+    num_tokens = len(prompt) + len(output)
+    if num_tokens >= m.spec.max_context_tokens:
+        raise EngineInputError(f"export: {num_tokens} tokens do not fit the model's context")
+    kv_shape = (m.stage.last - m.stage.first, 2, m.spec.num_kv_heads, m.spec.head_dim)
     covered = 0
     pieces = []
     for e in parts:
-        start, end = e.meta["token_range"]
+        start, end = (int(x) for x in e.meta["token_range"])
+        if not 0 <= start <= end <= num_tokens:
+            raise EngineInputError(f"export: token range [{start}, {end}) outside the sequence")
         if start > covered:
             raise EngineInputError(f"exports leave tokens [{covered}, {start}) uncovered")
+        if len(e.tensors) != 1:
+            raise EngineInputError("export: expected one KV tensor per export")
+        kv = e.tensors[0]
+        want = (kv_shape[0], 2, end - start, *kv_shape[2:])
+        if tuple(kv.shape) != want or not kv.is_floating_point():
+            raise EngineInputError(f"export: KV tensor {tuple(kv.shape)} {kv.dtype}, "
+                                   f"expected {want} floating point")
         if end > covered:
-            pieces.append(e.tensors[0][:, :, covered - start :])
+            pieces.append(kv[:, :, covered - start :])
             covered = end
-    end = covered
-    sampling = SamplingParams.from_dict(meta["sampling"])
+    text = str(meta["text"])
+    emitted = int(meta["num_emitted_chars"])
+    seed = int(meta["seed"])
+    if not 0 <= emitted <= len(text) or not 0 <= seed < (1 << 63):
+        raise EngineInputError("export: inconsistent text or seed")
     req = EngineRequest(
-        meta["request_id"],
+        str(meta["request_id"]),
         meta["model"],
-        tuple(meta["prompt_token_ids"]),
+        prompt,
         sampling,
-        tuple(meta["output_token_ids"]),
+        output,
         float(meta["arrival_s"]),
         ServiceLevel.from_dict(meta.get("slo")),
         meta.get("predicted_output_tokens"),
     )
     seq = Sequence(req, order, m.tokenizer, m.spec.max_context_tokens)
-    seq.text = meta["text"]
-    seq.num_emitted_chars = int(meta["num_emitted_chars"])
-    if meta["rng_state"] is not None and seq.generator is not None:
-        raw = base64.b64decode(meta["rng_state"])
-        seq.generator.set_state(torch.frombuffer(bytearray(raw), dtype=torch.uint8))
-    tpp = m.layout.tokens_per_page
-    pages = pool.allocate(-(-end // tpp))
-    if pages is None:
-        raise OutOfMemoryBudgetError(
-            f"request {seq.seq_id}: not enough free KV pages to import {end} tokens"
-        )
-    seq.pages = pages
-    if end:
-        write_kv(pool, m, pages, torch.cat(pieces, dim=2))
-    seq.num_computed = end
-    return seq
+    seq.restore_text(text, emitted)
+    seq.seed = seed
+    seq.num_computed = covered
+    return seq, pieces, m
