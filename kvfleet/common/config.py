@@ -64,6 +64,14 @@ class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", env_nested_delimiter="__")
 
     redis_url: str = Field(default="", description="Redis URL (redis:// or unix://).")
+    redis_max_connections: int = Field(
+        default=256, ge=4, le=10_000,
+        description="Redis connections this process opens at most; beyond, calls wait.",
+    )
+    redis_pool_timeout_s: float = Field(
+        default=10.0, gt=0, le=300,
+        description="How long a call waits for a free Redis connection before failing.",
+    )
     host: str = Field(default="127.0.0.1", description="Address the gRPC server binds.")
     port: int = Field(default=0, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
     log_level: str = Field(default="INFO", description="Python logging level.")
@@ -120,14 +128,47 @@ class GatewaySettings(ServiceSettings):
     )
 
     http_port: int = Field(default=8000, ge=0, le=65535, description="OpenAI HTTP API port.")
-    api_keys: list[str] = Field(default_factory=list, description="Accepted keys; empty: open.")
+    api_keys: list[str] = Field(
+        default_factory=list,
+        description="Accepted keys in plain text (hashed at start, never stored); prefer "
+        "api_key_hashes. Both empty: the gateway is open.",
+    )
+    api_key_hashes: list[str] = Field(
+        default_factory=list,
+        description="Accepted keys as 'sha256:<hex digest>' (kvfleet up writes these).",
+    )
     default_max_tokens: int = Field(
         default=256, ge=1, description="max_tokens when a request omits it."
     )
     max_tokens_limit: int = Field(default=8192, ge=1, description="Largest max_tokens accepted.")
     max_body_bytes: int = Field(default=4 << 20, ge=1024, description="Largest HTTP body accepted.")
     first_token_timeout_s: float = Field(
-        default=600.0, gt=0, description="Give up waiting after this."
+        default=600.0, gt=0, le=86_400,
+        description="Give up (504, request cancelled) when no token came this long after "
+        "the request was accepted (queue time included).",
+    )
+    queue_timeout_s: float = Field(
+        default=300.0, gt=0, le=86_400,
+        description="Give up (504, request cancelled) when the request still waits for a "
+        "worker this long after it was accepted.",
+    )
+    idle_timeout_s: float = Field(
+        default=120.0, gt=0, le=86_400,
+        description="Give up (504, request cancelled) when a started stream gets no token "
+        "this long.",
+    )
+    request_timeout_s: float = Field(
+        default=3600.0, gt=0, le=7 * 86_400,
+        description="Give up (504, request cancelled) on a request running this long in all.",
+    )
+    max_in_flight: int = Field(
+        default=192, ge=1, le=100_000,
+        description="Requests this replica serves at once; more get 429 with Retry-After. "
+        "Keep it below redis_max_connections: each stream holds one while it waits.",
+    )
+    tokenizer_threads: int = Field(
+        default=2, ge=1, le=64,
+        description="Threads that tokenize and render chat templates off the event loop.",
     )
     retry_after_s: int = Field(
         default=1, ge=0, description="Retry-After of a 429 when a model's queue is full."

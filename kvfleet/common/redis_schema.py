@@ -17,6 +17,7 @@ prefix ``kvfleet:v<SCHEMA_VERSION>:`` so two schema versions never collide.
 | ``worker:{id}:hb`` | string with TTL | :class:`Occupancy` JSON; absent = dead |
 | ``worker:{id}:requests`` | set | request ids assigned to the worker and not finished |
 | ``draining`` | set | worker ids the scheduler must not dispatch to |
+| ``schedulers`` | sorted set | scheduler consumer names scored by their last tick (liveness) |
 | ``plan`` | string | :class:`PlanRecord` JSON |
 | ``models`` | hash | model name -> :class:`ModelInfo` JSON (per-model defaults, from the planner) |
 | ``predictor:{model}`` | hash | output-length counts ``"{prompt bucket}:{length bin}" -> n`` |
@@ -68,6 +69,8 @@ QUEUE_MODELS_KEY = f"{PREFIX}queue-models"
 ACTIVE_KEY = f"{PREFIX}active"
 WORKERS_KEY = f"{PREFIX}workers"
 DRAINING_KEY = f"{PREFIX}draining"
+SCHEDULERS_KEY = f"{PREFIX}schedulers"
+SCHEDULER_TTL_S = 5.0  # a scheduler that has not ticked this long is not live
 PLAN_KEY = f"{PREFIX}plan"
 MODELS_KEY = f"{PREFIX}models"
 EVENTS_KEY = f"{PREFIX}events"
@@ -158,6 +161,8 @@ class RequestRecord:
     num_resumes: int = 0
     slo: ServiceLevel = ServiceLevel()
     predicted_output_tokens: int | None = None
+    owner: str = ""  # id of the API key that sent it; only that key may cancel it
+    deadline_s: float | None = None  # wall clock; the scheduler drops it unassigned after
 
     def to_fields(self) -> dict[str, str]:
         return {
@@ -173,6 +178,8 @@ class RequestRecord:
             "resumes": str(self.num_resumes),
             "slo": json.dumps(self.slo.to_dict()),
             "pred": "" if self.predicted_output_tokens is None else str(self.predicted_output_tokens),
+            "owner": self.owner,
+            "deadline": "" if self.deadline_s is None else repr(self.deadline_s),
         }
 
     @classmethod
@@ -194,6 +201,8 @@ class RequestRecord:
             num_resumes=int(f.get("resumes", "0")),
             slo=ServiceLevel.from_dict(json.loads(f["slo"])) if f.get("slo") else ServiceLevel(),
             predicted_output_tokens=int(f["pred"]) if f.get("pred") else None,
+            owner=f.get("owner", ""),
+            deadline_s=float(f["deadline"]) if f.get("deadline") else None,
         )
 
 

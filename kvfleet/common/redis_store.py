@@ -6,15 +6,22 @@ Every service goes through this class, so the schema's keys are written in one w
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from kvfleet.common import redis_schema as rs
 from kvfleet.services.scheduler.core.admission import QueueBound
 
 log = logging.getLogger(__name__)
 
+DEFAULT_MAX_CONNECTIONS = 256
+DEFAULT_POOL_TIMEOUT_S = 10.0
 
 # Admission and enqueue in one step (every gateway replica runs it; Redis runs scripts one at a
 # time). KEYS: queued zset, queued-tokens counter, request hash, active zset, queue-models set,
@@ -55,8 +62,18 @@ return 0
 """
 
 
-def connect(url: str) -> aioredis.Redis:
-    return aioredis.Redis.from_url(url, decode_responses=True)
+
+def connect(url: str, max_connections: int = DEFAULT_MAX_CONNECTIONS,
+            pool_timeout_s: float = DEFAULT_POOL_TIMEOUT_S) -> aioredis.Redis:
+    """A client whose pool waits up to ``pool_timeout_s`` for a free connection when all
+    ``max_connections`` are busy (an overload queues instead of failing), and that retries a
+    command on a dropped connection for a few seconds (a Redis restart)."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=pool_timeout_s, decode_responses=True,
+        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), 8),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+    )
+    return aioredis.Redis(connection_pool=pool)
 
 
 class RedisStore:
@@ -65,8 +82,15 @@ class RedisStore:
         self.r: Any = client
 
     @classmethod
-    def from_url(cls, url: str) -> RedisStore:
-        return cls(connect(url))
+    def from_url(cls, url: str, max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                 pool_timeout_s: float = DEFAULT_POOL_TIMEOUT_S) -> RedisStore:
+        return cls(connect(url, max_connections, pool_timeout_s))
+
+    @classmethod
+    def for_service(cls, settings: Any) -> RedisStore:
+        """The store a service's settings describe (URL, pool size and wait)."""
+        return cls.from_url(settings.redis_url, settings.redis_max_connections,
+                            settings.redis_pool_timeout_s)
 
     async def close(self) -> None:
         await self.r.aclose()
@@ -132,6 +156,14 @@ class RedisStore:
         if not fields:
             return None
         return rs.RequestRecord.from_fields(request_id, fields)
+
+    async def request_owner(self, request_id: str) -> str | None:
+        """The owner of a request (its API key's id, "" if none), or None if there is none."""
+        async with self.r.pipeline(transaction=False) as p:
+            p.exists(rs.request_key(request_id))
+            p.hget(rs.request_key(request_id), "owner")
+            exists, owner = await p.execute()
+        return (owner or "") if exists else None
 
     async def set_assigned(self, request_id: str, worker_id: str) -> bool:
         """Record the worker; returns False if the request was cancelled meanwhile (the
@@ -245,6 +277,17 @@ class RedisStore:
             await self.r.sadd(rs.DRAINING_KEY, worker_id)
         else:
             await self.r.srem(rs.DRAINING_KEY, worker_id)
+
+    async def scheduler_alive(self, consumer: str, now_s: float) -> None:
+        async with self.r.pipeline(transaction=False) as p:
+            p.zadd(rs.SCHEDULERS_KEY, {consumer: now_s})
+            p.zremrangebyscore(rs.SCHEDULERS_KEY, "-inf", now_s - 10 * rs.SCHEDULER_TTL_S)
+            await p.execute()
+
+    async def live_schedulers(self, now_s: float | None = None) -> list[str]:
+        now_s = time.time() if now_s is None else now_s
+        return list(await self.r.zrangebyscore(rs.SCHEDULERS_KEY, now_s - rs.SCHEDULER_TTL_S,
+                                               "+inf"))
 
     # plan and events ----------------------------------------------------------------------
 

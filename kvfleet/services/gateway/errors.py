@@ -17,6 +17,9 @@ class ApiError(Exception):
     param: str | None = None
     retry_after_s: int | None = None  # sent as Retry-After (HTTP) / retry-after (gRPC)
 
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)} if self.retry_after_s else {}
+
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param,
                           "code": self.code}}
@@ -28,6 +31,7 @@ class ApiError(Exception):
             404: grpc.StatusCode.NOT_FOUND,
             409: grpc.StatusCode.ALREADY_EXISTS,
             413: grpc.StatusCode.INVALID_ARGUMENT,
+            415: grpc.StatusCode.INVALID_ARGUMENT,
             429: grpc.StatusCode.RESOURCE_EXHAUSTED,
             503: grpc.StatusCode.UNAVAILABLE,
             504: grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -51,3 +55,17 @@ def queue_full(model: str, retry_after_s: int) -> ApiError:
 def model_not_found(model: str) -> ApiError:
     return ApiError(404, f"The model '{model}' does not exist or is not served.",
                     param="model", code="model_not_found")
+
+
+def too_many_requests(message: str, retry_after_s: int = 1) -> ApiError:
+    return ApiError(429, message, type="rate_limit_error", code="overloaded",
+                    retry_after_s=retry_after_s)
+
+
+def unavailable(message: str, retry_after_s: int = 1) -> ApiError:
+    return ApiError(503, message, type="service_unavailable", code="unavailable",
+                    retry_after_s=retry_after_s)
+
+
+def timeout(message: str, code: str) -> ApiError:
+    return ApiError(504, message, type="timeout", code=code)

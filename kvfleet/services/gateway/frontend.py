@@ -8,12 +8,17 @@ replica can serve any client.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import dataclasses
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
+from redis.exceptions import RedisError
 
 from kvfleet.common import redis_schema as rs
 from kvfleet.common.config import GatewaySettings
@@ -21,17 +26,29 @@ from kvfleet.common.grpc_util import ChannelPool
 from kvfleet.common.ids import new_request_id, valid_request_id
 from kvfleet.common.proto.worker.v1 import worker_pb2, worker_pb2_grpc
 from kvfleet.common.redis_store import RedisStore
-from kvfleet.common.sampling import SamplingParams
+from kvfleet.common.sampling import (
+    MAX_STOP_STRING_CHARS,
+    MAX_STOP_STRINGS,
+    SamplingError,
+    SamplingParams,
+)
 from kvfleet.common.slo import ServiceLevel, SloError
 from kvfleet.services.gateway.adapters.predictor_store import SharedLengthPredictor
 from kvfleet.services.gateway.core.length_predictor import LengthQuery, OnlineLengthPredictor
-from kvfleet.services.gateway.errors import ApiError, bad_request, model_not_found, queue_full
+from kvfleet.services.gateway.errors import (
+    ApiError,
+    bad_request,
+    model_not_found,
+    queue_full,
+    timeout,
+    too_many_requests,
+)
 from kvfleet.services.gateway.tokenizers import TokenizerCache
 from kvfleet.services.scheduler.core.admission import QueueBound
 
 log = logging.getLogger(__name__)
-
-MAX_STOP_STRINGS = 16
+READINESS_CACHE_S = 0.5
+SAMPLING_FIELDS = frozenset(f.name for f in dataclasses.fields(SamplingParams))
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +59,52 @@ class Prepared:
     sampling: SamplingParams
     slo: ServiceLevel = ServiceLevel()
     predicted_output_tokens: int | None = None
+    owner: str = ""  # the id of the API key that sent it ("" on an open gateway)
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    """What /health reports: ready only when the fleet can serve every planned model."""
+
+    plan_version: int | None
+    schedulers: int
+    models: dict[str, int]  # planned model -> live workers that hold it
+
+    @property
+    def ready(self) -> bool:
+        return (self.plan_version is not None and self.schedulers > 0 and bool(self.models)
+                and all(self.models.values()))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": "ready" if self.ready else "not ready",
+                "plan_version": self.plan_version, "schedulers": self.schedulers,
+                "models": self.models}
+
+
+class Slot:
+    """One admitted request's place in the replica's in-flight limit."""
+
+    def __init__(self, frontend: Frontend) -> None:
+        self._frontend = frontend
+        self._held = True
+        self._handed_over = False
+
+    def handover(self) -> Slot:
+        """The response now releases the slot (a stream, once it is sent)."""
+        self._handed_over = True
+        return self
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._frontend.num_in_flight -= 1
+
+    def __enter__(self) -> Slot:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is not None or not self._handed_over:
+            self.release()
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +126,10 @@ class Frontend:
         self._plan_models: tuple[str, ...] = ()
         self._plan_read_s = 0.0
         self._model_infos: dict[str, tuple[float, rs.ModelInfo]] = {}
+        self._tokenize = concurrent.futures.ThreadPoolExecutor(
+            settings.tokenizer_threads, thread_name_prefix="tokenize")
+        self.num_in_flight = 0
+        self._readiness: tuple[float, Readiness] | None = None
         self.predictor = SharedLengthPredictor(
             store,
             OnlineLengthPredictor(
@@ -72,6 +139,38 @@ class Frontend:
             ),
             settings.predictor_sync_s,
         )
+
+    def admit(self) -> Slot:
+        """A slot in this replica's in-flight limit, or 429 with Retry-After."""
+        if self.num_in_flight >= self.settings.max_in_flight:
+            raise too_many_requests(
+                f"this gateway serves {self.settings.max_in_flight} requests at once; "
+                "retry shortly", retry_after_s=1)
+        self.num_in_flight += 1
+        return Slot(self)
+
+    async def readiness(self) -> Readiness:
+        """A scheduler, a plan, and a live worker for each planned model (cached briefly)."""
+        now = time.monotonic()
+        if self._readiness is not None and now - self._readiness[0] < READINESS_CACHE_S:
+            return self._readiness[1]
+        try:
+            plan = await self.store.get_plan()
+            schedulers = await self.store.live_schedulers()
+            workers = await self.store.workers()
+        except (RedisError, rs.SchemaError, ValueError) as e:
+            log.warning("readiness: %s", e)
+            return Readiness(None, 0, {})
+        models = {m: 0 for m in (plan.models() if plan else ())}
+        for _info, occ in workers.values():
+            if occ is None or occ.loading:
+                continue
+            for m in occ.models:
+                if m in models:
+                    models[m] += 1
+        report = Readiness(plan.version if plan else None, len(schedulers), models)
+        self._readiness = (now, report)
+        return report
 
     async def models(self) -> dict[str, tuple[str, ...]]:
         """Served models -> workers that hold them in the current plan."""
@@ -110,9 +209,11 @@ class Frontend:
         sampling: SamplingParams,
         request_id: str = "",
         slo: ServiceLevel | None = None,
+        owner: str = "",
     ) -> Prepared:
         """Validate, tokenize and predict the output length; raises :class:`ApiError` (4xx) on
-        bad input. ``slo`` fields left unset take the model's defaults."""
+        bad input. ``slo`` fields left unset take the model's defaults. A sampled request
+        without a seed gets one, so that a resume on another worker continues its stream."""
         if not model:
             raise bad_request("'model' is required.", param="model")
         if not await self._known(model):
@@ -127,22 +228,26 @@ class Frontend:
         except SloError as e:
             raise bad_request(str(e), param="slo") from e
         tok = await self.tokenizers.get(model)
+        vocab = getattr(tok, "vocab_size", None)
+        if vocab is not None and any(t >= vocab for t in sampling.stop_token_ids):
+            raise bad_request(f"stop_token_ids must be in [0, {vocab}).", param="stop_token_ids")
+        loop = asyncio.get_running_loop()
         if messages is not None:
             if not messages:
                 raise bad_request("'messages' must not be empty.", param="messages")
             try:
-                ids = list(tok.apply_chat_template(list(messages)))
+                ids = list(await loop.run_in_executor(
+                    self._tokenize, tok.apply_chat_template, list(messages)))
             except Exception as e:  # a template error is the caller's input
                 raise bad_request(f"cannot apply the chat template: {e}", param="messages") from e
         elif prompt_token_ids is not None:
             ids = list(prompt_token_ids)
-            vocab = getattr(tok, "vocab_size", None)
             if any(t < 0 or (vocab is not None and t >= vocab) for t in ids):
                 raise bad_request(f"prompt token ids must be in [0, {vocab}).", param="prompt")
         else:
             if prompt is None:
                 raise bad_request("a prompt is required.", param="prompt")
-            ids = list(tok.encode(prompt))
+            ids = list(await loop.run_in_executor(self._tokenize, tok.encode, prompt))
         if not ids:
             raise bad_request("the prompt is empty.", param="prompt")
         limit = int(getattr(tok, "max_context_tokens", 0) or 0)
@@ -159,7 +264,9 @@ class Frontend:
             LengthQuery(rid, model, len(ids), sampling.max_tokens)
         )
         default = (await self.model_info(model)).slo
-        return Prepared(rid, model, tuple(ids), sampling, slo.resolved(default), predicted)
+        if sampling.temperature > 0 and sampling.seed is None:
+            sampling = dataclasses.replace(sampling, seed=secrets.randbits(63))
+        return Prepared(rid, model, tuple(ids), sampling, slo.resolved(default), predicted, owner)
 
     def check_sampling(self, s: SamplingParams) -> None:
         if not 1 <= s.max_tokens <= self.settings.max_tokens_limit:
@@ -173,15 +280,23 @@ class Frontend:
             raise bad_request("top_k must be >= 0.", param="top_k")
         if s.seed is not None and not 0 <= s.seed < 2**63:
             raise bad_request("seed must be in [0, 2^63).", param="seed")
-        if len(s.stop) > MAX_STOP_STRINGS or any(not x for x in s.stop):
-            raise bad_request(f"stop takes up to {MAX_STOP_STRINGS} non-empty strings.",
-                              param="stop")
+        if (len(s.stop) > MAX_STOP_STRINGS or any(not x for x in s.stop)
+                or any(len(x) > MAX_STOP_STRING_CHARS for x in s.stop)):
+            raise bad_request(f"stop takes up to {MAX_STOP_STRINGS} non-empty strings of at "
+                              f"most {MAX_STOP_STRING_CHARS} characters.", param="stop")
         if any(t < 0 for t in s.stop_token_ids):
             raise bad_request("stop_token_ids must be >= 0.", param="stop_token_ids")
+        try:
+            s.validate()  # what every service enforces (wire widths included)
+        except SamplingError as e:
+            field = str(e).split(" ", 1)[0]
+            raise bad_request(str(e), param=field if field in SAMPLING_FIELDS else None) from e
 
     async def submit(self, p: Prepared) -> str:
-        rec = rs.RequestRecord(p.request_id, p.model, p.prompt_token_ids, p.sampling, time.time(),
-                               slo=p.slo, predicted_output_tokens=p.predicted_output_tokens)
+        now = time.time()
+        rec = rs.RequestRecord(p.request_id, p.model, p.prompt_token_ids, p.sampling, now,
+                               slo=p.slo, predicted_output_tokens=p.predicted_output_tokens,
+                               owner=p.owner, deadline_s=now + self.settings.request_timeout_s)
         if await self.store.r.exists(rs.request_key(p.request_id)):
             raise ApiError(409, f"request id {p.request_id!r} is already in use.",
                            param="request_id", code="duplicate_request_id")
@@ -195,17 +310,31 @@ class Frontend:
         return p.request_id
 
     async def stream(self, request_id: str) -> AsyncIterator[Chunk]:
-        """Relay the request's token stream; each output index once, in order."""
+        """Relay the request's token stream; each output index once, in order. Raises a 504
+        :class:`ApiError` when a wait runs out (queue, first token, idle, whole request)."""
+        st = self.settings
         last_id = "0"
         next_index = 0
         block_ms = 1000
-        waited_s = 0.0
+        t0 = last_token = time.monotonic()
         while True:
-            entries, last_id = await self.store.read_tokens(request_id, last_id, block_ms)
+            try:
+                entries, last_id = await self.store.read_tokens(request_id, last_id, block_ms)
+            except RedisError as e:  # Redis restarting: keep waiting within the timeouts
+                log.warning("request %s: reading tokens failed: %s", request_id, e)
+                entries = []
+                await asyncio.sleep(0.2)
+            now = time.monotonic()
             if not entries:
-                waited_s += block_ms / 1000
-                if next_index == 0 and waited_s > self.settings.first_token_timeout_s:
-                    raise ApiError(504, "no output in time", type="timeout")
+                if now - t0 > st.request_timeout_s:
+                    raise timeout("the request ran out of time", "request_timeout")
+                if next_index == 0:
+                    if now - t0 > st.first_token_timeout_s:
+                        raise timeout("no output in time", "first_token_timeout")
+                    if now - t0 > st.queue_timeout_s and await self._queued(request_id):
+                        raise timeout("no worker took the request in time", "queue_timeout")
+                elif now - last_token > st.idle_timeout_s:
+                    raise timeout("the stream stalled", "idle_timeout")
                 continue
             text: list[str] = []
             ids: list[int] = []
@@ -224,13 +353,24 @@ class Frontend:
                 if e.finish_reason:
                     finish = e.finish_reason
                     break
+            if ids:
+                last_token = now
             if ids or finish:
                 yield Chunk("".join(text), tuple(ids), start, finish)
             if finish:
                 return
 
-    async def cancel(self, request_id: str) -> bool:
-        """Cancel a request wherever it is; True if it existed."""
+    async def _queued(self, request_id: str) -> bool:
+        try:
+            return await self.store.r.hget(rs.request_key(request_id), "state") == rs.QUEUED
+        except RedisError:
+            return False
+
+    async def cancel(self, request_id: str, owner: str | None = None) -> bool:
+        """Cancel a request wherever it is; True if it existed. ``owner`` (a caller's key id)
+        may cancel only its own requests; None is the gateway itself (a client went away)."""
+        if owner is not None and owner != await self.store.request_owner(request_id):
+            return False  # another key's request, or none: the same answer, no existence leak
         worker_id = await self.store.mark_cancelled(request_id)
         if worker_id is None:
             return False
@@ -258,6 +398,7 @@ class Frontend:
 
     async def close(self) -> None:
         await self._pool.close()
+        self._tokenize.shutdown(wait=False, cancel_futures=True)
 
 
 _BACKGROUND: set[asyncio.Task[bool]] = set()

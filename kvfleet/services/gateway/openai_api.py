@@ -11,15 +11,17 @@ from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from redis.exceptions import RedisError
 
 from kvfleet.common.http_api import PREDICTED_OUTPUT_TOKENS_HEADER, REQUEST_ID_HEADER
 from kvfleet.common.sampling import SamplingParams
 from kvfleet.common.slo import ServiceLevel, SloError, priority_rank
-from kvfleet.services.gateway.errors import ApiError, bad_request, unauthorized
-from kvfleet.services.gateway.frontend import Chunk, Frontend, Prepared
+from kvfleet.services.gateway.errors import ApiError, bad_request, unauthorized, unavailable
+from kvfleet.services.gateway.frontend import Chunk, Frontend, Prepared, Slot
 from kvfleet.services.gateway.metrics import GatewayMetrics
 from kvfleet.services.gateway.relay import relay
 
@@ -52,6 +54,37 @@ class _Body(BaseModel):
     n: int = 1
     slo: SloBody | None = None  # kvfleet extension
     priority: str | None = None  # kvfleet extension: "high", "normal" or "low"
+    # OpenAI parameters kvfleet does not implement: refused when they ask for something,
+    # rather than silently ignored.
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    functions: list[Any] | None = None
+    function_call: Any = None
+    response_format: dict[str, Any] | None = None
+    logprobs: bool | int | None = None
+    top_logprobs: int | None = None
+    logit_bias: dict[str, float] | None = None
+    best_of: int | None = None
+    echo: bool | None = None
+    suffix: str | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+
+    def refuse_unsupported(self) -> None:
+        asked = {
+            "tools": bool(self.tools), "tool_choice": self.tool_choice not in (None, "none"),
+            "functions": bool(self.functions), "function_call": self.function_call is not None,
+            "response_format": (self.response_format or {}).get("type", "text") != "text",
+            "logprobs": self.logprobs not in (None, False, 0), "top_logprobs": bool(self.top_logprobs),
+            "logit_bias": bool(self.logit_bias), "best_of": self.best_of not in (None, 1),
+            "echo": bool(self.echo), "suffix": bool(self.suffix),
+            "presence_penalty": bool(self.presence_penalty),
+            "frequency_penalty": bool(self.frequency_penalty),
+        }
+        for name, used in asked.items():
+            if used:
+                raise bad_request(f"'{name}' is not supported by this server.", param=name,
+                                  code="unsupported_parameter")
 
     def service_level(self) -> ServiceLevel:
         try:
@@ -108,22 +141,84 @@ def _error(e: ApiError) -> JSONResponse:
     return JSONResponse(e.body(), status_code=e.status, headers=headers)
 
 
+JSON_TYPES = ("application/json",)
+MAX_JSON_DEPTH = 64
+
+
+async def _read_body(request: Request, max_bytes: int) -> bytes:
+    """The body, refused (413) as soon as it is known to exceed ``max_bytes``: from its
+    Content-Length before reading anything, else while it streams in."""
+    ctype = request.headers.get("content-type")
+    if ctype is not None and ctype.split(";")[0].strip().lower() not in JSON_TYPES:
+        raise ApiError(415, f"Content-Type must be application/json, not {ctype[:64]!r}",
+                       code="unsupported_media_type")
+    too_big = ApiError(413, f"request body over {max_bytes} bytes", code="body_too_large")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise too_big
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise too_big
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _check_strings(value: Any, depth: int = 0) -> None:
+    """Refuse what JSON allows but text cannot hold: lone surrogates (from \\ud800-style
+    escapes), and nesting deeper than any request needs."""
+    if depth > MAX_JSON_DEPTH:
+        raise bad_request(f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels")
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise bad_request("strings must be valid Unicode (no lone surrogates)") from e
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_strings(k, depth + 1)
+            _check_strings(v, depth + 1)
+    elif isinstance(value, list):
+        for v in value:
+            _check_strings(v, depth + 1)
+
+
 async def _parse(request: Request, cls: type[_Body], max_bytes: int) -> Any:
-    body = await request.body()
-    if len(body) > max_bytes:
-        raise ApiError(413, f"request body over {max_bytes} bytes", code="body_too_large")
+    body = await _read_body(request, max_bytes)
     try:
         data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise bad_request(f"malformed JSON body: {e}") from e
+    except RecursionError as e:
+        raise bad_request(f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels") from e
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, or an int too long
+        raise bad_request(f"malformed JSON body: {str(e)[:200]}") from e
     if not isinstance(data, dict):
         raise bad_request("the JSON body must be an object")
+    _check_strings(data)
     try:
-        return cls.model_validate(data)
+        parsed = cls.model_validate(data)
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(x) for x in first.get("loc", ()))
         raise bad_request(f"{where}: {first.get('msg')}", param=where or None) from e
+    parsed.refuse_unsupported()
+    return parsed
+
+
+class _SlotStream(StreamingResponse):
+    """A streaming response that holds its admission slot until it has been sent (or the
+    client went away)."""
+
+    def __init__(self, slot: Slot, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._slot = slot
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._slot.release()
 
 
 def _usage(p: Prepared, n: int) -> dict[str, int]:
@@ -142,32 +237,69 @@ def _sse(obj: Any) -> bytes:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n".encode()
 
 
-def create_app(frontend: Frontend, metrics: GatewayMetrics, api_keys: list[str]) -> FastAPI:
-    app = FastAPI(title="kvfleet", docs_url=None, redoc_url=None)
-    keys = set(api_keys)
+def _body_schema(cls: type[BaseModel]) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": {
+        "$ref": f"#/components/schemas/{cls.__name__}"}}}}
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The API's OpenAPI document with the request bodies the handlers parse by hand."""
+    if app.openapi_schema is None:
+        doc = get_openapi(title="kvfleet", version="1", routes=app.routes,
+                          description="OpenAI-compatible API of a kvfleet gateway.")
+        schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+        for cls in (CompletionBody, ChatBody):
+            schema = cls.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(schema.pop("$defs", {}))
+            schemas[cls.__name__] = schema
+        doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        doc["security"] = [{"bearer": []}]
+        app.openapi_schema = doc
+    return app.openapi_schema
+
+
+def create_app(frontend: Frontend, metrics: GatewayMetrics, keys: Any) -> FastAPI:
+    """``keys``: an :class:`ApiKeys` (or anything with ``.check(presented) -> owner``)."""
+    app = FastAPI(title="kvfleet", docs_url=None, redoc_url=None, openapi_url=None)
     settings = frontend.settings
 
-    def check_key(request: Request) -> None:
-        if not keys:
-            return
+    def check_key(request: Request) -> str:
+        """The caller's identity (the key's id; "" on an open gateway), or 401."""
         auth = request.headers.get("authorization", "")
         key = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
-        if key not in keys:
+        owner = keys.check(key)
+        if owner is None:
             raise unauthorized()
+        return str(owner)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, e: ApiError) -> JSONResponse:
         metrics.requests.labels("http", "", str(e.status)).inc()
-        return _error(e)
+        return JSONResponse(e.body(), status_code=e.status, headers=e.headers())
+
+    @app.exception_handler(RedisError)
+    async def _redis_error(request: Request, e: RedisError) -> JSONResponse:
+        log.warning("Redis unavailable: %s", e)
+        return await _api_error(request, unavailable("the request store is unavailable"))
+
+    @app.get("/livez")
+    async def livez() -> dict[str, Any]:
+        """Liveness: the process answers (restart it if this fails)."""
+        return {"status": "alive"}
 
     @app.get("/health")
-    async def health() -> dict[str, Any]:
-        await frontend.store.r.ping()
-        return {"status": "ok"}
+    async def health() -> Response:
+        """Readiness: a scheduler, a plan, and a live worker for every planned model."""
+        report = await frontend.readiness()
+        return JSONResponse(report.to_dict(), status_code=200 if report.ready else 503)
 
     @app.get("/metrics")
     async def prom() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi() -> JSONResponse:
+        return JSONResponse(_openapi(app))
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> dict[str, Any]:
@@ -177,10 +309,15 @@ def create_app(frontend: Frontend, metrics: GatewayMetrics, api_keys: list[str])
             {"id": m, "object": "model", "created": 0, "owned_by": "kvfleet",
              "workers": list(ws)} for m, ws in models.items()]}
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", openapi_extra={"requestBody": _body_schema(CompletionBody)})
     async def completions(request: Request) -> Response:
-        check_key(request)
-        body: CompletionBody = await _parse(request, CompletionBody, settings.max_body_bytes)
+        owner = check_key(request)
+        with frontend.admit() as slot:
+            body: CompletionBody = await _parse(request, CompletionBody, settings.max_body_bytes)
+            return await _completions(request, body, owner, slot)
+
+    async def _completions(request: Request, body: CompletionBody, owner: str,
+                           slot: Slot) -> Response:
         kwargs: dict[str, Any]
         if isinstance(body.prompt, str):
             kwargs = {"prompt": body.prompt}
@@ -191,29 +328,34 @@ def create_app(frontend: Frontend, metrics: GatewayMetrics, api_keys: list[str])
         else:
             kwargs = {"prompt_token_ids": [int(x) for x in body.prompt]}
         p = await frontend.prepare(body.model, sampling=body.sampling(settings.default_max_tokens),
-                                   slo=body.service_level(), **kwargs)
-        return await _respond(request, p, body, chat=False)
+                                   slo=body.service_level(), owner=owner, **kwargs)
+        return await _respond(request, p, body, False, slot)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra={"requestBody": _body_schema(ChatBody)})
     async def chat_completions(request: Request) -> Response:
-        check_key(request)
-        body: ChatBody = await _parse(request, ChatBody, settings.max_body_bytes)
+        owner = check_key(request)
+        with frontend.admit() as slot:
+            body: ChatBody = await _parse(request, ChatBody, settings.max_body_bytes)
+            return await _chat(request, body, owner, slot)
+
+    async def _chat(request: Request, body: ChatBody, owner: str, slot: Slot) -> Response:
         if body.max_completion_tokens is not None and body.max_tokens is None:
             body.max_tokens = body.max_completion_tokens
         p = await frontend.prepare(body.model, messages=[m.plain() for m in body.messages],
                                    sampling=body.sampling(settings.default_max_tokens),
-                                   slo=body.service_level())
-        return await _respond(request, p, body, chat=True)
+                                   slo=body.service_level(), owner=owner)
+        return await _respond(request, p, body, True, slot)
 
-    async def _respond(request: Request, p: Prepared, body: _Body, chat: bool) -> Response:
+    async def _respond(request: Request, p: Prepared, body: _Body, chat: bool,
+                       slot: Slot) -> Response:
         created = int(time.time())
         rid = ("chatcmpl-" if chat else "cmpl-") + p.request_id
         obj = "chat.completion" if chat else "text_completion"
         api = "chat" if chat else "completions"
         if body.stream:
-            return StreamingResponse(
-                _stream(p, body, chat, rid, created, api), media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", **_headers(p)})
+            return _SlotStream(
+                slot.handover(), _stream(p, body, chat, rid, created, api),
+                media_type="text/event-stream", headers={"Cache-Control": "no-cache", **_headers(p)})
         text, n, finish = await _collect(request, p, api)
         if finish == "error":
             raise bad_request("the worker rejected the request")

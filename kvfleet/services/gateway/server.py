@@ -15,6 +15,7 @@ from kvfleet.common.config import GatewaySettings
 from kvfleet.common.grpc_util import Running, start_server
 from kvfleet.common.proto.gateway.v1 import gateway_pb2_grpc
 from kvfleet.common.redis_store import RedisStore
+from kvfleet.services.gateway.api_keys import ApiKeys
 from kvfleet.services.gateway.frontend import Frontend
 from kvfleet.services.gateway.metrics import GatewayMetrics
 from kvfleet.services.gateway.openai_api import create_app
@@ -96,7 +97,7 @@ def _bind(host: str, port: int) -> socket.socket:
 async def start(settings: GatewaySettings) -> RunningGateway:
     if not settings.redis_url:
         raise ValueError("gateway: redis_url is required")
-    store = RedisStore.from_url(settings.redis_url)
+    store = RedisStore.for_service(settings)
     await store.r.ping()
     frontend = Frontend(store, settings)
     try:
@@ -105,15 +106,18 @@ async def start(settings: GatewaySettings) -> RunningGateway:
         await store.close()
         raise
     metrics = GatewayMetrics()
+    keys = ApiKeys(settings.api_keys, settings.api_key_hashes)
+    if keys.open:
+        log.warning("gateway: no API keys configured; every client is accepted")
     running = await start_server(
         settings.host, settings.port,
         lambda s: gateway_pb2_grpc.add_GatewayServicer_to_server(
-            GatewayServicer(frontend, metrics, settings.api_keys), s),
+            GatewayServicer(frontend, metrics, keys), s),
         [SERVICE],
     )
     sock = _bind(settings.host, settings.http_port)
     port = sock.getsockname()[1]
-    app = create_app(frontend, metrics, settings.api_keys)
+    app = create_app(frontend, metrics, keys)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
                                            timeout_graceful_shutdown=5, lifespan="off"))
     task = asyncio.create_task(server.serve(sockets=[sock]), name="gateway-http")

@@ -74,7 +74,7 @@ async def _every(what: str, period_s: float, step: Callable[[], Awaitable[object
 async def start(settings: PlannerSettings) -> RunningPlanner:
     if not settings.redis_url:
         raise ValueError("planner: redis_url is required")
-    store = RedisStore.from_url(settings.redis_url)
+    store = RedisStore.for_service(settings)
     rc = Reconciler(store, settings)
     await rc.publish()  # a placement error stops the planner here, before it serves
     running = await start_server(

@@ -66,7 +66,7 @@ async def _loop(d: Dispatcher, tick_s: float, stopping: asyncio.Event) -> None:
 async def start(settings: SchedulerSettings) -> RunningScheduler:
     if not settings.redis_url:
         raise ValueError("scheduler: redis_url is required")
-    store = RedisStore.from_url(settings.redis_url)
+    store = RedisStore.for_service(settings)
     dispatcher = Dispatcher(store, policy_set(settings.policy).dispatch(),
                             settings.consumer, settings.rpc_timeout_s, settings.reclaim_idle_s,
                             queue_fraction=settings.worker_queue_fraction)

@@ -70,7 +70,7 @@ async def start(settings: WorkerSettings) -> RunningWorker:
         max_num_batched_tokens=es.max_num_batched_tokens, max_num_seqs=es.max_num_seqs,
         device=es.device, dtype=es.dtype, num_threads=es.num_threads,
     ), policy_set(settings.policy).batch())
-    store = RedisStore.from_url(settings.redis_url)
+    store = RedisStore.for_service(settings)
     runner = EngineRunner(engine, store, settings.worker_id, settings.heartbeat_ttl_s,
                           settings.occupancy_min_s)
     backend = settings.transfer_backend

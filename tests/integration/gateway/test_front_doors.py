@@ -19,10 +19,18 @@ pytestmark = pytest.mark.integration
 KEY = "sk-test"
 
 
+async def live_fleet(store: RedisStore) -> None:
+    """What /health needs to say ready: a plan, a scheduler, and a worker holding the model."""
+    await store.set_plan(rs.PlanRecord(1, (("w0", "m"),), time.time()))
+    await store.register_worker(rs.WorkerInfo("w0", "127.0.0.1:1", "boot", time.time()))
+    await store.heartbeat(rs.Occupancy("w0", ("m",), 10, 10), 60_000)
+    await store.scheduler_alive("s0", time.time() + 60)
+
+
 @pytest.fixture
 async def gateway(redis_url):
     store = RedisStore.from_url(redis_url)
-    await store.set_plan(rs.PlanRecord(1, (("w0", "m"),), time.time()))
+    await live_fleet(store)
     await store.close()
     gw = await start(
         GatewaySettings(
