@@ -29,10 +29,14 @@ def _options(
     ] = None,
     run_dir: Annotated[Path | None, typer.Option(help="The stack's run directory.")] = None,
 ) -> None:
-    from kvfleet.common.launcher import read_stack
+    from kvfleet.common.launcher import read_secrets, read_stack
 
     desc = read_stack(run_dir) or {}
-    _state["redis_url"] = redis_url or desc.get("redis_url") or os.environ.get("REDIS_URL")
+    found = read_secrets(run_dir)
+    stack_url = found.redis_admin_url if found else desc.get("redis_url")
+    _state["redis_url"] = redis_url or stack_url or os.environ.get("REDIS_URL")
+    _state["fleet_token"] = os.environ.get("KVFLEET_FLEET_TOKEN") or (
+        found.fleet_token if found else "")
     sched = scheduler
     for s in desc.get("services", []):
         if s["kind"] == "scheduler" and not sched:
@@ -214,14 +218,14 @@ def status(events: int = typer.Option(10, min=0, help="Recent events to show."))
 
 
 def _scheduler_stub():  # type: ignore[no-untyped-def]
-    import grpc
 
+    from kvfleet.common.fleet_auth import FleetSecurity
     from kvfleet.common.proto.scheduler.v1 import scheduler_pb2_grpc
 
     address = _state.get("scheduler")
     if not address:
         raise typer.BadParameter("no scheduler address: pass --scheduler")
-    channel = grpc.aio.insecure_channel(address)
+    channel = FleetSecurity(_state.get("fleet_token") or "").channel(address)
     return channel, scheduler_pb2_grpc.SchedulerStub(channel)
 
 

@@ -75,7 +75,8 @@ def measure(model: str = "tiny-llama", prompt: str = "Explain how a fleet of GPU
     ids = list(load_tokenizer(model).encode(prompt))
     fleet = FleetConfig(models=[ModelConfig(name=model)],
                         workers=[WorkerConfig(id="w0", memory_bytes=memory)],
-                        http_port=0, grpc_port=0, engine=engine_settings)
+                        http_port=0, grpc_port=0, engine=engine_settings,
+                        open_gateway=True)  # loopback, for one measurement
     t0 = time.perf_counter()
     stack = launch(fleet, run_dir)
     up_s = time.perf_counter() - t0

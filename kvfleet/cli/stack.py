@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
-
-if TYPE_CHECKING:
-    from kvfleet.common.launcher import Stack
 
 RUN_DIR_HELP = "Where the stack keeps configs, logs and stack.json (env KVFLEET_RUN_DIR)."
 
@@ -27,6 +24,16 @@ def _gateway_address(grpc_address: str | None, run_dir: Path | None) -> str:
     return "127.0.0.1:50051"
 
 
+def _api_key(api_key: str | None, run_dir: Path | None) -> str | None:
+    """The key given, else the one `kvfleet up` made for its stack."""
+    if api_key:
+        return api_key
+    from kvfleet.common.launcher import read_secrets
+
+    found = read_secrets(run_dir)
+    return found.api_key if found and found.api_key else None
+
+
 def _default_model(address: str, api_key: str | None) -> str:
     import asyncio
 
@@ -42,15 +49,18 @@ def _default_model(address: str, api_key: str | None) -> str:
     return asyncio.run(first())
 
 
-def _print_endpoints(stack: Stack) -> None:
+def _print_endpoints(desc: dict, run_dir: Path) -> None:
+    by_name = {s["name"]: s for s in desc["services"]}
     rows = [
-        ("OpenAI HTTP", f"{stack.http_url}/v1"),
-        ("gateway gRPC", stack.grpc_address),
-        ("scheduler", stack.endpoint("scheduler")),
-        ("planner", stack.endpoint("planner")),
-        *((f"worker {wid}", w.addresses["grpc"]) for wid, w in stack.workers().items()),
-        ("redis", stack.redis.url),
-        ("logs", str(stack.run_dir / "logs")),
+        ("OpenAI HTTP", f"{by_name['gateway']['http']}/v1"),
+        ("gateway gRPC", by_name["gateway"]["grpc"]),
+        ("scheduler", by_name["scheduler"]["grpc"]),
+        ("planner", by_name["planner"]["grpc"]),
+        *((f"worker {s['name'].removeprefix('worker-')}", s["grpc"])
+          for s in desc["services"] if s["kind"] == "worker"),
+        ("redis", desc["redis_url"]),
+        ("logs", str(run_dir / "logs")),
+        ("secrets", f"{run_dir / 'secrets.json'} (API key, fleet token; owner only)"),
     ]
     width = max(len(name) for name, _ in rows) + 2
     for name, value in rows:
@@ -88,11 +98,12 @@ def register(app: typer.Typer) -> None:
         run_dir: Annotated[Path | None, typer.Option(help=RUN_DIR_HELP)] = None,
         timeout_s: Annotated[float, typer.Option(help="Give up if not healthy by then.")] = 900.0,
     ) -> None:
-        """Start Redis, planner, scheduler, workers and gateway; wait until all serve."""
+        """Start Redis, planner, scheduler, workers and gateway; wait until all serve, then
+        keep them running (a process that dies is restarted)."""
         import signal
 
         from kvfleet.common.config import FleetConfig, ModelConfig
-        from kvfleet.common.launcher import launch
+        from kvfleet.common.launcher import default_run_dir, launch, mark_supervisor
 
         fleet = FleetConfig.load(config)
         if http_port is not None:
@@ -114,8 +125,13 @@ def register(app: typer.Typer) -> None:
             f"starting kvfleet: {len(fleet.workers)} workers, models "
             f"{', '.join(m.name for m in fleet.models)}, policy {fleet.policy} ..."
         )
+        run_dir = Path(run_dir or default_run_dir()).resolve()
+        if detach:
+            _up_detached(fleet, run_dir, timeout_s, t0)
+            return
         try:
-            stack = launch(fleet, run_dir, timeout_s)
+            stack = launch(fleet, run_dir, timeout_s, supervise=True)
+            mark_supervisor(stack)
         except KeyboardInterrupt:
             typer.echo("interrupted; everything started was stopped", err=True)
             raise typer.Exit(130) from None
@@ -133,16 +149,14 @@ def register(app: typer.Typer) -> None:
             signal.signal(signal.SIGTERM, on_signal)
         try:
             typer.echo(f"kvfleet is up in {time.monotonic() - t0:.1f}s")
-            _print_endpoints(stack)
-            if detach:
-                typer.echo("detached; stop it with `kvfleet down`")
-                return
+            _print_endpoints(stack.describe(), stack.run_dir)
             typer.echo("Ctrl-C stops the stack")
+            seen: dict[str, int] = {}
             while not stopping:
-                dead = stack.dead()
-                if dead:
-                    typer.echo(f"service(s) exited: {', '.join(dead)}; stopping", err=True)
-                    break
+                for name, n in list(stack.restarts.items()):
+                    if seen.get(name) != n:
+                        typer.echo(f"{name} exited and was restarted ({n}x)", err=True)
+                        seen[name] = n
                 time.sleep(0.2)
         except BaseException:
             detach = False  # a failure while printing: do not leave the stack behind
@@ -152,6 +166,36 @@ def register(app: typer.Typer) -> None:
                 typer.echo("stopping ...")
                 stack.stop()
                 typer.echo("stopped")
+
+    def _up_detached(fleet, run_dir: Path, timeout_s: float, t0: float) -> None:  # type: ignore[no-untyped-def]
+        """Leave a supervisor process behind that starts the stack and keeps it running."""
+        import json
+        import subprocess
+        import sys
+
+        from kvfleet.common.launcher import _child_env, read_stack, write_private
+
+        run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for marker in ("supervise.ready", "supervise.failed"):
+            (run_dir / marker).unlink(missing_ok=True)
+        fleet_file = run_dir / "fleet.json"
+        write_private(fleet_file, json.dumps(fleet.model_dump(mode="json")))
+        with open(run_dir / "supervise.log", "ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "kvfleet.common.supervise", "--fleet", str(fleet_file),
+                 "--run-dir", str(run_dir), "--timeout-s", str(timeout_s)],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                env=_child_env(), start_new_session=True)
+        while not (run_dir / "supervise.ready").exists():
+            if proc.poll() is not None:
+                failed = run_dir / "supervise.failed"
+                why = failed.read_text() if failed.exists() else f"see {run_dir}/supervise.log"
+                typer.echo(f"kvfleet up failed: {why}", err=True)
+                raise typer.Exit(1)
+            time.sleep(0.1)
+        typer.echo(f"kvfleet is up in {time.monotonic() - t0:.1f}s")
+        _print_endpoints(read_stack(run_dir) or {}, run_dir)
+        typer.echo("detached (supervised); stop it with `kvfleet down`")
 
     @app.command()
     def down(run_dir: Annotated[Path | None, typer.Option(help=RUN_DIR_HELP)] = None) -> None:
@@ -184,6 +228,7 @@ def register(app: typer.Typer) -> None:
         from kvfleet.common.client import GatewayClient, sampling
 
         address = _gateway_address(grpc_address, run_dir)
+        api_key = _api_key(api_key, run_dir)
         name = model or _default_model(address, api_key)
 
         async def run() -> None:
@@ -222,6 +267,7 @@ def register(app: typer.Typer) -> None:
         from kvfleet.common.client import GatewayClient, sampling
 
         address = _gateway_address(grpc_address, run_dir)
+        api_key = _api_key(api_key, run_dir)
         name = model or _default_model(address, api_key)
         history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -75,6 +75,29 @@ class ServiceSettings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="Address the gRPC server binds.")
     port: int = Field(default=0, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
     log_level: str = Field(default="INFO", description="Python logging level.")
+    fleet_token: SecretStr | None = Field(
+        default=None,
+        description="The fleet's shared secret: internal gRPC calls carry it and internal "
+        "servers refuse calls without it (health checks excepted).",
+    )
+    fleet_token_file: str = Field(
+        default="", description="Read the fleet token from this file (a mounted Secret)."
+    )
+    tls_cert_file: str = Field(
+        default="", description="Mutual TLS between services: this service's certificate (PEM)."
+    )
+    tls_key_file: str = Field(default="", description="Mutual TLS: its private key (PEM).")
+    tls_ca_file: str = Field(
+        default="", description="Mutual TLS: the CA that signs every service's certificate."
+    )
+    tls_server_name: str = Field(
+        default="", description="Mutual TLS: the name to expect in peers' certificates "
+        "(empty: the host dialled)."
+    )
+    allow_unauthenticated: bool = Field(
+        default=False,
+        description="Serve without a fleet token or TLS on a non-loopback address (tests only).",
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -128,6 +151,10 @@ class GatewaySettings(ServiceSettings):
     )
 
     http_port: int = Field(default=8000, ge=0, le=65535, description="OpenAI HTTP API port.")
+    public_tls_cert_file: str = Field(
+        default="", description="TLS certificate (PEM) for the public doors (HTTP and gRPC)."
+    )
+    public_tls_key_file: str = Field(default="", description="Its private key (PEM).")
     api_keys: list[str] = Field(
         default_factory=list,
         description="Accepted keys in plain text (hashed at start, never stored); prefer "
@@ -288,6 +315,16 @@ class WorkerSettings(ServiceSettings):
     memory_bytes: int = Field(default=1 << 30, ge=1 << 20, description="Memory budget in bytes.")
     engine: EngineSettings = Field(default_factory=lambda: EngineSettings())
     preload: list[str] = Field(default_factory=list, description="Models to load at start.")
+    models: list[ModelConfig] = Field(
+        default_factory=list,
+        description="The fleet's models (the fleet file's `models`): Load accepts these "
+        "names. Empty: only the built-in model names.",
+    )
+    model_dirs: list[str] = Field(
+        default_factory=list,
+        description="Directories whose checkpoints Load may also read (any other local path "
+        "is refused).",
+    )
     heartbeat_s: float = Field(default=0.25, gt=0, description="Heartbeat/occupancy period.")
     heartbeat_ttl_s: float = Field(
         default=2.0, gt=0, description="A worker silent this long is dead."
@@ -328,7 +365,20 @@ class FleetConfig(BaseModel):
     grpc_port: int = Field(default=50051, ge=0, le=65535)
     scheduler_port: int = Field(default=0, ge=0, le=65535)
     planner_port: int = Field(default=0, ge=0, le=65535)
-    api_keys: list[str] = Field(default_factory=list)
+    api_keys: list[str] = Field(
+        default_factory=list,
+        description="Gateway API keys; empty: kvfleet up makes one (in secrets.json).",
+    )
+    open_gateway: bool = Field(
+        default=False, description="Serve the gateway without API keys (loopback only)."
+    )
+    redis_appendonly: bool = Field(
+        default=True, description="The private Redis keeps an append-only file (AOF)."
+    )
+    redis_appendfsync: Literal["always", "everysec"] = Field(
+        default="always",
+        description="AOF fsync policy: always (no acknowledged write is lost) or everysec.",
+    )
     engine: EngineSettings = Field(default_factory=lambda: EngineSettings())
     gateway: dict[str, Any] = Field(default_factory=dict, description="Extra gateway settings.")
     scheduler: dict[str, Any] = Field(default_factory=dict, description="Extra scheduler settings.")

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from kvfleet.common.fleet_auth import FleetSecurity
+
 log = logging.getLogger(__name__)
 
 OVERALL = ""  # the health service name that stands for the whole server
@@ -50,16 +52,26 @@ async def start_server(
     add: Callable[[grpc.aio.Server], None],
     service_names: Iterable[str],
     serving: bool = True,
+    security: FleetSecurity | None = None,
+    max_message_bytes: int = 64 << 20,
+    public_credentials: grpc.ServerCredentials | None = None,
 ) -> Running:
     """Bind ``host:port`` (0 picks a free port, read back from the bind), register the
-    servicers and the health service, start, and return."""
+    servicers and the health service, start, and return. ``security`` (the fleet's token
+    and/or mutual TLS) guards every call but health checks."""
+    security = security or FleetSecurity()
     server = grpc.aio.server(
-        options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.so_reuseport", 0)]
+        interceptors=security.server_interceptors(),
+        options=[("grpc.max_receive_message_length", max_message_bytes),
+                 ("grpc.so_reuseport", 0)],
     )
     add(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    if public_credentials is not None:  # a public door: server TLS, no fleet credentials
+        bound = server.add_secure_port(f"{host}:{port}", public_credentials)
+    else:
+        bound = security.add_port(server, f"{host}:{port}")
     if bound == 0:
         raise RuntimeError(f"cannot bind {host}:{port}")
     await server.start()
@@ -69,10 +81,11 @@ async def start_server(
     return running
 
 
-async def check_health(address: str, timeout_s: float = 1.0, service: str = OVERALL) -> bool:
+async def check_health(address: str, timeout_s: float = 1.0, service: str = OVERALL,
+                       security: FleetSecurity | None = None) -> bool:
     """One health check; False on any error."""
     try:
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with (security or FleetSecurity()).channel(address) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             reply = await stub.Check(health_pb2.HealthCheckRequest(service=service),
                                      timeout=timeout_s)
@@ -81,27 +94,37 @@ async def check_health(address: str, timeout_s: float = 1.0, service: str = OVER
         return False
 
 
-async def wait_healthy(address: str, timeout_s: float = 60.0, interval_s: float = 0.05) -> None:
+async def wait_healthy(address: str, timeout_s: float = 60.0, interval_s: float = 0.05,
+                       security: FleetSecurity | None = None) -> None:
     deadline = time.monotonic() + timeout_s
-    while not await check_health(address):
+    while not await check_health(address, security=security):
         if time.monotonic() > deadline:
             raise TimeoutError(f"{address} not SERVING after {timeout_s:.0f}s")
         await asyncio.sleep(interval_s)
 
 
 class ChannelPool:
-    """One insecure channel per address, reused across calls."""
+    """One channel per address (with the fleet's credentials), reused across calls; at most
+    ``max_channels``, the least recently used closed beyond that."""
 
-    def __init__(self) -> None:
+    def __init__(self, security: FleetSecurity | None = None, max_channels: int = 1024) -> None:
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._security = security or FleetSecurity()
+        self._max = max_channels
+        self._closing: set[asyncio.Task[None]] = set()
 
     def get(self, address: str) -> grpc.aio.Channel:
-        channel = self._channels.get(address)
+        channel = self._channels.pop(address, None)
         if channel is None:
-            channel = grpc.aio.insecure_channel(
+            channel = self._security.channel(
                 address, options=[("grpc.max_receive_message_length", 64 << 20)]
             )
-            self._channels[address] = channel
+            while len(self._channels) >= self._max:
+                old = self._channels.pop(next(iter(self._channels)))
+                task = asyncio.get_running_loop().create_task(old.close())
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+        self._channels[address] = channel  # most recently used last
         return channel
 
     async def drop(self, address: str) -> None:

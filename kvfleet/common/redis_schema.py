@@ -260,6 +260,8 @@ class WorkerInfo:
     address: str
     boot_id: str
     started_s: float
+    transfer_address: str = ""  # host:port of its KV-transfer store; peers must match it
+    epoch: int = 0  # its lease: writes under an older epoch are refused (fencing)
 
     def to_json(self) -> str:
         return json.dumps({"v": SCHEMA_VERSION, **asdict(self)})

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from kvfleet.common import redis_schema as rs
 from kvfleet.common.convert import sampling_to_pb, service_level_to_pb
+from kvfleet.common.fleet_auth import FleetSecurity
 from kvfleet.common.grpc_util import ChannelPool
 from kvfleet.common.proto.worker.v1 import worker_pb2, worker_pb2_grpc
 
 
 class WorkerClient:
-    def __init__(self, timeout_s: float) -> None:
-        self._pool = ChannelPool()
+    def __init__(self, timeout_s: float, security: FleetSecurity | None = None) -> None:
+        self._pool = ChannelPool(security)
         self._timeout_s = timeout_s
 
     def _stub(self, address: str) -> worker_pb2_grpc.WorkerStub:

@@ -79,6 +79,7 @@ def run_bench(plan: BenchPlan, say: Callable[[str], None] = print) -> dict[str, 
         http_port=0,
         grpc_port=0,
         engine=EngineSettings(num_threads=plan.threads),
+        open_gateway=True,  # a loopback stack for one measurement; the peer takes no key either
     )
     say(f"starting kvfleet ({plan.workers} worker(s), {plan.model}) ...")
     t = time.monotonic()

@@ -65,7 +65,7 @@ async def _run(client: GatewayClient, store: RedisStore, req) -> tuple[str, str]
 
 
 async def test_live_stack_and_simulator_make_the_same_dispatch_decisions(stack):
-    store = RedisStore.from_url(stack.redis.url)
+    store = RedisStore.from_url(stack.redis_admin_url)
     try:
         occs = await _occupancy(store, idle={"w0", "w1"})
         views = [WorkerView(o.worker_id, tuple(o.models), o.num_total_pages, o.num_free_pages,

@@ -47,7 +47,7 @@ def _check_exactly_once(msgs, ref):
 async def test_sigkill_worker_mid_stream_resumes_elsewhere(stack, reference):
     ids = reference.tokenizer.encode("A request that outlives its worker")
     ref = reference.run(ids, LONG, ignore_eos=True)
-    store = RedisStore.from_url(stack.redis.url)
+    store = RedisStore.from_url(stack.redis_admin_url)
     wid = None
     try:
         async with GatewayClient(stack.grpc_address, API_KEY) as c:
@@ -72,7 +72,7 @@ async def test_scheduler_restart_with_queued_requests(stack, reference):
     sched = stack.service("scheduler")
     sched.popen.send_signal(signal.SIGKILL)
     sched.popen.wait()
-    store = RedisStore.from_url(stack.redis.url)
+    store = RedisStore.from_url(stack.redis_admin_url)
     try:
         async with GatewayClient(stack.grpc_address, API_KEY) as c:
             tasks = [
@@ -93,7 +93,7 @@ async def test_scheduler_restart_with_queued_requests(stack, reference):
 
 
 async def test_client_disconnect_cancels_and_frees_kv(stack, reference):
-    store = RedisStore.from_url(stack.redis.url)
+    store = RedisStore.from_url(stack.redis_admin_url)
     try:
         body = {
             "model": TINY,
@@ -137,7 +137,7 @@ async def test_client_disconnect_cancels_and_frees_kv(stack, reference):
 async def test_migrate_with_admin_cli_keeps_output_and_each_token_once(stack, reference):
     ids = reference.tokenizer.encode("A request that moves house")
     ref = reference.run(ids, LONG, ignore_eos=True)
-    store = RedisStore.from_url(stack.redis.url)
+    store = RedisStore.from_url(stack.redis_admin_url)
     try:
         async with GatewayClient(stack.grpc_address, API_KEY) as c:
             _, it, msgs = await _start_long(c, ids, "move-me")

@@ -20,7 +20,7 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
 async def test_http_slo_and_priority_reach_the_request_record(stack):
-    store = RedisStore.from_url(stack.redis.url)
+    store = RedisStore.from_url(stack.redis_admin_url)
     try:
         async with httpx.AsyncClient(base_url=stack.http_url, headers=AUTH, timeout=60) as c:
             r = await c.post("/v1/completions", json={
@@ -39,7 +39,7 @@ async def test_http_slo_and_priority_reach_the_request_record(stack):
 
 
 async def test_grpc_service_level_defaults_and_prediction(stack):
-    store = RedisStore.from_url(stack.redis.url)
+    store = RedisStore.from_url(stack.redis_admin_url)
     try:
         async with GatewayClient(stack.grpc_address, API_KEY) as client:
             out = await client.generate(TINY, prompt_token_ids=[5, 6, 7, 8],
@@ -59,7 +59,7 @@ async def test_grpc_service_level_defaults_and_prediction(stack):
 async def test_one_clock_from_gateway_to_worker(stack):
     """Arrival (gateway), assignment (scheduler) and token times (worker) are on one clock:
     each falls between the one before it and the client's own reading afterwards."""
-    store = RedisStore.from_url(stack.redis.url)
+    store = RedisStore.from_url(stack.redis_admin_url)
     try:
         before = time.time()
         async with GatewayClient(stack.grpc_address, API_KEY) as client:

@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 
 from kvfleet.common import redis_schema as rs
 from kvfleet.common.config import GatewaySettings
+from kvfleet.common.fleet_auth import FleetSecurity
 from kvfleet.common.grpc_util import ChannelPool
 from kvfleet.common.ids import new_request_id, valid_request_id
 from kvfleet.common.proto.worker.v1 import worker_pb2, worker_pb2_grpc
@@ -122,7 +123,7 @@ class Frontend:
         self.store = store
         self.settings = settings
         self.tokenizers = TokenizerCache()
-        self._pool = ChannelPool()
+        self._pool = ChannelPool(FleetSecurity.from_settings(settings))
         self._plan_models: tuple[str, ...] = ()
         self._plan_read_s = 0.0
         self._model_infos: dict[str, tuple[float, rs.ModelInfo]] = {}

@@ -9,9 +9,11 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import uvicorn
 
 from kvfleet.common.config import GatewaySettings
+from kvfleet.common.fleet_auth import InsecureBindError, is_loopback
 from kvfleet.common.grpc_util import Running, start_server
 from kvfleet.common.proto.gateway.v1 import gateway_pb2_grpc
 from kvfleet.common.redis_store import RedisStore
@@ -34,6 +36,7 @@ class RunningGateway:
     http_port: int
     frontend: Frontend
     warm_task: asyncio.Task[None]
+    tls: bool = False
 
     @property
     def address(self) -> str:
@@ -41,7 +44,8 @@ class RunningGateway:
 
     @property
     def http_url(self) -> str:
-        return f"http://{self.http_host}:{self.http_port}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{self.http_host}:{self.http_port}"
 
     def addresses(self) -> dict[str, str]:
         return {"grpc": self.grpc.address, "http": self.http_url}
@@ -108,18 +112,31 @@ async def start(settings: GatewaySettings) -> RunningGateway:
     metrics = GatewayMetrics()
     keys = ApiKeys(settings.api_keys, settings.api_key_hashes)
     if keys.open:
+        if not is_loopback(settings.host) and not settings.allow_unauthenticated:
+            await store.close()
+            raise InsecureBindError(
+                f"gateway: refusing to serve {settings.host} without API keys "
+                "(set api_key_hashes, or allow_unauthenticated)")
         log.warning("gateway: no API keys configured; every client is accepted")
+    tls = (settings.public_tls_cert_file, settings.public_tls_key_file)
+    if any(tls) and not all(tls):
+        raise ValueError("gateway TLS needs public_tls_cert_file and public_tls_key_file")
+    public_creds = None
+    if all(tls):
+        public_creds = grpc.ssl_server_credentials(
+            [(Path(tls[1]).read_bytes(), Path(tls[0]).read_bytes())])
     running = await start_server(
         settings.host, settings.port,
         lambda s: gateway_pb2_grpc.add_GatewayServicer_to_server(
             GatewayServicer(frontend, metrics, keys), s),
-        [SERVICE],
+        [SERVICE], public_credentials=public_creds,
     )
     sock = _bind(settings.host, settings.http_port)
     port = sock.getsockname()[1]
     app = create_app(frontend, metrics, keys)
+    ssl = {"ssl_certfile": tls[0], "ssl_keyfile": tls[1]} if all(tls) else {}
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
-                                           timeout_graceful_shutdown=5, lifespan="off"))
+                                           timeout_graceful_shutdown=5, lifespan="off", **ssl))
     task = asyncio.create_task(server.serve(sockets=[sock]), name="gateway-http")
     while not server.started:
         if task.done():
@@ -129,4 +146,5 @@ async def start(settings: GatewaySettings) -> RunningGateway:
         await asyncio.sleep(0.01)
     log.info("gateway: gRPC %s, HTTP http://%s:%d", running.address, settings.host, port)
     warm = asyncio.create_task(_warm_tokenizers(frontend), name="warm-tokenizers")
-    return RunningGateway(running, server, task, settings.host, port, frontend, warm)
+    return RunningGateway(running, server, task, settings.host, port, frontend, warm,
+                          public_creds is not None)

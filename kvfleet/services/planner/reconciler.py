@@ -11,6 +11,7 @@ import grpc
 
 from kvfleet.common import redis_schema as rs
 from kvfleet.common.config import PlannerSettings
+from kvfleet.common.fleet_auth import FleetSecurity
 from kvfleet.common.redis_store import RedisStore
 from kvfleet.common.worker_client import WorkerClient
 from kvfleet.policies import policy_set
@@ -32,7 +33,7 @@ class Reconciler:
         self.settings = settings
         self.placement = policy_set(settings.policy).placement()
         self.plan: Plan | None = None
-        self.workers = WorkerClient(settings.rpc_timeout_s)
+        self.workers = WorkerClient(settings.rpc_timeout_s, FleetSecurity.from_settings(settings))
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self.num_loads = 0
         self.num_unloads = 0

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from kvfleet.common.config import PlannerSettings
+from kvfleet.common.fleet_auth import FleetSecurity
 from kvfleet.common.grpc_util import Running, start_server
 from kvfleet.common.proto.planner.v1 import planner_pb2, planner_pb2_grpc
 from kvfleet.common.redis_store import RedisStore
@@ -74,13 +75,15 @@ async def _every(what: str, period_s: float, step: Callable[[], Awaitable[object
 async def start(settings: PlannerSettings) -> RunningPlanner:
     if not settings.redis_url:
         raise ValueError("planner: redis_url is required")
+    security = FleetSecurity.from_settings(settings)
+    security.check_bind(settings.host, settings.allow_unauthenticated, "planner")
     store = RedisStore.for_service(settings)
     rc = Reconciler(store, settings)
     await rc.publish()  # a placement error stops the planner here, before it serves
     running = await start_server(
         settings.host, settings.port,
         lambda s: planner_pb2_grpc.add_PlannerServicer_to_server(PlannerServicer(rc), s),
-        [SERVICE],
+        [SERVICE], security=security,
     )
     migrator = Migrator(store, policy_set(settings.policy).migration(),
                         settings.migration_timeout_s)

@@ -18,6 +18,7 @@ import grpc
 
 from kvfleet.common import redis_schema as rs
 from kvfleet.common.clock import Clock, WallClock
+from kvfleet.common.fleet_auth import FleetSecurity
 from kvfleet.common.redis_store import RedisStore
 from kvfleet.common.worker_client import WorkerClient
 from kvfleet.services.scheduler.adapters.queue import RequestQueues
@@ -55,11 +56,12 @@ class Dispatcher:
         reclaim_idle_s: float,
         clock: Clock | None = None,
         queue_fraction: float = 1.0,
+        security: FleetSecurity | None = None,
     ) -> None:
         self.store = store
         self.policy = policy
         self.queues = RequestQueues(store.r, consumer)
-        self.workers = WorkerClient(rpc_timeout_s)
+        self.workers = WorkerClient(rpc_timeout_s, security)
         self.clock = clock or WallClock()
         self.reclaim_idle_ms = int(reclaim_idle_s * 1000)
         self.queue: dict[str, Queued] = {}

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 
 from kvfleet.common.config import SchedulerSettings
+from kvfleet.common.fleet_auth import FleetSecurity
 from kvfleet.common.grpc_util import Running, start_server
 from kvfleet.common.proto.scheduler.v1 import scheduler_pb2_grpc
 from kvfleet.common.redis_store import RedisStore
@@ -50,9 +52,21 @@ class RunningScheduler:
 
 async def _loop(d: Dispatcher, tick_s: float, stopping: asyncio.Event) -> None:
     block_ms = max(1, int(tick_s * 1000))
-    await d.recover()
     while not stopping.is_set():
         try:
+            await d.recover()
+            break
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # Redis not reachable yet: keep trying
+            log.exception("scheduler recovery failed; retrying")
+            await asyncio.sleep(1.0)
+    alive_s = 0.0
+    while not stopping.is_set():
+        try:
+            if time.monotonic() - alive_s > 1.0:  # liveness for the gateways' readiness
+                await d.store.scheduler_alive(d.queues.consumer, time.time())
+                alive_s = time.monotonic()
             await d.tick(block_ms)
         except asyncio.CancelledError:
             raise
@@ -66,14 +80,16 @@ async def _loop(d: Dispatcher, tick_s: float, stopping: asyncio.Event) -> None:
 async def start(settings: SchedulerSettings) -> RunningScheduler:
     if not settings.redis_url:
         raise ValueError("scheduler: redis_url is required")
+    security = FleetSecurity.from_settings(settings)
+    security.check_bind(settings.host, settings.allow_unauthenticated, "scheduler")
     store = RedisStore.for_service(settings)
     dispatcher = Dispatcher(store, policy_set(settings.policy).dispatch(),
                             settings.consumer, settings.rpc_timeout_s, settings.reclaim_idle_s,
-                            queue_fraction=settings.worker_queue_fraction)
+                            queue_fraction=settings.worker_queue_fraction, security=security)
     running = await start_server(
         settings.host, settings.port,
         lambda s: scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerServicer(dispatcher), s),
-        [SERVICE],
+        [SERVICE], security=security,
     )
     stopping = asyncio.Event()
     task = asyncio.create_task(_loop(dispatcher, settings.tick_s, stopping),

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from kvfleet.common import redis_schema as rs
 from kvfleet.common.config import WorkerSettings
+from kvfleet.common.fleet_auth import FleetSecurity
 from kvfleet.common.grpc_util import Running, start_server
 from kvfleet.common.proto.worker.v1 import worker_pb2_grpc
 from kvfleet.common.redis_store import RedisStore
@@ -70,6 +71,8 @@ async def start(settings: WorkerSettings) -> RunningWorker:
         max_num_batched_tokens=es.max_num_batched_tokens, max_num_seqs=es.max_num_seqs,
         device=es.device, dtype=es.dtype, num_threads=es.num_threads,
     ), policy_set(settings.policy).batch())
+    security = FleetSecurity.from_settings(settings)
+    security.check_bind(settings.host, settings.allow_unauthenticated, "worker")
     store = RedisStore.for_service(settings)
     runner = EngineRunner(engine, store, settings.worker_id, settings.heartbeat_ttl_s,
                           settings.occupancy_min_s)
@@ -85,7 +88,7 @@ async def start(settings: WorkerSettings) -> RunningWorker:
     running = await start_server(
         settings.host, settings.port,
         lambda s: worker_pb2_grpc.add_WorkerServicer_to_server(servicer, s),
-        [SERVICE], serving=False,
+        [SERVICE], serving=False, security=security,
     )
     servicer.grpc = running
     runner.start()
@@ -93,7 +96,8 @@ async def start(settings: WorkerSettings) -> RunningWorker:
         await runner.call(engine.load_model, model)
     await runner.refresh_occupancy()
     runner.info = rs.WorkerInfo(settings.worker_id, f"{advertised}:{running.port}",
-                                runner.boot_id, time.time())
+                                runner.boot_id, time.time(),
+                                f"{settings.transfer_host}:{groups.store_port}")
     await store.register_worker(runner.info)
     if engine.models():
         await running.set_serving(True)

@@ -6,11 +6,16 @@ import asyncio
 import concurrent.futures
 import logging
 import time
+from pathlib import Path
 
 import grpc
 
+from kvfleet.common import redis_schema as rs
 from kvfleet.common.config import WorkerSettings
+from kvfleet.common.fleet_auth import FleetSecurity
 from kvfleet.common.grpc_util import ChannelPool, Running
+from kvfleet.common.ids import valid_request_id
+from kvfleet.common.models.registry import REGISTERED
 from kvfleet.common.proto.worker.v1 import worker_pb2, worker_pb2_grpc
 from kvfleet.common.slo import SloError
 from kvfleet.services.worker.convert import engine_request
@@ -21,6 +26,7 @@ from kvfleet.services.worker.engine import (
 )
 from kvfleet.services.worker.runner import EngineRunner
 from kvfleet.services.worker.transfer import PairGroups, recv_payload, send_payload
+from kvfleet.services.worker.transfer.channel import PayloadRefused
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +37,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         self.groups = groups
         self.settings = settings
         self.grpc: Running | None = None  # set once the server is up (health updates)
-        self._pool = ChannelPool()
+        self._pool = ChannelPool(FleetSecurity.from_settings(settings))
         self._transfer = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="transfer")
         self._pair_locks: dict[str, asyncio.Lock] = {}
         self._load_lock = asyncio.Lock()
@@ -68,7 +74,26 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             self.runner.cancelled.add(rid)  # the Assign may still be on its way
         return worker_pb2.CancelResponse(found=found)
 
+    def load_allowed(self, model: str) -> bool:
+        """A model named in the fleet config (or preloaded), a built-in name when the config
+        names none, or a checkpoint under an allow-listed directory. No other local path."""
+        named = {m.name for m in self.settings.models} | set(self.settings.preload)
+        if model in named or (not self.settings.models and model in REGISTERED):
+            return True
+        if not self.settings.model_dirs or "\x00" in model:
+            return False
+        try:
+            path = Path(model).expanduser().resolve()
+        except (OSError, RuntimeError, ValueError):
+            return False
+        return any(path.is_relative_to(Path(d).expanduser().resolve())
+                   for d in self.settings.model_dirs)
+
     async def Load(self, request, context):  # noqa: N802
+        if not self.load_allowed(request.model):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"model {request.model[:200]!r} is neither in the fleet config "
+                                "nor under an allowed model directory")
         async with self._load_lock:
             self.runner.loading = True
             await self.runner.write_occupancy(force=True)
@@ -94,11 +119,26 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             await self.runner.refresh_occupancy()
             return worker_pb2.UnloadResponse(models=self.runner.engine.models())
 
+    async def _live_worker(self, worker_id: str) -> rs.WorkerInfo | None:
+        """A registered worker of this fleet with a live heartbeat, or None."""
+        entry = (await self.runner.store.workers()).get(worker_id)
+        return entry[0] if entry is not None and entry[1] is not None else None
+
     async def Migrate(self, request, context):  # noqa: N802
         rid, target = request.request_id, request.target_worker_id
         if rid not in self.runner.running:
             await context.abort(grpc.StatusCode.NOT_FOUND,
                                 f"request {rid} is not running on {self.settings.worker_id}")
+        # The target must be a live worker of this fleet, dialled at its registered address:
+        # a caller cannot name an address of its own to receive the request.
+        info = await self._live_worker(target)
+        if info is None or target == self.settings.worker_id:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"{target!r} is not another live worker of this fleet")
+        if request.target_address and request.target_address != info.address:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"worker {target} is registered at {info.address}, not "
+                                f"{request.target_address[:100]}")
         lock = self._pair_locks.setdefault(target, asyncio.Lock())
         async with lock:
             t0 = time.monotonic()
@@ -107,7 +147,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             except (EngineInputError, KeyError) as e:
                 await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"cannot export: {e}")
             group, new = self.groups.outgoing(target)
-            stub = worker_pb2_grpc.WorkerStub(self._pool.get(request.target_address))
+            stub = worker_pb2_grpc.WorkerStub(self._pool.get(info.address))
             call = stub.ReceiveSequence(worker_pb2.ReceiveSequenceRequest(
                 source_worker_id=self.settings.worker_id, group_id=group.group_id,
                 store_host=self.settings.transfer_host, store_port=self.groups.store_port,
@@ -132,23 +172,61 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                                           duration_s=dt)
 
     async def ReceiveSequence(self, request, context):  # noqa: N802
-        rid = request.request_id
+        rid, src = request.request_id, request.source_worker_id
+        # Only a live worker of this fleet, sending a request it owns, through the transfer
+        # store it registered: nothing here dials an address a caller made up.
+        info = await self._live_worker(src)
+        endpoint = f"{request.store_host}:{request.store_port}"
+        if info is None or src == self.settings.worker_id:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"{src!r} is not another live worker of this fleet")
+        if not info.transfer_address or endpoint != info.transfer_address:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"worker {src} transfers from {info.transfer_address or '-'}, "
+                                f"not {endpoint[:100]}")
+        rec = await self.runner.store.get_request(rid) if valid_request_id(rid) else None
+        if rec is None or rec.worker_id != src or rec.state == rs.FINISHED:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"request {rid[:128]!r} is not running on {src}")
         try:
-            group = await self._run(self.groups.join_incoming, request.group_id,
-                                    request.source_worker_id, request.store_host,
-                                    request.store_port)
-            meta, tensors = await self._run(recv_payload, group.pg, 0, self._wire_device)
+            m = self.runner.engine.model(rec.model)
+        except ModelNotFoundError as e:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        max_tokens = len(rec.prompt_token_ids) + rec.sampling.max_tokens
+        kv = (m.stage.last - m.stage.first, 2, m.spec.num_kv_heads, m.spec.head_dim)
+
+        def check(meta: dict, specs: list) -> None:
+            """Sizes the sender may declare: one KV tensor of this model's shape for at most
+            the tokens the request can have."""
+            if meta.get("request_id") != rid or meta.get("model") != rec.model:
+                raise PayloadRefused("the payload is of another request or model")
+            if len(specs) != 1:
+                raise PayloadRefused(f"{len(specs)} tensors, expected one")
+            shape, dtype = specs[0]
+            if (len(shape) != 5 or (shape[0], shape[1], shape[3], shape[4]) != kv
+                    or not 0 <= shape[2] <= max_tokens or not dtype.is_floating_point):
+                raise PayloadRefused(f"KV tensor {shape} {dtype} does not fit {rec.model}")
+
+        try:
+            group = await self._run(self.groups.join_incoming, request.group_id, src,
+                                    request.store_host, request.store_port)
+            meta, tensors = await self._run(recv_payload, group.pg, 0, self._wire_device, check)
         except Exception as e:
-            log.warning("request %s: receive from %s failed: %s", rid, request.source_worker_id, e)
+            log.warning("request %s: receive from %s failed: %s", rid, src, e)
+            if isinstance(e, PayloadRefused):
+                self.groups.drop(group)
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"receive failed: {e}")
         export = SequenceExport(meta=meta, tensors=tensors)
-        await self.runner.store.move_request(rid, request.source_worker_id, self.settings.worker_id)
-        try:
+        try:  # import first; the request is ours only once it runs here
             await self.runner.import_(rid, export)
         except EngineInputError as e:
-            await self.runner.store.move_request(rid, self.settings.worker_id,
-                                                 request.source_worker_id)
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        try:
+            await self.runner.store.move_request(rid, src, self.settings.worker_id)
+        except Exception as e:
+            self.runner.abort(rid)  # the source resumes it; ours must not run on
+            log.warning("request %s: taking ownership failed: %s", rid, e)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot take ownership: {e}")
         num_tokens = int(tensors[0].shape[2]) if tensors and tensors[0].dim() >= 3 else 0
         return worker_pb2.ReceiveSequenceResponse(num_tokens=num_tokens)
 

@@ -28,6 +28,7 @@ def stack(tmp_path_factory):
         http_port=0,
         grpc_port=0,
         engine=EngineSettings(num_threads=1),
+        open_gateway=True,
     )
     s = launch(fleet, tmp_path_factory.mktemp("stack"), timeout_s=600)
     yield s

@@ -7,6 +7,7 @@ dtypes), then each tensor. Blocking calls: run them in a thread, never on the ev
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -40,16 +41,40 @@ def send_payload(pg: dist.ProcessGroup, dst: int, meta: dict[str, Any],
     return total
 
 
-def recv_payload(pg: dist.ProcessGroup, src: int,
-                 device: str = "cpu") -> tuple[dict[str, Any], list[torch.Tensor]]:
+MAX_META_BYTES = 4 << 20
+
+
+class PayloadRefused(ValueError):
+    """The sender announced a payload the receiver will not allocate."""
+
+
+def recv_payload(
+    pg: dist.ProcessGroup, src: int, device: str = "cpu",
+    check: Callable[[dict[str, Any], list[tuple[list[int], torch.dtype]]], None] | None = None,
+    max_meta_bytes: int = MAX_META_BYTES,
+) -> tuple[dict[str, Any], list[torch.Tensor]]:
+    """Receive a payload. Nothing is allocated for the tensors before ``check(meta, specs)``
+    has accepted their announced shapes and dtypes (it raises to refuse them)."""
     header = torch.empty(1, dtype=torch.int64, device=device)
     pg.recv([header], src, _TAG).wait()
-    raw = torch.empty(int(header.item()), dtype=torch.uint8, device=device)
+    n = int(header.item())
+    if not 0 < n <= max_meta_bytes:
+        raise PayloadRefused(f"meta of {n} bytes (at most {max_meta_bytes})")
+    raw = torch.empty(n, dtype=torch.uint8, device=device)
     pg.recv([raw], src, _TAG).wait()
-    meta = json.loads(bytes(raw.cpu().numpy()).decode())
+    try:
+        meta = json.loads(bytes(raw.cpu().numpy()).decode())
+        specs = [([int(d) for d in s["shape"]], _dtype(s["dtype"])) for s in meta.pop("_tensors")]
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise PayloadRefused(f"malformed payload header: {e}") from e
+    if not isinstance(meta, dict):
+        raise PayloadRefused("payload meta is not an object")
+    if check is not None:
+        check(meta, specs)
     tensors = []
-    for spec in meta.pop("_tensors"):
-        t = torch.empty(spec["shape"], dtype=_dtype(spec["dtype"]), device=device)
+    for shape, dtype in specs:
+        t = torch.empty(shape, dtype=dtype, device=device)
         pg.recv([t], src, _TAG).wait()
         tensors.append(t)
     return meta, tensors
+

@@ -12,6 +12,8 @@ from __future__ import annotations
 import datetime
 import itertools
 import logging
+import secrets
+import socket
 import threading
 from dataclasses import dataclass
 
@@ -34,9 +36,15 @@ class PairGroups:
         self.host = host
         self.timeout = datetime.timedelta(seconds=timeout_s)
         self.backend = backend
-        self._store = dist.TCPStore(host, 0, is_master=True, wait_for_workers=False,
-                                    timeout=self.timeout)
-        self.store_port = int(self._store.port)
+        # The store listens on ``host`` only (TCPStore alone would listen on every interface).
+        family = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)[0][0]
+        self._listener = socket.socket(family, socket.SOCK_STREAM)
+        self._listener.bind((host, 0))
+        self._listener.listen(128)
+        self.store_port = int(self._listener.getsockname()[1])
+        self._store = dist.TCPStore(host, self.store_port, is_master=True, wait_for_workers=False,
+                                    timeout=self.timeout,
+                                    master_listen_fd=self._listener.fileno())
         self._outgoing: dict[str, PairGroup] = {}  # peer id -> group where we are rank 0
         self._incoming: dict[str, PairGroup] = {}  # group id -> group where we are rank 1
         self._counter = itertools.count(1)
@@ -47,7 +55,9 @@ class PairGroups:
         with self._lock:
             group = self._outgoing.get(peer_id)
             if group is None:
-                group = PairGroup(f"{self.worker_id}->{peer_id}/{next(self._counter)}", peer_id, 0)
+                # unguessable: nobody else can pre-register ranks of a group to come
+                name = f"{self.worker_id}->{peer_id}/{next(self._counter)}-{secrets.token_hex(8)}"
+                group = PairGroup(name, peer_id, 0)
                 self._outgoing[peer_id] = group
             return group, group.pg is None
 
