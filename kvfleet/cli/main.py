@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from kvfleet.cli import admin, bench, load, model, sim, stack
+from kvfleet.cli import admin, bench, load, model, secrets_cmd, sim, stack
 
 app = typer.Typer(
     name="kvfleet",
@@ -20,6 +20,7 @@ app.add_typer(bench.app, name="bench", help="Benchmarks against peers and baseli
 app.add_typer(load.app, name="load", help="Load generator: trace replay and synthetic load.")
 app.add_typer(sim.app, name="sim", help="Cluster simulator over kvfleet's policy cores.")
 app.add_typer(admin.app, name="admin", help="Show and steer a running fleet.")
+app.add_typer(secrets_cmd.app, name="secrets", help="Fresh credentials for a deployment.")
 
 
 @app.command()

@@ -142,6 +142,11 @@ class EngineSettings(BaseModel):
     device: str = Field(default="cpu", description="cpu, cuda or cuda:N.")
     dtype: str = Field(default="float32", description="float32 on CPU; bfloat16/float16 on CUDA.")
     num_threads: int | None = Field(default=None, ge=1, description="torch threads; None: default.")
+    cuda_reserve_bytes: int = Field(
+        default=1 << 30, ge=0,
+        description="Left free on a GPU when the worker's memory_bytes is unset (CUDA context, "
+        "allocator slack).",
+    )
 
 
 class GatewaySettings(ServiceSettings):
@@ -312,7 +317,11 @@ class WorkerSettings(ServiceSettings):
 
     worker_id: str = Field(default="worker-0", description="Unique id in the fleet.")
     policy: PolicyName = Field(default="vllm", description="Policy set: its batch policy.")
-    memory_bytes: int = Field(default=1 << 30, ge=1 << 20, description="Memory budget in bytes.")
+    memory_bytes: int | None = Field(
+        default=None, ge=1 << 20,
+        description="Memory budget in bytes for weights + KV pool + activations. Unset: on a "
+        "GPU its free memory less engine.cuda_reserve_bytes; on CPU 1 GiB.",
+    )
     engine: EngineSettings = Field(default_factory=lambda: EngineSettings())
     preload: list[str] = Field(default_factory=list, description="Models to load at start.")
     models: list[ModelConfig] = Field(

@@ -319,7 +319,10 @@ def service_configs(
                     "port": w.port,
                     "worker_id": w.id,
                     "policy": fleet.policy,
-                    "memory_bytes": w.memory_bytes,
+                    # a GPU worker without a budget uses its device's free memory
+                    "memory_bytes": w.memory_bytes
+                    if "memory_bytes" in w.model_fields_set or not w.device.startswith("cuda")
+                    else None,
                     "engine": {**engine, "device": w.device},
                     "transfer_host": host,
                 },

@@ -22,6 +22,7 @@ from kvfleet.services.worker.transfer import PairGroups
 
 log = logging.getLogger(__name__)
 SERVICE = "kvfleet.worker.v1.Worker"
+CPU_DEFAULT_MEMORY_BYTES = 1 << 30
 
 
 @dataclass
@@ -66,8 +67,12 @@ async def start(settings: WorkerSettings) -> RunningWorker:
     if not settings.redis_url:
         raise ValueError("worker: redis_url is required")
     es = settings.engine
+    memory = settings.memory_bytes
+    if memory is None and not es.device.startswith("cuda"):
+        memory = CPU_DEFAULT_MEMORY_BYTES
     engine = Engine(EngineConfig(
-        memory_bytes=settings.memory_bytes, page_size_bytes=es.page_size_bytes,
+        memory_bytes=memory, cuda_reserve_bytes=es.cuda_reserve_bytes,
+        page_size_bytes=es.page_size_bytes,
         max_num_batched_tokens=es.max_num_batched_tokens, max_num_seqs=es.max_num_seqs,
         device=es.device, dtype=es.dtype, num_threads=es.num_threads,
     ), policy_set(settings.policy).batch())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,13 @@ def test_one_gpu_per_worker_pod_and_replicated_front_door() -> None:
     assert ("Deployment", "scheduler") in kinds
 
 
+COMPOSE_CREDENTIALS = {
+    "KVFLEET_FLEET_TOKEN": "t", "KVFLEET_API_KEY_HASHES": '["sha256:00"]',
+    **{f"KVFLEET_REDIS_{u}_PASSWORD": "p" for u in ("ADMIN", "GATEWAY", "SCHEDULER", "PLANNER",
+                                                     "WORKER")},
+}
+
+
 def _compose_cmd() -> list[str] | None:
     if shutil.which("docker"):
         probe = subprocess.run(["docker", "compose", "version"], capture_output=True)
@@ -70,7 +78,12 @@ def test_compose_stack_validates(files: list[str]) -> None:
     args = [*cmd]
     for f in files:
         args += ["-f", str(DEPLOY / f)]
-    out = subprocess.run([*args, "config"], capture_output=True, text=True)
+    bare = {k: v for k, v in os.environ.items() if not k.startswith("KVFLEET_")}
+    refused = subprocess.run([*args, "config"], capture_output=True, text=True, env=bare,
+                             cwd=DEPLOY.parent)
+    assert refused.returncode != 0  # no credentials, no stack
+    out = subprocess.run([*args, "config"], capture_output=True, text=True,
+                         env={**bare, **COMPOSE_CREDENTIALS}, cwd=DEPLOY.parent)
     assert out.returncode == 0, out.stderr
     config = yaml.safe_load(out.stdout)
     services = set(config["services"])
@@ -121,3 +134,42 @@ def test_fleet_file_is_a_valid_fleet_description() -> None:
     assert [w.id for w in fleet.workers] == ["worker-0", "worker-1"]
     planner = PlannerSettings.load(DEPLOY / "fleet.yaml")
     assert [m.name for m in planner.models] == ["smollm2-135m"]
+
+
+def _containers() -> list[tuple[str, dict]]:
+    out = []
+    for path in MANIFESTS:
+        for doc in _docs(path):
+            if doc["kind"] in ("Deployment", "StatefulSet"):
+                for c in doc["spec"]["template"]["spec"]["containers"]:
+                    out.append((doc["metadata"]["name"], c))
+    return out
+
+
+def test_every_container_is_probed_and_kvfleet_ones_carry_credentials() -> None:
+    for name, c in _containers():
+        assert "livenessProbe" in c and "readinessProbe" in c, name
+        if name == "redis":
+            assert "--aclfile" in c["args"] and "--appendonly" in c["args"]
+            continue
+        env = {e["name"]: e for e in c["env"]}
+        token = next(e for n, e in env.items() if n.endswith("_FLEET_TOKEN"))
+        assert token["valueFrom"]["secretKeyRef"]["name"] == "kvfleet-secrets", name
+        url = next(e for n, e in env.items() if n.endswith("_REDIS_URL"))["value"]
+        assert "$(REDIS_PASSWORD)@" in url, name
+    workers = dict(_containers())["worker"]
+    assert not any(e["name"] == "KVFLEET_WORKER_MEMORY_BYTES" for e in workers["env"])
+
+
+def test_generated_secret_validates_and_holds_no_plain_api_key() -> None:
+    import kubernetes_validate
+
+    out = subprocess.run([sys.executable, "-m", "kvfleet", "secrets", "k8s"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    doc = yaml.safe_load(out.stdout)
+    kubernetes_validate.validate(doc, "1.37.0", strict=True)
+    key = out.stderr.strip().rsplit(" ", 1)[1]
+    assert key not in out.stdout and key.startswith("sk-kvfleet-")
+    assert "user default off" in doc["stringData"]["users.acl"]
+    assert doc["stringData"]["redis-worker-password"] not in doc["stringData"]["users.acl"]
