@@ -40,7 +40,7 @@ def _options(
     sched = scheduler
     for s in desc.get("services", []):
         if s["kind"] == "scheduler" and not sched:
-            sched = s["grpc"]
+            sched = s.get("grpc")
     _state["scheduler"] = sched
 
 

@@ -159,6 +159,8 @@ class Stack:
             else:
                 new = self._respawn(old)
         asyncio.run(_wait_ready(Stack(self.run_dir, self.redis, [new]), timeout_s))
+        with self._lock:
+            self._write_description()
         return new
 
     def _respawn(self, old: ServiceProcess) -> ServiceProcess:
@@ -216,6 +218,8 @@ class Stack:
             if s.popen.poll() is not None and s.name not in self._paused:
                 log.warning("%s exited (%s); restarting it", s.name, s.popen.returncode)
                 self._respawn(s)
+            elif not s.addresses and _read_addresses(s):
+                self._write_description()  # a restarted service is up: record its addresses
 
     def stop(self, timeout_s: float = 15.0) -> None:
         """SIGTERM every service (gateway first, workers last), wait, then SIGKILL."""
@@ -376,6 +380,17 @@ def service_configs(
     return out
 
 
+def _read_addresses(s: ServiceProcess) -> bool:
+    """Fill ``s.addresses`` from its address file once the service wrote it."""
+    if not s.addresses and s.address_file.exists():
+        try:
+            s.addresses = {k: v for k, v in json.loads(s.address_file.read_text()).items()
+                           if k != "pid"}
+        except (OSError, ValueError):
+            return False
+    return bool(s.addresses)
+
+
 async def _wait_ready(stack: Stack, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     pending = list(stack.services)
@@ -390,12 +405,7 @@ async def _wait_ready(stack: Stack, timeout_s: float) -> None:
                 raise TimeoutError(f"not healthy after {timeout_s:.0f}s: {names}")
             still = []
             for s in pending:
-                if not s.addresses and s.address_file.exists():
-                    s.addresses = {
-                        k: v
-                        for k, v in json.loads(s.address_file.read_text()).items()
-                        if k != "pid"
-                    }
+                _read_addresses(s)
                 ok = bool(s.addresses) and await check_health(s.addresses["grpc"])
                 if ok and "http" in s.addresses:
                     try:

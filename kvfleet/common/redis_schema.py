@@ -162,6 +162,7 @@ class RequestRecord:
     slo: ServiceLevel = ServiceLevel()
     predicted_output_tokens: int | None = None
     owner: str = ""  # id of the API key that sent it; only that key may cancel it
+    lease: int = 0  # bumped by every (re)assignment: writes under an older lease are refused
     deadline_s: float | None = None  # wall clock; the scheduler drops it unassigned after
 
     def to_fields(self) -> dict[str, str]:
@@ -179,6 +180,7 @@ class RequestRecord:
             "slo": json.dumps(self.slo.to_dict()),
             "pred": "" if self.predicted_output_tokens is None else str(self.predicted_output_tokens),
             "owner": self.owner,
+            "lease": str(self.lease),
             "deadline": "" if self.deadline_s is None else repr(self.deadline_s),
         }
 
@@ -202,6 +204,7 @@ class RequestRecord:
             slo=ServiceLevel.from_dict(json.loads(f["slo"])) if f.get("slo") else ServiceLevel(),
             predicted_output_tokens=int(f["pred"]) if f.get("pred") else None,
             owner=f.get("owner", ""),
+            lease=int(f.get("lease") or 0),
             deadline_s=float(f["deadline"]) if f.get("deadline") else None,
         )
 

@@ -76,10 +76,38 @@ def connect(url: str, max_connections: int = DEFAULT_MAX_CONNECTIONS,
     return aioredis.Redis(connection_pool=pool)
 
 
+# Fenced token write: only the request's current owner under its current lease may append
+# (a worker taken for dead, or one the request migrated away from, is refused), and a finish
+# is recorded in the same step. KEYS: request hash, token stream, active set, the worker's
+# request set. ARGV: worker id, lease, finish reason ("" if none), finished TTL (s), request id,
+# then one JSON object of fields per token entry. Returns 1 if written, 0 if fenced.
+_FENCED_APPEND = """
+local owner = redis.call('HMGET', KEYS[1], 'worker', 'lease', 'state')
+if owner[1] ~= ARGV[1] or (owner[2] or '0') ~= ARGV[2] or owner[3] == 'finished' then
+  return 0
+end
+for i = 6, #ARGV do
+  local fields = cjson.decode(ARGV[i])
+  local flat = {}
+  for k, v in pairs(fields) do flat[#flat + 1] = k; flat[#flat + 1] = v end
+  redis.call('XADD', KEYS[2], '*', unpack(flat))
+end
+if ARGV[3] ~= '' then
+  redis.call('HSET', KEYS[1], 'state', 'finished', 'finish_reason', ARGV[3])
+  redis.call('ZREM', KEYS[3], ARGV[5])
+  redis.call('SREM', KEYS[4], ARGV[5])
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+  redis.call('EXPIRE', KEYS[2], ARGV[4])
+end
+return 1
+"""
+
+
 class RedisStore:
     def __init__(self, client: aioredis.Redis) -> None:
         # decode_responses=True: every reply is str; Any spares casts at each call site
         self.r: Any = client
+        self._fenced_append = client.register_script(_FENCED_APPEND)
 
     @classmethod
     def from_url(cls, url: str, max_connections: int = DEFAULT_MAX_CONNECTIONS,
@@ -129,8 +157,10 @@ class RedisStore:
         return int(n), int(tokens or 0)
 
     async def requeue(self, rec: rs.RequestRecord, now_s: float, reason: str) -> None:
-        """Put an unfinished request back on its queue (its worker died)."""
+        """Put an unfinished request back on its queue (its worker died). The lease moves on,
+        so whatever the old worker still writes for it is refused."""
         async with self.r.pipeline(transaction=True) as p:
+            p.hincrby(rs.request_key(rec.request_id), "lease", 1)
             p.hset(
                 rs.request_key(rec.request_id),
                 mapping={"state": rs.QUEUED, "worker": "", "resumes": str(rec.num_resumes + 1)},
@@ -168,19 +198,52 @@ class RedisStore:
     async def set_assigned(self, request_id: str, worker_id: str) -> bool:
         """Record the worker; returns False if the request was cancelled meanwhile (the
         gateway sets ``cancelled`` then reads ``worker``, so one of us sees the other)."""
+        return (await self.assign(request_id, worker_id))[0]
+
+    async def assign(self, request_id: str, worker_id: str) -> tuple[bool, int]:
+        """Record the worker under a new lease; (False if cancelled meanwhile, the lease)."""
         async with self.r.pipeline(transaction=True) as p:
             p.hset(rs.request_key(request_id), mapping={"state": rs.ASSIGNED, "worker": worker_id})
+            p.hincrby(rs.request_key(request_id), "lease", 1)
             p.sadd(rs.worker_requests_key(worker_id), request_id)
             p.hget(rs.request_key(request_id), "cancelled")
             out = await p.execute()
-        return out[2] != "1"
+        return out[3] != "1", int(out[1])
 
-    async def move_request(self, request_id: str, src: str, dst: str) -> None:
+    async def lease_of(self, request_id: str) -> tuple[str, int, str] | None:
+        """(worker, lease, state) of a request, None if there is no such request."""
+        worker, lease, state = await self.r.hmget(rs.request_key(request_id), "worker", "lease",
+                                                  "state")
+        if state is None:
+            return None
+        return worker or "", int(lease or 0), state
+
+    async def append_fenced(self, request_id: str, worker_id: str, lease: int,
+                            entries: list[rs.TokenEntry], finish_reason: str = "",
+                            pipe: Any = None) -> bool:
+        """Append tokens (and finish) if ``worker_id`` still owns the request under
+        ``lease``; False (nothing written) if it does not. With ``pipe`` the call is queued
+        on that pipeline (its result comes with the pipeline's)."""
+        import json
+
+        keys = [rs.request_key(request_id), rs.tokens_key(request_id), rs.ACTIVE_KEY,
+                rs.worker_requests_key(worker_id)]
+        argv = [worker_id, str(lease), finish_reason, str(rs.FINISHED_TTL_S), request_id,
+                *(json.dumps(e.to_fields()) for e in entries)]
+        if pipe is not None:
+            await self._fenced_append(keys=keys, args=argv, client=pipe)
+            return True
+        return bool(await self._fenced_append(keys=keys, args=argv))
+
+    async def move_request(self, request_id: str, src: str, dst: str) -> int:
+        """Hand a request from ``src`` to ``dst`` under a new lease (returned)."""
         async with self.r.pipeline(transaction=True) as p:
             p.hset(rs.request_key(request_id), "worker", dst)
+            p.hincrby(rs.request_key(request_id), "lease", 1)
             p.srem(rs.worker_requests_key(src), request_id)
             p.sadd(rs.worker_requests_key(dst), request_id)
-            await p.execute()
+            out = await p.execute()
+        return int(out[1])
 
     async def mark_cancelled(self, request_id: str) -> str | None:
         """Flag a request cancelled; returns its worker id if it has one."""

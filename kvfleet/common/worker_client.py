@@ -19,7 +19,7 @@ class WorkerClient:
         return worker_pb2_grpc.WorkerStub(self._pool.get(address))
 
     async def assign(
-        self, address: str, rec: rs.RequestRecord, output: list[int]
+        self, address: str, rec: rs.RequestRecord, output: list[int], lease: int = 0
     ) -> worker_pb2.AssignResponse:
         return await self._stub(address).Assign(
             worker_pb2.AssignRequest(
@@ -27,7 +27,7 @@ class WorkerClient:
                 prompt_token_ids=list(rec.prompt_token_ids), output_token_ids=output,
                 sampling=sampling_to_pb(rec.sampling), arrival_s=rec.arrival_s,
                 service_level=service_level_to_pb(rec.slo),
-                predicted_output_tokens=rec.predicted_output_tokens,
+                predicted_output_tokens=rec.predicted_output_tokens, lease=lease,
             ),
             timeout=self._timeout_s,
         )

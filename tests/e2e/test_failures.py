@@ -69,10 +69,15 @@ async def test_sigkill_worker_mid_stream_resumes_elsewhere(stack, reference):
 async def test_scheduler_restart_with_queued_requests(stack, reference):
     prompts = [f"queued while the scheduler is away {i}" for i in range(6)]
     refs = [reference.run(reference.tokenizer.encode(p), 10) for p in prompts]
-    sched = stack.service("scheduler")
-    sched.popen.send_signal(signal.SIGKILL)
-    sched.popen.wait()
     store = RedisStore.from_url(stack.redis_admin_url)
+    with stack.unsupervised("scheduler"):  # keep it down until the requests are queued
+        sched = stack.service("scheduler")
+        sched.popen.send_signal(signal.SIGKILL)
+        sched.popen.wait()
+        await _queue_while_away(stack, store, prompts, refs)
+
+
+async def _queue_while_away(stack, store, prompts, refs):
     try:
         async with GatewayClient(stack.grpc_address, API_KEY) as c:
             tasks = [

@@ -173,14 +173,15 @@ class Dispatcher:
 
     async def _assign(self, q: Queued, worker_id: str, address: str, num_pages: int) -> None:
         rid = q.record.request_id
-        if not await self.store.set_assigned(rid, worker_id):
+        ok, lease = await self.store.assign(rid, worker_id)
+        if not ok:
             await self.store.r.srem(rs.worker_requests_key(worker_id), rid)
             await self._drop_cancelled(q.record, q.model, q.entry_id)
             self.queue.pop(rid, None)
             return
         output = rs.output_tokens(await self.store.all_tokens(rid))
         try:
-            reply = await self.workers.assign(address, q.record, output)
+            reply = await self.workers.assign(address, q.record, output, lease)
         except grpc.RpcError as e:
             code = e.code() if isinstance(e, grpc.aio.AioRpcError) else None
             if code == grpc.StatusCode.INVALID_ARGUMENT:

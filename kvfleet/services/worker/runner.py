@@ -13,7 +13,7 @@ import concurrent.futures
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from kvfleet.common import redis_schema as rs
@@ -47,6 +47,10 @@ class EngineRunner:
         self.migrated = RecentSet(max_items=10_000, ttl_s=600.0)
         # cancels that arrived before their Assign (which comes within seconds, or never)
         self.cancelled = RecentSet(max_items=10_000, ttl_s=120.0)
+        # requests assigned elsewhere since (our writes were refused): ignore their events
+        self.fenced = RecentSet(max_items=10_000, ttl_s=600.0)
+        self.leases: dict[str, int] = {}  # request -> the lease this worker writes under
+        self.write_retry_s = 15.0  # keep retrying a failed token write this long
         self.loading = False
         self._occ: Occupancy | None = None
         self._occ_written_s = 0.0
@@ -123,38 +127,69 @@ class EngineRunner:
                              events: list[TokenEvent]) -> None:
         if previous is not None:
             await asyncio.shield(previous)
-        try:
-            await self._publish(events)
-        except Exception:
-            log.exception("worker %s: writing tokens failed", self.worker_id)
+        deadline = time.monotonic() + self.write_retry_s
+        delay = 0.05
+        while True:
+            try:
+                await self._publish(events)
+                return
+            except Exception as e:  # Redis away (restarting?): retry, in order, for a while
+                if time.monotonic() + delay > deadline:
+                    rids = sorted({ev.request_id for ev in events})
+                    log.error("worker %s: writing tokens failed for %.0fs (%s); aborting %s",
+                              self.worker_id, self.write_retry_s, e, rids)
+                    for rid in rids:  # never skip a token silently: stop the request here
+                        self._drop(rid)
+                    return
+                log.warning("worker %s: writing tokens failed (%s); retrying", self.worker_id, e)
+                await asyncio.sleep(delay)
+                delay = min(1.0, delay * 2)
 
     async def _publish(self, events: list[TokenEvent]) -> None:
         by_request: dict[str, list[rs.TokenEntry]] = {}
-        finished: list[tuple[str, str]] = []
+        finish: dict[str, str] = {}
         for ev in events:
-            if ev.request_id in self.migrated:
+            if ev.request_id in self.migrated or ev.request_id in self.fenced:
                 continue
             by_request.setdefault(ev.request_id, []).append(
                 rs.TokenEntry(ev.index, ev.token_id, ev.text, ev.finish_reason, self.worker_id,
                               ev.ts))
             if ev.finish_reason:
-                finished.append((ev.request_id, ev.finish_reason))
+                finish[ev.request_id] = ev.finish_reason
+        if not by_request:
+            return
+        rids = sorted(by_request)
         async with self.store.r.pipeline(transaction=False) as p:
-            for rid, entries in by_request.items():
-                for e in entries:
-                    p.xadd(rs.tokens_key(rid), e.to_fields())
-            await p.execute()
-        for rid, reason in finished:
-            self.running.discard(rid)
-            await self.store.finish(rid, reason, self.worker_id)
-            log.debug("request %s: finished (%s) on %s", rid, reason, self.worker_id)
+            for rid in rids:
+                await self.store.append_fenced(rid, self.worker_id, self.leases.get(rid, 0),
+                                               by_request[rid], finish.get(rid, ""), pipe=p)
+            written = await p.execute()
+        for rid, ok in zip(rids, written, strict=True):
+            if not ok:
+                log.warning("request %s: assigned elsewhere since (lease %s); stopping it on %s",
+                            rid, self.leases.get(rid), self.worker_id)
+                self._drop(rid)
+            elif rid in finish:
+                self.running.discard(rid)
+                self.leases.pop(rid, None)
+                log.debug("request %s: finished (%s) on %s", rid, finish[rid], self.worker_id)
 
-    async def add(self, req: EngineRequest) -> int:
-        """Queue a request (validated synchronously by the engine; raises on bad input).
-        Returns its intake sequence number."""
+    def _drop(self, rid: str) -> None:
+        """Stop a request here without writing anything more for it."""
+        self.fenced.add(rid)
+        self.running.discard(rid)
+        self.leases.pop(rid, None)
+        self.engine.abort(rid)
+        self.wake()
+
+    async def add(self, req: EngineRequest, lease: int = 0) -> int:
+        """Queue a request (validated synchronously by the engine; raises on bad input); its
+        tokens are written under ``lease``. Returns its intake sequence number."""
         seq = self.engine.add_request(req)
+        self.leases[req.request_id] = lease
         self.running.add(req.request_id)
         self.migrated.discard(req.request_id)
+        self.fenced.discard(req.request_id)
         self.wake()
         return seq
 
@@ -173,11 +208,22 @@ class EngineRunner:
             self.running.discard(request_id)
         return export
 
-    async def import_(self, request_id: str, export: SequenceExport) -> None:
+    async def import_(self, request_id: str, export: SequenceExport,
+                      take_ownership: Callable[[], Awaitable[int]] | None = None) -> None:
+        """Continue an exported sequence here. ``take_ownership`` (the record moving to us
+        under a new lease, which it returns) runs after the import and before any step: if it
+        fails, the sequence is dropped again and nothing was written for it."""
         async with self.step_lock:
             await self.call(self.engine.import_sequence, export)
+            if take_ownership is not None:
+                try:
+                    self.leases[request_id] = await take_ownership()
+                except BaseException:
+                    await self.call(self.engine.export_sequence, request_id, 0, True)
+                    raise
             self.running.add(request_id)
             self.migrated.discard(request_id)
+            self.fenced.discard(request_id)
         self.wake()
 
     async def stop(self) -> None:

@@ -53,9 +53,24 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         rid = request.request_id
         if rid in self.runner.running:  # assigned again (a scheduler restarted mid-assign)
             return worker_pb2.AssignResponse(boot_id=self.runner.boot_id)
+        try:  # bad input first: INVALID_ARGUMENT whoever sent it
+            self.runner.engine.validate(engine_request(request))
+        except ModelNotFoundError as e:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        except (EngineInputError, SloError) as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        # Fencing: only an assignment to us under the request's current lease runs here.
+        owner = await self.runner.store.lease_of(rid) if valid_request_id(rid) else None
+        if owner is None or owner[0] != self.settings.worker_id or owner[2] == rs.FINISHED:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"request {rid[:128]!r} is not assigned to "
+                                f"{self.settings.worker_id}")
+        if request.lease and request.lease != owner[1]:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"request {rid}: lease {request.lease} is stale ({owner[1]})")
         try:
             req = engine_request(request)
-            intake_seq = await self.runner.add(req)
+            intake_seq = await self.runner.add(req, owner[1])
         except ModelNotFoundError as e:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
         except (EngineInputError, SloError) as e:
@@ -217,14 +232,12 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                 self.groups.drop(group)
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"receive failed: {e}")
         export = SequenceExport(meta=meta, tensors=tensors)
-        try:  # import first; the request is ours only once it runs here
-            await self.runner.import_(rid, export)
+        try:  # import, then take the record over (new lease) before a single step runs here
+            await self.runner.import_(rid, export, lambda: self.runner.store.move_request(
+                rid, src, self.settings.worker_id))
         except EngineInputError as e:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
-        try:
-            await self.runner.store.move_request(rid, src, self.settings.worker_id)
-        except Exception as e:
-            self.runner.abort(rid)  # the source resumes it; ours must not run on
+        except Exception as e:  # nothing runs here; the source resumes it
             log.warning("request %s: taking ownership failed: %s", rid, e)
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot take ownership: {e}")
         num_tokens = int(tensors[0].shape[2]) if tensors and tensors[0].dim() >= 3 else 0

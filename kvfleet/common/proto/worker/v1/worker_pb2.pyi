@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class AssignRequest(_message.Message):
-    __slots__ = ("request_id", "model", "prompt_token_ids", "output_token_ids", "sampling", "arrival_s", "service_level", "predicted_output_tokens")
+    __slots__ = ("request_id", "model", "prompt_token_ids", "output_token_ids", "sampling", "arrival_s", "service_level", "predicted_output_tokens", "lease")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -17,6 +17,7 @@ class AssignRequest(_message.Message):
     ARRIVAL_S_FIELD_NUMBER: _ClassVar[int]
     SERVICE_LEVEL_FIELD_NUMBER: _ClassVar[int]
     PREDICTED_OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    LEASE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -25,7 +26,8 @@ class AssignRequest(_message.Message):
     arrival_s: float
     service_level: _common_pb2.ServiceLevel
     predicted_output_tokens: int
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., output_token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., arrival_s: _Optional[float] = ..., service_level: _Optional[_Union[_common_pb2.ServiceLevel, _Mapping]] = ..., predicted_output_tokens: _Optional[int] = ...) -> None: ...
+    lease: int
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., output_token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., arrival_s: _Optional[float] = ..., service_level: _Optional[_Union[_common_pb2.ServiceLevel, _Mapping]] = ..., predicted_output_tokens: _Optional[int] = ..., lease: _Optional[int] = ...) -> None: ...
 
 class AssignResponse(_message.Message):
     __slots__ = ("boot_id", "intake_seq")
