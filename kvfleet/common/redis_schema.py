@@ -43,6 +43,9 @@ SCHEMA_VERSION = 1
 PREFIX = f"kvfleet:v{SCHEMA_VERSION}:"
 QUEUE_GROUP = "schedulers"
 EVENTS_MAXLEN = 10_000
+# A backstop far above any admission bound: entries leave the stream once assigned (XDEL),
+# so it holds only requests waiting for a worker, which admission keeps far fewer than this.
+QUEUE_MAXLEN = 1_000_000
 FINISHED_TTL_S = 3600  # request hash and token stream linger this long after finishing
 
 

@@ -40,7 +40,7 @@ redis.call('INCRBY', KEYS[2], ARGV[3])
 redis.call('HSET', KEYS[3], unpack(ARGV, 8))
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
 redis.call('SADD', KEYS[5], ARGV[6])
-redis.call('XADD', KEYS[6], '*', 'v', ARGV[7], 'rid', ARGV[1])
+redis.call('XADD', KEYS[6], 'MAXLEN', '~', '1000000', '*', 'v', ARGV[7], 'rid', ARGV[1])  -- rs.QUEUE_MAXLEN
 return 1
 """
 
@@ -166,7 +166,8 @@ class RedisStore:
                 mapping={"state": rs.QUEUED, "worker": "", "resumes": str(rec.num_resumes + 1)},
             )
             p.sadd(rs.QUEUE_MODELS_KEY, rec.model)
-            p.xadd(rs.queue_key(rec.model), rs.queue_entry(rec.request_id))
+            p.xadd(rs.queue_key(rec.model), rs.queue_entry(rec.request_id),
+                   maxlen=rs.QUEUE_MAXLEN, approximate=True)
             p.eval(_REQUEUED, 2, rs.queued_key(rec.model), rs.queued_tokens_key(rec.model),
                    rec.request_id, now_s, len(rec.prompt_token_ids))
             p.xadd(

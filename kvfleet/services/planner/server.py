@@ -87,7 +87,13 @@ async def start(settings: PlannerSettings) -> RunningPlanner:
     )
     migrator = Migrator(store, policy_set(settings.policy).migration(),
                         settings.migration_timeout_s)
-    tasks = [asyncio.create_task(_every("reconcile", settings.reconcile_s, rc.reconcile),
+    async def reconcile() -> object:
+        if await rc.store.get_plan() is None:  # Redis came back empty: publish again
+            log.warning("no plan in Redis; publishing it again")
+            await rc.publish()
+        return await rc.reconcile()
+
+    tasks = [asyncio.create_task(_every("reconcile", settings.reconcile_s, reconcile),
                                  name="planner-reconcile")]
     if migrator.policy.name != "none":
         tasks.append(asyncio.create_task(

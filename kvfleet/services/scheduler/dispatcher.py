@@ -57,6 +57,7 @@ class Dispatcher:
         clock: Clock | None = None,
         queue_fraction: float = 1.0,
         security: FleetSecurity | None = None,
+        max_queued: int = 10_000,
     ) -> None:
         self.store = store
         self.policy = policy
@@ -69,6 +70,8 @@ class Dispatcher:
         self.pending: dict[str, list[PendingAssignment]] = {}  # by worker id
         #: every decision's input and output, when set (tests compare them with the simulator)
         self.decision_log: list[tuple[DispatchInput, tuple[tuple[str, str], ...]]] | None = None
+        self.max_queued = max_queued
+        self._last_sweep = 0.0
         self._last_claim = 0.0
         self.num_assigned = 0
         self.num_ticks = 0
@@ -84,7 +87,13 @@ class Dispatcher:
         self.num_ticks += 1
         workers = await self.store.workers()
         await self._reap_dead(workers)
-        entries = await self.queues.read_new(block_ms if not self.queue else None)
+        # Bounded: with max_queued requests in memory, new ones wait in their Redis streams.
+        room = self.max_queued - len(self.queue)
+        entries = await self.queues.read_new(block_ms if not self.queue else None,
+                                             count=max(0, min(512, room)))
+        if time.monotonic() - self._last_sweep > 1.0:
+            self._last_sweep = time.monotonic()
+            await self._sweep()
         if time.monotonic() - self._last_claim > max(1.0, self.reclaim_idle_ms / 2000):
             self._last_claim = time.monotonic()
             entries += await self.queues.claim_idle(self.reclaim_idle_ms)
@@ -99,23 +108,67 @@ class Dispatcher:
         workers: dict[str, tuple[rs.WorkerInfo, rs.Occupancy | None]],
     ) -> None:
         for model, entry_id, rid in entries:
-            if rid in self.queue:
-                continue
-            rec = await self.store.get_request(rid)
-            if rec is None or rec.state == rs.FINISHED:
-                if rec is not None:
-                    await self.store.release_queued(rec)
-                await self.queues.ack(model, entry_id)
-                continue
-            if rec.cancelled:
-                await self._drop_cancelled(rec, model, entry_id)
-                continue
-            if rec.state == rs.ASSIGNED and rec.worker_id and workers.get(rec.worker_id, (0, None))[1]:
+            try:  # one unreadable record must not stop the others
+                await self._admit_one(model, entry_id, rid, workers)
+            except Exception as e:
+                log.warning("request %s: unreadable queue entry %s (%s); failing it", rid,
+                            entry_id, e)
+                await self._fail(rid, model, entry_id, "error")
+
+    async def _fail(self, rid: str, model: str, entry_id: str, reason: str) -> None:
+        """End a request that cannot be scheduled, so its client hears of it."""
+        q = self.queue.pop(rid, None)
+        try:
+            if q is not None:
+                await self.store.release_queued(q.record)  # out of the model's queue bound
+            if rid and await self.store.r.exists(rs.request_key(rid)):
+                await self.store.append_tokens(rid, [rs.TokenEntry(0, None, "", reason)])
+                await self.store.finish(rid, reason)
+        finally:
+            await self.queues.ack(model, entry_id)
+
+    async def _sweep(self) -> None:
+        """Drop queued requests that were cancelled or ran past their deadline meanwhile."""
+        now_s = self.clock.now_s()
+        for q in list(self.queue.values()):
+            rid = q.record.request_id
+            try:
+                cancelled, state = await self.store.r.hmget(rs.request_key(rid), "cancelled",
+                                                            "state")
+                if cancelled == "1":
+                    await self._drop_cancelled(q.record, q.model, q.entry_id)
+                    self.queue.pop(rid, None)
+                elif state is None or state == rs.FINISHED:
+                    await self.store.release_queued(q.record)
+                    await self.queues.ack(q.model, q.entry_id)
+                    self.queue.pop(rid, None)
+                elif q.record.deadline_s is not None and now_s > q.record.deadline_s:
+                    log.info("request %s: deadline passed while queued", rid)
+                    await self._fail(rid, q.model, q.entry_id, "timeout")
+            except Exception:
+                log.exception("request %s: sweep failed", rid)
+
+    async def _admit_one(
+        self, model: str, entry_id: str, rid: str,
+        workers: dict[str, tuple[rs.WorkerInfo, rs.Occupancy | None]],
+    ) -> None:
+        if rid in self.queue:
+            return
+        rec = await self.store.get_request(rid)
+        if rec is None or rec.state == rs.FINISHED:
+            if rec is not None:
                 await self.store.release_queued(rec)
-                await self.queues.ack(model, entry_id)  # assigned by a predecessor already
-                continue
-            num_output = len(rs.output_tokens(await self.store.all_tokens(rid)))
-            self.queue[rid] = Queued(model, entry_id, rec, num_output)
+            await self.queues.ack(model, entry_id)
+            return
+        if rec.cancelled:
+            await self._drop_cancelled(rec, model, entry_id)
+            return
+        if rec.state == rs.ASSIGNED and rec.worker_id and workers.get(rec.worker_id, (0, None))[1]:
+            await self.store.release_queued(rec)
+            await self.queues.ack(model, entry_id)  # assigned by a predecessor already
+            return
+        num_output = len(rs.output_tokens(await self.store.all_tokens(rid)))
+        self.queue[rid] = Queued(model, entry_id, rec, num_output)
 
     async def _drop_cancelled(self, rec: rs.RequestRecord, model: str, entry_id: str) -> None:
         await self.store.append_tokens(rec.request_id, [rs.TokenEntry(
@@ -165,11 +218,17 @@ class Dispatcher:
         if self.decision_log is not None:
             self.decision_log.append(
                 (inp, tuple((a.request_id, a.worker_id) for a in out.decisions.assignments)))
-        await asyncio.gather(*(
+        results = await asyncio.gather(*(
             self._assign(self.queue[a.request_id], a.worker_id, workers[a.worker_id][0].address,
                          out.pages[a.request_id])
             for a in out.decisions.assignments
-        ))
+        ), return_exceptions=True)
+        for a, r in zip(out.decisions.assignments, results, strict=True):
+            if isinstance(r, Exception):  # isolate: this request fails, the others go on
+                q = self.queue.get(a.request_id)
+                log.warning("request %s: assignment failed: %r", a.request_id, r)
+                if q is not None and not isinstance(r, (OSError, ConnectionError)):
+                    await self._fail(a.request_id, q.model, q.entry_id, "error")
 
     async def _assign(self, q: Queued, worker_id: str, address: str, num_pages: int) -> None:
         rid = q.record.request_id

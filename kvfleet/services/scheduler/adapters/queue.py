@@ -36,21 +36,25 @@ class RequestQueues:
                 self._groups.add(m)
         return models
 
-    async def read_new(self, block_ms: int | None) -> list[tuple[str, str, str]]:
-        """New entries as (model, entry_id, request_id)."""
-        return await self._read(">", block_ms)
+    async def read_new(self, block_ms: int | None,
+                       count: int = 512) -> list[tuple[str, str, str]]:
+        """New entries as (model, entry_id, request_id); at most ``count`` per stream."""
+        if count <= 0:
+            return []
+        return await self._read(">", block_ms, count)
 
     async def read_own_pending(self) -> list[tuple[str, str, str]]:
         return await self._read("0", None)
 
-    async def _read(self, start: str, block_ms: int | None) -> list[tuple[str, str, str]]:
+    async def _read(self, start: str, block_ms: int | None,
+                    count: int = 512) -> list[tuple[str, str, str]]:
         models = await self.models()
         if not models:
             return []
         streams = {rs.queue_key(m): start for m in models}
         try:
             reply = await self.r.xreadgroup(rs.QUEUE_GROUP, self.consumer, streams,
-                                            count=512, block=block_ms)
+                                            count=count, block=block_ms)
         except ResponseError as e:  # a stream deleted under us: recreate groups next time
             log.warning("xreadgroup failed: %s", e)
             self._groups.clear()
@@ -68,7 +72,7 @@ class RequestQueues:
                 start, items = reply[0], reply[1]
                 for entry_id, fields in items:
                     if fields:
-                        out.append((m, entry_id, rs.parse_queue_entry(fields)))
+                        out.append((m, entry_id, _rid(fields)))
                 if start in ("0-0", b"0-0"):
                     break
         return out
@@ -87,5 +91,15 @@ class RequestQueues:
             for entry_id, fields in items:
                 if not fields:  # deleted while pending
                     continue
-                out.append((model, entry_id, rs.parse_queue_entry(fields)))
+                out.append((model, entry_id, _rid(fields)))
         return out
+
+
+def _rid(fields: object) -> str:
+    """The entry's request id; "" for an unreadable entry (acked and dropped by the caller,
+    never allowed to stop the read of the others)."""
+    try:
+        return rs.parse_queue_entry(fields)  # type: ignore[arg-type]
+    except (rs.SchemaError, KeyError, ValueError, AttributeError, UnicodeDecodeError):
+        log.warning("unreadable queue entry %r", fields)
+        return ""
