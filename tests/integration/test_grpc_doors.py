@@ -137,6 +137,19 @@ async def fleet(redis_url):
         await running.stop()
 
 
+def _examples(desc: d.Descriptor, n: int) -> list[object]:
+    out: list[object] = []
+
+    @settings(max_examples=n, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(message(desc))
+    def collect(req: object) -> None:
+        out.append(req)
+
+    collect()
+    return out
+
+
 async def test_internal_rpcs_refuse_calls_without_the_fleet_token(fleet):
     methods = [(k, m) for k, m in rpcs() if k in INTERNAL]
     assert len(methods) >= 10
@@ -163,16 +176,7 @@ async def test_fuzzed_requests_to_every_rpc_get_no_internal_error(fleet):
             req_cls, stub = call(ch, m)
             seen = codes.setdefault(f"{kind}.{m.name}", {})
             md = ((TOKEN_HEADER, TOKEN),) if kind in INTERNAL else ()
-            requests = []
-
-            @settings(max_examples=per_rpc, deadline=None, database=None,
-                      suppress_health_check=list(HealthCheck))
-            @given(message(m.input_type))
-            def collect(req: object) -> None:
-                requests.append(req)
-
-            collect()
-            for req in requests:
+            for req in _examples(m.input_type, per_rpc):
                 code = "OK"
                 try:
                     reply = stub(req, metadata=md, timeout=15)
