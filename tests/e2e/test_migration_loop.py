@@ -47,10 +47,10 @@ async def test_llumnix_moves_a_request_off_an_overloaded_worker(reference, tmp_p
     refs = {rid: reference.run(_prompt(n, i), max_tokens=m, ignore_eos=True).token_ids
             for i, (rid, n, m) in enumerate((A, B))}
     stack = await asyncio.to_thread(launch, fleet, tmp_path / "stack", 300)
-    store = RedisStore.from_url(stack.redis.url)
+    store = RedisStore.from_url(stack.redis_admin_url)
     try:
         await store.set_draining("w1", True)  # both requests land on w0
-        async with GatewayClient(stack.grpc_address) as client:
+        async with GatewayClient(stack.grpc_address, stack.secrets.api_key) as client:
             tasks = [asyncio.create_task(client.generate(
                 TINY, request_id=rid, prompt_token_ids=_prompt(n, i),
                 params=sampling(max_tokens=m, ignore_eos=True)))

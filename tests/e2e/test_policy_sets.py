@@ -43,7 +43,7 @@ def test_policy_set_serves_live_and_simulated(policy, references, tmp_path):
     stack = launch(fleet, tmp_path / "stack", timeout_s=300)
     try:
         async def run():
-            async with GatewayClient(stack.grpc_address) as client:
+            async with GatewayClient(stack.grpc_address, stack.secrets.api_key) as client:
                 return await asyncio.gather(*(
                     client.generate(TINY, prompt_token_ids=_prompt(i, n),
                                     params=sampling(max_tokens=m, ignore_eos=True))
