@@ -14,6 +14,7 @@ import time
 import grpc
 
 from kvfleet.common.clock import Clock, WallClock
+from kvfleet.common.fleet_auth import FleetSecurity
 from kvfleet.common.redis_store import RedisStore
 from kvfleet.common.worker_client import WorkerClient
 from kvfleet.services.planner.core.migration import (
@@ -28,13 +29,13 @@ log = logging.getLogger(__name__)
 class Migrator:
     def __init__(
         self, store: RedisStore, policy: MigrationPolicy, timeout_s: float,
-        clock: Clock | None = None,
+        clock: Clock | None = None, security: FleetSecurity | None = None,
     ) -> None:
         self.store = store
         self.policy = policy
         self.timeout_s = timeout_s
         self.clock = clock or WallClock()
-        self.workers = WorkerClient(timeout_s)
+        self.workers = WorkerClient(timeout_s, security)
         self.inflight: dict[str, asyncio.Task[None]] = {}
         self.num_migrations = 0
         self.num_failures = 0

@@ -86,7 +86,8 @@ async def start(settings: PlannerSettings) -> RunningPlanner:
         [SERVICE], security=security,
     )
     migrator = Migrator(store, policy_set(settings.policy).migration(),
-                        settings.migration_timeout_s)
+                        settings.migration_timeout_s, security=security)
+
     async def reconcile() -> object:
         if await rc.store.get_plan() is None:  # Redis came back empty: publish again
             log.warning("no plan in Redis; publishing it again")
