@@ -239,6 +239,7 @@ class Dispatcher:
             self.queue.pop(rid, None)
             return
         output = rs.output_tokens(await self.store.all_tokens(rid))
+        assigned_s = self.clock.now_s()  # before the worker can produce a token
         try:
             reply = await self.workers.assign(address, q.record, output, lease)
         except grpc.RpcError as e:
@@ -267,7 +268,7 @@ class Dispatcher:
         self.num_assigned += 1
         log.debug("request %s: assigned to %s (%d output tokens so far)", rid, worker_id,
                   len(output))
-        await self.store.event("assign", self.clock.now_s(), request_id=rid, worker_id=worker_id,
+        await self.store.event("assign", assigned_s, request_id=rid, worker_id=worker_id,
                                num_output=len(output))
 
     async def close(self) -> None:
