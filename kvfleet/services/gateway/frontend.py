@@ -43,6 +43,7 @@ from kvfleet.services.gateway.errors import (
     queue_full,
     timeout,
     too_many_requests,
+    unavailable,
 )
 from kvfleet.services.gateway.tokenizers import TokenizerCache
 from kvfleet.services.scheduler.core.admission import QueueBound
@@ -228,7 +229,11 @@ class Frontend:
             slo.validate()
         except SloError as e:
             raise bad_request(str(e), param="slo") from e
-        tok = await self.tokenizers.get(model)
+        try:
+            tok = await self.tokenizers.get(model)
+        except Exception as e:  # planned, but its tokenizer cannot be loaded here
+            log.warning("model %s: tokenizer unavailable: %s", model, e)
+            raise unavailable(f"model '{model}' is not available on this gateway") from e
         vocab = getattr(tok, "vocab_size", None)
         if vocab is not None and any(t >= vocab for t in sampling.stop_token_ids):
             raise bad_request(f"stop_token_ids must be in [0, {vocab}).", param="stop_token_ids")
