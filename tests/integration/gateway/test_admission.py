@@ -39,10 +39,11 @@ async def test_full_queue_is_429_with_retry_after_at_both_doors(redis_url):
     store = await _fleet(redis_url)
     gw = await start(GatewaySettings(redis_url=redis_url, port=0, http_port=0, retry_after_s=3))
     try:
+        await gw.frontend.tokenizers.get(M)  # loaded once, before any request waits on it
         await gw.frontend.submit(_p("a"))
         await gw.frontend.submit(_p("b"))
         assert await store.queue_depth(M) == (2, 6)
-        async with httpx.AsyncClient(base_url=gw.http_url) as c:
+        async with httpx.AsyncClient(base_url=gw.http_url, timeout=60) as c:
             r = await c.post("/v1/completions",
                              json={"model": M, "prompt": [5, 6, 7], "max_tokens": 2})
             assert r.status_code == 429 and r.headers["Retry-After"] == "3"
