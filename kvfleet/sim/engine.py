@@ -123,8 +123,13 @@ class Simulator:
         self.seqs = []
         for idx, i in enumerate(order):
             r = requests[i]
+            output = int(r.output_tokens)
+            if config.max_tokens is not None:
+                output = min(output, config.max_tokens)
             seq = SimSeq(idx, r.request_id, mapping[r.model], float(r.arrival_s),
-                         int(r.input_tokens), int(r.output_tokens))
+                         int(r.input_tokens), output)
+            if config.max_tokens is not None:
+                seq.request_max_tokens = config.max_tokens
             slo = slos.for_model(r.model) if slos is not None else None
             if slo is not None:
                 seq.ttft_slo_s, seq.tpot_slo_s = slo.ttft_s, slo.tpot_s
@@ -266,7 +271,8 @@ class Simulator:
             return
         self._depth[seq.model] = depth.add(seq.num_prompt_tokens)
         seq.predicted_output_tokens = self.predictor.predict(LengthQuery(
-            seq.request_id, seq.model, seq.num_prompt_tokens, seq.max_tokens, seq.max_tokens))
+            seq.request_id, seq.model, seq.num_prompt_tokens, seq.request_max_tokens,
+            seq.max_tokens))
         self._pending.append(seq)
 
     def _dispatch(self, now: float) -> None:
@@ -293,7 +299,7 @@ class Simulator:
             self._depth[seq.model] = self._depth[seq.model].remove(seq.num_prompt_tokens)
             if self.dispatch_log is not None:
                 self.dispatch_log.append((seq.request_id, worker.worker_id))
-            if seq.num_prompt_tokens + seq.max_tokens > worker.capacity_tokens(seq.model):
+            if seq.num_prompt_tokens + seq.request_max_tokens > worker.capacity_tokens(seq.model):
                 self._drop(seq, "exceeds_worker_kv_capacity")
                 continue
             self._push_worker(worker, worker.enqueue(seq, now, out.pages[a.request_id]))

@@ -67,6 +67,17 @@ class SimConfig(BaseModel):
         default=0.5, gt=0.0, lt=1.0, description="online: the quantile predicted."
     )
     seed: int = Field(default=0, description="Seed for the workload generator.")
+    max_tokens: int | None = Field(
+        default=None, ge=1,
+        description="The max_tokens every request carries (a client's cap); outputs end at "
+        "the trace's length (as at an EOS), cut at this cap. None: the trace's length, as "
+        "`kvfleet load` forces output lengths.",
+    )
+    fast_forward: bool = Field(
+        default=True,
+        description="Run unchanged decode batches as one event (exact); off: every step is "
+        "its own event (slow; for checking).",
+    )
 
 
     @field_validator("policy")
@@ -126,7 +137,8 @@ def build_fleet(config: SimConfig, policies: PolicySet) -> list[SimWorker]:
             raise ValueError(f"{', '.join(models)} leaves no KV memory on {tp}x {gpu.name}")
         tpp = {m: page_bytes // shapes[m].kv_bytes_per_token for m in models}
         wcfg = WorkerConfig(wspec.worker_id, models, int(pages), tpp,
-                            config.token_budget, config.max_num_seqs, config.worker_queue_fraction)
+                            config.token_budget, config.max_num_seqs, config.worker_queue_fraction,
+                            config.fast_forward)
         workers.append(SimWorker(i, wcfg, {m: costs[m] for m in models}, policies.batch()))
     log.info("fleet: %d workers of %dx %s, models %s, %d pages each (%d tokens/page)",
              num_workers, tp, gpu.name, names, workers[0].total_pages,
@@ -151,7 +163,8 @@ def build_workers_like(
             raise ValueError(f"worker {v.worker_id}: needs models and pages")
         tpp = {m: v.tokens_per_page.get(m, config.page_tokens) for m in v.models}
         wcfg = WorkerConfig(v.worker_id, v.models, v.num_total_pages, tpp,
-                            config.token_budget, config.max_num_seqs, config.worker_queue_fraction)
+                            config.token_budget, config.max_num_seqs, config.worker_queue_fraction,
+                            config.fast_forward)
         workers.append(SimWorker(i, wcfg, dict.fromkeys(v.models, cost), policies.batch()))
     return workers
 

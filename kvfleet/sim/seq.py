@@ -15,7 +15,7 @@ class SimSeq:
         "num_tokens", "num_computed", "num_pages", "num_output", "tokens_per_page",
         "dispatch_s", "first_token_s", "finish_s", "worker_idx", "num_preemptions",
         "num_migrations", "drop_reason", "predicted_output_tokens", "ttft_slo_s", "tpot_slo_s",
-        "priority", "_view", "_request_view",
+        "priority", "request_max_tokens", "_view", "_request_view",
     )
 
     def __init__(
@@ -27,7 +27,10 @@ class SimSeq:
         self.model = model
         self.arrival_s = arrival_s
         self.num_prompt_tokens = num_prompt_tokens
-        self.max_tokens = max_tokens
+        self.max_tokens = max_tokens  # where its output ends (the trace's length)
+        #: the max_tokens the request carries (what the policies see); its output length
+        #: unless the client asked for more
+        self.request_max_tokens = max_tokens
         self.num_tokens = num_prompt_tokens
         self.num_computed = 0
         self.num_pages = 0
@@ -55,7 +58,7 @@ class SimSeq:
             v = self._view = SeqView(
                 self.request_id, self.model, self.arrival_s, self.num_prompt_tokens,
                 self.num_tokens, self.num_computed, self.num_pages, self.tokens_per_page,
-                self.max_tokens, self.num_output, self.predicted_output_tokens,
+                self.request_max_tokens, self.num_output, self.predicted_output_tokens,
                 self.ttft_slo_s, self.tpot_slo_s, self.priority,
             )
         return v
@@ -65,7 +68,7 @@ class SimSeq:
         if self._request_view is None:
             self._request_view = RequestView(
                 self.request_id, self.model, self.arrival_s, self.num_prompt_tokens,
-                self.max_tokens, 0, self.ttft_slo_s, self.tpot_slo_s, self.priority,
+                self.request_max_tokens, 0, self.ttft_slo_s, self.tpot_slo_s, self.priority,
                 self.predicted_output_tokens,
             )
         return self._request_view

@@ -45,6 +45,7 @@ class WorkerConfig:
     token_budget: int = 2048
     max_num_seqs: int = 256
     queue_fraction: float = 1.0  # the scheduler's queue allowance for this worker
+    fast_forward: bool = True  # run unchanged decode batches as one event (off: step by step)
 
 
 class SimWorker:
@@ -63,6 +64,7 @@ class SimWorker:
         self.total_pages = config.num_total_pages
         self.free_pages = config.num_total_pages
         self.reserved_pages = 0  # held for migrations in flight to this worker
+        self.policy_reserved_pages = 0  # free pages the batch policy's last plan holds back
         self.costs = costs
         self._single = next(iter(costs.values())) if len(costs) == 1 else None
         self._dirty_sink: list[int] | None = None  # the simulator's list of changed workers
@@ -109,8 +111,8 @@ class SimWorker:
 
     def _snapshot(self) -> OccupancyReport:
         return OccupancyReport(
-            self.worker_id, self.models, self.total_pages, self.free_pages, 0,
-            self._queued_pages, self.tpp, len(self.running), len(self.waiting), "sim",
+            self.worker_id, self.models, self.total_pages, self.free_pages,
+            min(self.policy_reserved_pages, self.free_pages), self._queued_pages, self.tpp, len(self.running), len(self.waiting), "sim",
             self.intake_seq,
         )
 
@@ -309,6 +311,7 @@ class SimWorker:
         while True:
             if not self.running and not self.waiting:
                 self.busy = False
+                self.policy_reserved_pages = 0
                 return None
             view = EngineView(
                 tuple([s._view or s.view() for s in self.running]),
@@ -317,6 +320,7 @@ class SimWorker:
             )
             plan = self.policy.plan(view, now)
             self.num_plans += 1
+            self.policy_reserved_pages = plan.num_reserved_pages
             if plan.preempt:
                 self._preempt(plan)
             if plan.chunks:
@@ -368,10 +372,16 @@ class SimWorker:
         self.step_start_s = now
         self.num_steps += 1
         self.version += 1
-        if pure_decode:
+        if pure_decode and self.config.fast_forward:
             steps = self._safe_run_steps()
-            if steps > 1:
-                self._run = self._decode_runs()
+            if plan.repeat_steps is not None:  # the policy would plan differently after
+                steps = min(steps, plan.repeat_steps)
+            run = self._decode_runs() if steps > 1 else None
+            if run is not None and plan.replan_at_s is not None:
+                # ...or at the first step boundary from its re-plan time on
+                steps = _run_steps_by(run, plan.replan_at_s - now, steps)
+            if run is not None and steps > 1:
+                self._run = run
                 self._run_steps = steps
                 b = len(self.running)
                 self._run_claim = min(self.free_pages, b * -(-steps // self._tpp_min))

@@ -69,10 +69,27 @@ class StepPlan:
 
     The plan is feasible: the pages the chunks need fit in the free pages plus the pages of
     the preempted sequences, and the chunk tokens fit the token budget.
+
+    Three optional hints tell the caller what the plan does not show:
+
+    - ``num_reserved_pages``: free pages (after this step's allocations) the policy holds in
+      reserve for sequences it admitted; the worker reports them in its occupancy so the
+      scheduler does not count them as room.
+    - ``repeat_steps``: when the plan only continues every running sequence by one decode
+      token, how many such steps in a row (this one included) the policy would plan the same
+      while nothing else happens (no arrival, finish or preemption); ``None``: no bound.
+    - ``replan_at_s``: the plan may change at this time even if nothing happens (a rule
+      that depends on the clock); ``None``: only an event changes it.
+
+    The simulator runs unchanged decode steps as one event and stops such a run at either
+    bound, so a policy with time- or count-based rules is simulated step-exactly.
     """
 
     chunks: tuple[Chunk, ...]
     preempt: tuple[str, ...] = ()
+    num_reserved_pages: int = 0
+    repeat_steps: int | None = None
+    replan_at_s: float | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -136,7 +153,8 @@ class FcfsBatchPolicy:
             free -= need
             i += 1
         if preempted:
-            return StepPlan(tuple(chunks), tuple(preempted))
+            # Admission resumes next step, with the pages the preemption freed.
+            return StepPlan(tuple(chunks), tuple(preempted), repeat_steps=1)
         num_seqs = len(chunks)
         for seq in view.waiting:
             if budget <= 0 or num_seqs >= view.max_num_seqs:
