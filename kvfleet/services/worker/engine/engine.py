@@ -86,6 +86,7 @@ class Engine:
         self._order = 0
         self._pending_events: list[TokenEvent] = []  # aborts from unload, sent by step()
         self.num_preemptions = 0  # recompute preemptions since start (a metric)
+        self._reserved_pages = 0  # free pages the batch policy holds in reserve (last plan)
 
     # ------------------------------------------------------------------ memory
     def _budget(self, config: EngineConfig) -> int:
@@ -290,8 +291,10 @@ class Engine:
             events, self._pending_events = self._pending_events, []
             events.extend(self._drain_inbox())
             if not self._running and not self._waiting:
+                self._reserved_pages = 0
                 return events
             plan = self.policy.plan(self._view(), self.clock.now_s())
+            self._reserved_pages = plan.num_reserved_pages
             groups = self._apply_plan(plan)
             for model_name, items in groups.items():
                 m = self._models[model_name]
@@ -472,6 +475,11 @@ class Engine:
             self._waiting.append(seq)
 
     # ------------------------------------------------------------------ snapshots
+    @property
+    def num_reserved_pages(self) -> int:
+        """Free pages the batch policy's last plan holds in reserve for admitted requests."""
+        return min(self._reserved_pages, self.pool.num_free_pages)
+
     def occupancy(self) -> Occupancy:
         """A snapshot for the heartbeat. Call it from the thread that steps the engine."""
         with self._inbox_lock:
@@ -489,7 +497,7 @@ class Engine:
         return Occupancy(
             num_total_pages=self.pool.num_pages,
             num_free_pages=self.pool.num_free_pages,
-            num_reserved_pages=0,
+            num_reserved_pages=self.num_reserved_pages,
             tokens_per_page=tpp,
             num_running=len(self._running),
             num_waiting=len(self._waiting) + len(inbox),
@@ -525,7 +533,7 @@ class Engine:
             ),
             num_total_pages=self.pool.num_pages,
             num_used_pages=self.pool.num_used_pages,
-            num_reserved_pages=0,
+            num_reserved_pages=self.num_reserved_pages,
             tokens_per_page={n: m.layout.tokens_per_page for n, m in self._models.items()},
         )
 
