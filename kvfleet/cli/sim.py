@@ -55,6 +55,10 @@ Predictor = Annotated[str, typer.Option(help="Output-length predictor: online, o
 PredictorSpread = Annotated[float, typer.Option(help="noisy-oracle: relative error spread, e.g. 0.25.")]
 QueueFraction = Annotated[float, typer.Option(help="Worker queue allowance, as a share of its pool.")]
 MaxQueued = Annotated[int, typer.Option(help="Per-model scheduler-queue bound (requests); 429 past it.")]
+TokenBudget = Annotated[int, typer.Option(help="Max tokens per engine step (the engine's max_num_batched_tokens).")]
+MaxSeqs = Annotated[int, typer.Option(help="Max sequences per engine step.")]
+MaxTokens = Annotated[int | None, typer.Option(help="max_tokens every request carries (outputs still end at the trace's length); default: the trace's length.")]
+FastForward = Annotated[bool, typer.Option(help="Run unchanged decode batches as one event (exact); --no-fast-forward steps one by one.")]
 
 
 def _workload(**kw: object) -> list:  # type: ignore[type-arg]
@@ -120,6 +124,8 @@ def sim(
     horizon_s: HorizonS = None, slo: Slo = None, predictor: Predictor = "online",
     predictor_spread: PredictorSpread = 0.25, worker_queue_fraction: QueueFraction = 1.0,
     max_queued_requests: MaxQueued = DEFAULT_MAX_QUEUED_REQUESTS,
+    token_budget: TokenBudget = 2048, max_num_seqs: MaxSeqs = 256, max_tokens: MaxTokens = None,
+    fast_forward: FastForward = True,
     out: Annotated[Path | None, typer.Option(help="Results folder.")] = None,
 ) -> None:
     """Simulate one fleet on one workload: writes requests.csv, summary.json, fleet.csv."""
@@ -146,6 +152,8 @@ def sim(
         sample_interval_s=sample_interval_s, horizon_s=horizon_s, seed=seed,
         predictor=predictor, predictor_spread=predictor_spread,
         worker_queue_fraction=worker_queue_fraction, max_queued_requests=max_queued_requests,
+        token_budget=token_budget, max_num_seqs=max_num_seqs, max_tokens=max_tokens,
+        fast_forward=fast_forward,
     )
     slos = _slos(slo)
     try:
@@ -185,28 +193,12 @@ def compare(
         typer.echo("error: give the workload to `kvfleet sim` before `compare`, e.g. "
                    "kvfleet sim --trace T --gpu H100 compare --policies vllm,round-robin", err=True)
         raise typer.Exit(2)
-    workload_keys = (
-        "trace", "request_model", "arrivals", "rate", "cv", "ramp_s", "ramp_from_rate",
-        "spike_rate", "spike_s", "spike_period_s", "spike_start_s", "input_len", "output_len",
-        "mix", "rate_scale", "seed", "start_s", "duration_s", "speed", "max_input",
-        "max_output", "num_requests", "spread_ties",
-    )
-    requests = _workload(**{k: p[k] for k in workload_keys})
+    requests = _workload(**{k: p[k] for k in WORKLOAD_KEYS})
     slos = _slos(p.get("slo"))
     rows = []
     for size in [int(x) for x in gpus_list.split(",") if x.strip()]:
         for name in [x.strip() for x in policies.split(",") if x.strip()]:
-            config = _config(
-                gpu=p["gpu"], models=[m.strip() for m in p["model"].split(",") if m.strip()],
-                num_gpus=size, tp=p["tp"], policy=name, link=p["link"],
-                calibration=str(p["calibration"]) if p["calibration"] else None,
-                dispatch_interval_s=p["dispatch_interval_s"],
-                migration_interval_s=p["migration_interval_s"],
-                sample_interval_s=p["sample_interval_s"], horizon_s=p["horizon_s"], seed=p["seed"],
-                predictor=p["predictor"], predictor_spread=p["predictor_spread"],
-                worker_queue_fraction=p["worker_queue_fraction"],
-                max_queued_requests=p["max_queued_requests"],
-            )
+            config = _config(**_fleet_kwargs(p, policy=name, num_gpus=size))
             try:
                 result = simulate(config, requests, slos=slos)
             except ValueError as exc:
@@ -221,6 +213,126 @@ def compare(
     if out is not None:
         _write_compare_csv(rows, out / "compare.csv")
         typer.echo(f"results in {out}")
+
+
+WORKLOAD_KEYS = (
+    "trace", "request_model", "arrivals", "rate", "cv", "ramp_s", "ramp_from_rate",
+    "spike_rate", "spike_s", "spike_period_s", "spike_start_s", "input_len", "output_len",
+    "mix", "rate_scale", "seed", "start_s", "duration_s", "speed", "max_input",
+    "max_output", "num_requests", "spread_ties",
+)
+
+
+def _fleet_kwargs(p: dict, **overrides: object) -> dict:  # type: ignore[type-arg]
+    """SimConfig fields from the `kvfleet sim` options (a subcommand's parent's)."""
+    kw = dict(
+        gpu=p["gpu"], models=[m.strip() for m in p["model"].split(",") if m.strip()],
+        num_gpus=p["gpus"], tp=p["tp"], policy=p["policy"], link=p["link"],
+        calibration=str(p["calibration"]) if p["calibration"] else None,
+        dispatch_interval_s=p["dispatch_interval_s"],
+        migration_interval_s=p["migration_interval_s"],
+        sample_interval_s=p["sample_interval_s"], horizon_s=p["horizon_s"], seed=p["seed"],
+        predictor=p["predictor"], predictor_spread=p["predictor_spread"],
+        worker_queue_fraction=p["worker_queue_fraction"],
+        max_queued_requests=p["max_queued_requests"], token_budget=p["token_budget"],
+        max_num_seqs=p["max_num_seqs"], max_tokens=p["max_tokens"],
+        fast_forward=p["fast_forward"],
+    )
+    kw.update(overrides)
+    return kw
+
+
+@app.command()
+def sweep(
+    ctx: typer.Context,
+    policies: Annotated[str, typer.Option(help="Comma list of policies.")] = "vllm,ecoserve,vllm-v0,orca",
+    speeds: Annotated[str, typer.Option(help="Comma list of replay speed-ups of the workload (rates scale with them).")] = "1,2,4,8",
+    budgets: Annotated[str, typer.Option(help="Comma list of token budgets; each policy is reported at its best.")] = "512,1024,2048,4096",
+    gpus_list: Annotated[str, typer.Option("--gpus-needed", help="Comma list of smaller fleet sizes: the fewest GPUs with which each policy sustains the reference's highest rate.")] = "",
+    reference: Annotated[str, typer.Option(help="The baseline the ratios are taken against.")] = "vllm",
+    jobs: Annotated[int, typer.Option(help="Simulations run in parallel processes.")] = 1,
+    out: Annotated[Path | None, typer.Option(help="Folder for sweep.csv, sweep.json and goodput_vs_rate.png.")] = None,
+) -> None:
+    """Replay the workload given to `kvfleet sim` at increasing speeds for each policy and
+    token budget: the highest rate each sustains within the SLO (p99 TTFT and TPOT from
+    --slo), the ratio to the reference, and each policy at the reference's highest rate."""
+    from kvfleet.sim import sweep as sw
+
+    p = ctx.parent.params if ctx.parent is not None else {}
+    if p.get("trace") is None and p.get("arrivals") is None and not p.get("mix"):
+        typer.echo("error: give the workload to `kvfleet sim` before `sweep`", err=True)
+        raise typer.Exit(2)
+    slos = _slos(p.get("slo"))
+    if slos is None or slos.default is None or (
+        slos.default.ttft_s is None and slos.default.tpot_s is None
+    ):
+        typer.echo("error: give `kvfleet sim --slo ttft=..,tpot=..` before `sweep`", err=True)
+        raise typer.Exit(2)
+    names = [x.strip() for x in policies.split(",") if x.strip()]
+    if reference not in names:
+        names.insert(0, reference)
+    speed_list = sorted({float(x) for x in speeds.split(",") if x.strip()})
+    budget_list = [int(x) for x in budgets.split(",") if x.strip()]
+    kw = {k: p[k] for k in WORKLOAD_KEYS}
+    kw["mix"] = kw.get("mix") or []
+    kw["model"] = kw.pop("request_model", None)
+    workload = sw.WorkloadAt(tuple(sorted(kw.items(), key=lambda i: i[0])))
+    _workload(**{k: p[k] for k in WORKLOAD_KEYS})  # a bad workload fails here, clearly
+    jobs_list = [
+        sw.Job(_config(**_fleet_kwargs(p, policy=name, token_budget=b)), s)
+        for name in names for b in budget_list for s in speed_list
+    ]
+    points = sw.run_jobs(jobs_list, workload, slos.default, jobs)
+    analysis = sw.analyse(points, reference, p["gpus"])
+    if gpus_list.strip() and analysis["reference_speed"] is not None:
+        speed = float(analysis["reference_speed"])  # type: ignore[arg-type]
+        best = {n: analysis["policies"][n]["best_token_budget"] for n in names}  # type: ignore[index]
+        extra = [
+            sw.Job(_config(**_fleet_kwargs(p, policy=n, token_budget=best[n], num_gpus=int(g))),
+                   speed)
+            for n in names for g in gpus_list.split(",") if g.strip()
+        ]
+        more = sw.run_jobs(extra, workload, slos.default, jobs)
+        points += more
+        same = [pt for pt in points if pt.speed == speed
+                and pt.token_budget == best[pt.policy]]
+        analysis["gpus_needed"] = sw.gpus_needed(same, speed)
+    _print_sweep(analysis)
+    if out is not None:
+        sw.write_csv(points, out / "sweep.csv")
+        sw.write_json({"slo": slos.as_dict(), "options": {k: str(v) for k, v in p.items()},
+                       **analysis}, out / "sweep.json")
+        sw.plot(points, analysis, out / "goodput_vs_rate.png",
+                f"{p['model']} on {p['gpus']}x {p['gpu']}, {p.get('trace') or 'synthetic'}")
+        typer.echo(f"results in {out}")
+
+
+def _print_sweep(analysis: dict) -> None:  # type: ignore[type-arg]
+    from rich.console import Console
+    from rich.table import Table
+
+    ref = analysis["reference"]
+    table = Table(title=f"highest rate within the SLO; the others at {ref}'s "
+                        f"({analysis['reference_rate']:.2f} req/s)")
+    for h in ("policy", "best budget", "sustained req/s", f"x {ref}", "attainment",
+              "goodput req/s", "mean JCT s", "p99 TTFT s", "p99 TPOT ms", "GPUs needed"):
+        table.add_column(h, justify="left" if h == "policy" else "right")
+    needed = analysis.get("gpus_needed", {})
+    for name, info in analysis["policies"].items():
+        at = info["at_reference_rate"] or {}
+
+        def f(key: str, fmt: str, scale: float = 1.0, at: dict = at) -> str:  # type: ignore[type-arg]
+            v = at.get(key)
+            return "-" if v is None else fmt.format(v * scale)
+
+        ratio = info["rate_ratio_to_reference"]
+        table.add_row(
+            name, str(info["best_token_budget"]), f"{info['sustained_rate']:.2f}",
+            "-" if ratio is None else f"{ratio:.2f}", f("slo_attainment", "{:.3f}"),
+            f("goodput", "{:.2f}"), f("mean_e2el_s", "{:.2f}"), f("p99_ttft_s", "{:.2f}"),
+            f("p99_tpot_s", "{:.1f}", 1000.0), str(needed.get(name, "-")),
+        )
+    Console(width=200).print(table)
 
 
 COLUMNS = (
