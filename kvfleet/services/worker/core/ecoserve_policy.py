@@ -12,14 +12,16 @@ Each step is planned as:
 3. **Exact KV reservation.** A request is admitted only with pages reserved for its prompt
    plus its predicted output (``kv_reservation``), so it never waits for memory mid-decode.
    A request that outruns its prediction grows its reservation by a chunk; when the
-   unreserved pages cannot cover that, lower-ranked running requests are preempted (by
-   recompute), or the request itself when none ranks lower.
+   unreserved pages cannot cover that, the ordering picks whom to preempt (by recompute)
+   among the requests that outran their predictions, itself included, so a request within
+   its prediction never loses its KV.
 4. **Compute filling.** What the GT batch leaves of the token budget goes to the PT queue:
    prefills in progress first, then admissions, with chunked prefill.
-5. **KV lending.** A prompt that cannot reserve pages of its own may borrow promised but
-   unwritten pages of a decoding request that will not reach them before the borrower is
-   predicted to finish (with a margin). The borrower is preempted, never the lender, when the
-   lender needs them or when the borrower outruns its loan without room of its own.
+5. **KV lending.** A prompt that cannot reserve pages of its own, and is prefilled whole in
+   this step, may borrow promised but unwritten pages of decoding requests that will not
+   reach them before the borrower is predicted to finish (with a margin). The borrower is
+   preempted, never the lender, when the lender needs them or when the borrower outruns its
+   loan without room of its own.
 6. **Ordering** (``slo_order``): queued requests that held KV first, then SLO slack, then
    length.
 
@@ -190,16 +192,17 @@ class EcoServeBatchPolicy:
                     ledger.grow(s.seq_id, min(target, entry.pages + room))
                     self.num_growths += 1
                     break
-                # A borrower that outran its reservation without room of its own gives its
-                # loans back (it is preempted: its lenders never are); anyone else makes
-                # room by preempting lower-ranked sequences that hold pages of their own.
-                victims = [] if entry.loans else [
-                    v for v in held if v != s.seq_id and rank[v] > rank[s.seq_id]
-                    and (e := ledger.get(v)) is not None and e.own > 0]
-                if not victims:
-                    preempt(s.seq_id)
+                # No room: the ordering picks the victim among the sequences that outran
+                # their predictions (this one included), so a request within its prediction
+                # never loses its KV. A borrower gives its loans back (its lenders are never
+                # preempted for it).
+                victims = [s.seq_id] + ([] if entry.loans else [
+                    v for v in held if v != s.seq_id and (e := ledger.get(v)) is not None
+                    and e.num_growths > 0 and e.own > 0])
+                victim = max(victims, key=lambda v: rank[v])
+                preempt(victim)
+                if victim == s.seq_id:
                     break
-                preempt(max(victims, key=lambda v: rank[v]))
 
         # Physical pages: a lender (or anyone) short of free pages recalls loans.
         for s, n in todo:
@@ -212,7 +215,8 @@ class EcoServeBatchPolicy:
                     lent = [b for b in held if ledger.is_borrower(b) and b != s.seq_id]
                 if not lent:
                     break
-                preempt(max(lent, key=lambda b: rank[b]))
+                # those that outran their predictions first (the others finish in time)
+                preempt(max(lent, key=lambda b: (self._outran(by_id[b]), rank[b])))
             if s.seq_id not in held:  # recalled while making room for itself
                 continue
             if need > free:  # cannot happen while the ledger holds; stay feasible anyway
@@ -248,8 +252,10 @@ class EcoServeBatchPolicy:
             # Unreserved pages first (none once a request ahead is blocked: it waits for
             # them), then loans for the rest.
             own = 0 if blocked else min(pages, max(0, ledger.unreserved(free, held)))
-            loans = self._loans(s, pages - own, view.token_budget, held, by_id) \
-                if st.lending and own < pages else {}
+            # Only a prompt prefilled whole in this step borrows: from then on it decodes a
+            # token every step, as its lenders do, so the loan's timing is exact.
+            lend = st.lending and own < pages and n == s.num_uncomputed_tokens
+            loans = self._loans(s, pages - own, held, by_id) if lend else {}
             if own + sum(loans.values()) < pages or need > free:
                 admitted_all = False
                 if not st.lending:
@@ -298,18 +304,12 @@ class EcoServeBatchPolicy:
         return batch
 
     def _loans(
-        self,
-        seq: SeqView,
-        pages: int,
-        token_budget: int,
-        held: dict[str, int],
-        running: dict[str, SeqView],
+        self, seq: SeqView, pages: int, held: dict[str, int], running: dict[str, SeqView]
     ) -> dict[str, int]:
         """Loans covering ``pages`` from decoding owners that will not reach the lent pages
-        before ``seq`` is predicted to finish (with the margin), longest lead first; empty
-        when they cannot cover it all."""
-        steps = -(-seq.num_uncomputed_tokens // max(1, token_budget)) + predicted_remaining(
-            seq, self.settings.fallback_output_tokens)
+        before ``seq`` (prefilled whole in this step) is predicted to finish, with the margin;
+        the largest offers first; empty when they cannot cover it all."""
+        steps = 1 + predicted_remaining(seq, self.settings.fallback_output_tokens)
         lead_tokens = math.ceil(steps * self.settings.lend_margin)
         offers: list[tuple[int, str, int]] = []
         for owner, h in held.items():
@@ -332,6 +332,10 @@ class EcoServeBatchPolicy:
             loans[owner] = take
             left -= take
         return loans if left <= 0 else {}
+
+    def _outran(self, seq: SeqView) -> bool:
+        predicted = seq.predicted_output_tokens or self.settings.fallback_output_tokens
+        return seq.num_output_tokens >= predicted
 
     def _repeat_steps(self, chunks: list[Chunk], running: dict[str, SeqView]) -> int | None:
         """Identical decode steps until a sequence reaches the end of its reservation."""
