@@ -185,3 +185,53 @@ def test_vllm_v0_preempts_the_newest_when_decode_runs_out_of_pages():
     running = [seq("a", prompt=8, out=1, pages=2), seq("b", prompt=8, out=1, pages=2)]
     plan = VllmV0BatchPolicy().plan(view(running, free=0), 0.0)
     assert plan.preempt == ("b",) and chunks(plan) == [("a", 1)] and plan.repeat_steps == 1
+
+
+def test_step_time_model_learns_from_prompt_steps_and_skips_idle_gaps():
+    from kvfleet.services.worker.core.step_time import StepTimeModel
+
+    model = StepTimeModel(min_observations=3)
+    now = 0.0
+    for tokens in (100, 400, 200, 800):
+        model.planned(now, {"a": (0, tokens)})
+        now += 0.01 + 0.0001 * tokens  # a + b * tokens
+        model.observe(now, {"a": tokens})
+    a, b = model.coefficients()
+    assert a == pytest.approx(0.01) and b == pytest.approx(0.0001)
+    assert abs(model.tokens_within(0.05) - 400) <= 1
+    # a decode-only plan is not timed; a gap after which nothing of the step is left is not
+    model.planned(now, {"b": (6, 1)})
+    model.observe(now + 5.0, {"b": 7})
+    model.planned(now, {"a": (0, 100)})
+    model.observe(now + 5.0, {})
+    assert model.num_observations == 4
+
+
+def test_prompt_tokens_are_cut_to_the_generation_batchs_tpot_slack():
+    policy = EcoServeBatchPolicy()
+    model = policy.step_time
+    for i, tokens in enumerate((100, 400, 200, 800)):  # time = 0.01 + 0.0001 * tokens
+        model.planned(float(i), {"x": (0, tokens)})
+        model.observe(i + 0.01 + 0.0001 * tokens, {"x": tokens})
+    policy.ledger.reserve("g", 10)
+    g = seq("g", prompt=8, out=1, pages=2, pred=20, tpot=0.04, ttft=5.0)
+    waiting = [seq("p", prompt=3000, pred=4, max_tokens=8)]
+    # first seen decoding at t=10 with 1 token: its next token is due by 10.04, so the step
+    # may take 0.04 s: (0.04 - 0.01) / 0.0001 = 300 tokens, one of them the decode
+    plan = policy.plan(view([g], waiting, free=1000, budget=2048), 10.0)
+    assert chunks(plan)[0] == ("g", 1) and abs(plan.chunks[1].num_tokens - 299) <= 1
+    # a batch running ahead of its target (slack 0.4 s) takes the whole budget
+    g_ahead = seq("g", prompt=8, out=11, pages=5, pred=20, tpot=0.04, ttft=5.0)
+    policy2 = EcoServeBatchPolicy()
+    policy2.step_time = model
+    policy2.ledger.reserve("g", 10)
+    policy2._first_token_s["g"] = 10.0
+    plan = policy2.plan(view([g_ahead], waiting, free=1000, budget=2048), 10.04)
+    assert chunks(plan) == [("g", 1), ("p", 2047)]
+    # without TPOT targets nothing is cut
+    g_free = seq("g", prompt=8, out=1, pages=2, pred=20)
+    policy3 = EcoServeBatchPolicy()
+    policy3.step_time = model
+    policy3.ledger.reserve("g", 10)
+    plan = policy3.plan(view([g_free], waiting, free=1000, budget=2048), 10.0)
+    assert chunks(plan) == [("g", 1), ("p", 2047)]

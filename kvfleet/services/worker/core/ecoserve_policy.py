@@ -54,6 +54,7 @@ from kvfleet.services.worker.core.slo_order import (
     queue_key,
     running_key,
 )
+from kvfleet.services.worker.core.step_time import StepTimeModel
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,13 +81,19 @@ class EcoServeSettings:
     """Predicted output of a request that carries no prediction (capped by max_tokens)."""
     length_bucket_ratio: float = 1.25
     """GTs whose predicted remaining lengths are within this ratio share a group."""
+    slo_budget: bool = True
+    """Feed only as many prompt tokens as keep the step within the generation batch's TPOT
+    slack (the step time learned from this worker's own steps)."""
+    min_budget_fraction: float = 0.125
+    """...but always at least this share of the token budget (prompts keep moving)."""
     urgent_fraction: float = 0.5
     demote_late: bool = True
     starvation_factor: float = 4.0
 
     @classmethod
     def orca(cls) -> EcoServeSettings:
-        return cls(reserve="max_tokens", lending=False, order="fcfs", chunked_prefill=False)
+        return cls(reserve="max_tokens", lending=False, order="fcfs", chunked_prefill=False,
+                   slo_budget=False)
 
     @property
     def order_settings(self) -> OrderSettings:
@@ -103,6 +110,8 @@ class EcoServeBatchPolicy:
         self.settings = settings or EcoServeSettings()
         self.ledger = ReservationLedger()
         self._order = self.settings.order_settings
+        self.step_time = StepTimeModel()
+        self._first_token_s: dict[str, float] = {}  # when each sequence was first seen decoding
         # diagnostics
         self.num_growths = 0
         self.num_loans = 0
@@ -140,6 +149,10 @@ class EcoServeBatchPolicy:
     def plan(self, view: EngineView, now_s: float) -> StepPlan:
         st = self.settings
         ledger = self.ledger
+        everyone = {s.seq_id: s for s in (*view.running, *view.waiting)}
+        self.step_time.observe(now_s, {k: s.num_computed_tokens for k, s in everyone.items()})
+        for k in [k for k in self._first_token_s if k not in everyone]:
+            del self._first_token_s[k]  # gone for good (finished or moved away)
         held = {s.seq_id: s.num_pages for s in view.running}
         ledger.sync(held)
         free = view.num_free_pages
@@ -166,7 +179,9 @@ class EcoServeBatchPolicy:
         gts = [s for s in view.running if s.num_uncomputed_tokens == 1]
         batch = self._gt_batch(gts, min(view.max_num_seqs, budget), rank)
         todo: list[tuple[SeqView, int]] = [(s, 1) for s in batch]
-        budget -= len(batch)
+        prompt_budget = self._fill_budget(budget - len(batch), batch, view.token_budget, now_s)
+        budget_cut = prompt_budget < budget - len(batch)
+        budget = prompt_budget
         for s in sorted((s for s in view.running if s.num_uncomputed_tokens > 1),
                         key=lambda s: rank[s.seq_id]):
             if budget <= 0:
@@ -225,7 +240,10 @@ class EcoServeBatchPolicy:
             free -= need
             held[s.seq_id] += need
             chunks.append(Chunk(s.seq_id, n))
-        budget = view.token_budget - sum(c.num_tokens for c in chunks)
+        budget = min(
+            view.token_budget - sum(c.num_tokens for c in chunks),
+            prompt_budget - sum(c.num_tokens for c in chunks
+                                if by_id[c.seq_id].num_uncomputed_tokens > 1))
 
         # 4-5. Admissions from the PT queue: own reservation, else a loan.
         waiting = list(view.waiting)
@@ -272,17 +290,43 @@ class EcoServeBatchPolicy:
             prompt_in_step = True
 
         promised = ledger.promised(held)
+        self.step_time.planned(now_s, {
+            c.seq_id: (everyone[c.seq_id].num_computed_tokens, c.num_tokens) for c in chunks})
         return StepPlan(
             tuple(chunks),
             tuple(gone),
             num_reserved_pages=max(0, min(free, promised)),
-            # after a preemption the next plan may readmit with the pages it freed
-            repeat_steps=1 if gone else self._repeat_steps(chunks, by_id),
+            # After a preemption the next plan may readmit with the pages it freed; while the
+            # TPOT slack cuts the prompt budget and a prompt waits, the cut moves every step.
+            repeat_steps=1 if gone or (budget_cut and not admitted_all)
+            else self._repeat_steps(chunks, by_id),
             replan_at_s=None if admitted_all or st.order != "slo"
             else next_change_s(view.waiting, now_s, self._order),
         )
 
     # ------------------------------------------------------------------ parts
+    def _fill_budget(
+        self, budget: int, batch: list[SeqView], token_budget: int, now_s: float
+    ) -> int:
+        """Prompt tokens this step may take: what the budget leaves after the generation
+        batch, cut (with the SLO budget on) to what keeps the step within the batch's TPOT
+        slack: a request meets its TPOT target while its k-th token after the first comes
+        within k targets of its first token."""
+        first = self._first_token_s
+        for s in batch:
+            first.setdefault(s.seq_id, now_s)
+        if not self.settings.slo_budget or not batch:
+            return budget
+        slacks = [first[s.seq_id] + s.tpot_slo_s * s.num_output_tokens - now_s
+                  for s in batch if s.tpot_slo_s is not None]
+        if not slacks:
+            return budget
+        tokens = self.step_time.tokens_within(max(0.0, min(slacks)))
+        if tokens is None:
+            return budget
+        floor = max(1, int(self.settings.min_budget_fraction * token_budget))
+        return min(budget, max(floor, tokens - len(batch)))
+
     def _gt_batch(
         self, gts: list[SeqView], cap: int, rank: dict[str, tuple]
     ) -> list[SeqView]:
