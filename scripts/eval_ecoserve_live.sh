@@ -13,11 +13,11 @@ OUT=${1:-runs/ecoserve/live}
 ROUNDS=${ROUNDS:-2}
 TRACE=${TRACE:-azure_llm_2023/AzureLLMInferenceTrace_conv.csv}
 START=${START:-600}        # trace seconds
-DURATION=${DURATION:-240}  # trace seconds of the slice
-SPEED=${SPEED:-0.25}       # replay speed (the trace's ~5.5 req/s times this)
+DURATION=${DURATION:-10}   # trace seconds of the slice (~47 requests)
+SPEED=${SPEED:-0.04}       # replay speed: ~0.2 req/s, saturating two 1-thread CPU workers
 MAX_INPUT=${MAX_INPUT:-96}
-MAX_OUTPUT=${MAX_OUTPUT:-96}
-SLO=${SLO:-ttft=8s,tpot=1s}
+MAX_OUTPUT=${MAX_OUTPUT:-64}
+SLO=${SLO:-ttft=20s,tpot=2s}
 MEMORY_BYTES=${MEMORY_BYTES:-680000000}  # weights + workspace + ~50 pages of 22 tokens
 BUDGET=${BUDGET:-256}
 mkdir -p "$OUT"
@@ -37,6 +37,7 @@ engine:
   max_num_batched_tokens: $BUDGET
 http_port: 0
 grpc_port: 0
+open_gateway: true  # loopback only; the load generator sends no key
 EOF
 
 gateway() {
@@ -54,6 +55,7 @@ for round in $(seq 1 "$ROUNDS"); do
     $PY -m kvfleet load --target "grpc://$addr" --trace "$TRACE" --model smollm2-135m \
       --start "$START" --duration "$DURATION" --speed "$SPEED" --max-input "$MAX_INPUT" \
       --max-output "$MAX_OUTPUT" --slo "$SLO" --label "$policy" --no-progress --no-plots \
+      --drain-timeout 900 \
       --out "$run" || true
     $PY -m kvfleet down --run-dir "$run/stack"
   done
