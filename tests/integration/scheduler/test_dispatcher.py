@@ -68,8 +68,12 @@ async def test_dispatches_to_most_free_and_acks(redis_url):
         assert [a.request_id for a in w1.assigned] == ["a"]
         rec = await store.get_request("a")
         assert (rec.state, rec.worker_id) == (rs.ASSIGNED, "w1")
-        pending = await store.r.xpending(rs.queue_key("m"), rs.QUEUE_GROUP)
-        assert pending["pending"] == 0
+        # The scheduler acks the queue entry once the worker's reply is back, a moment after
+        # the worker has taken the request.
+        deadline = time.monotonic() + 10.0
+        while (await store.r.xpending(rs.queue_key("m"), rs.QUEUE_GROUP))["pending"]:
+            assert time.monotonic() < deadline, "queue entry never acked"
+            await asyncio.sleep(0.01)
     finally:
         await sched.stop()
         await r0.stop(0)
