@@ -13,12 +13,17 @@ app = typer.Typer(no_args_is_help=True)
 @app.command("make-tiny")
 def make_tiny(
     directory: Annotated[Path, typer.Argument(help="Where to write the checkpoint.")],
+    arch: Annotated[str, typer.Option(help="Shape: llama, qwen2 or mistral.")] = "llama",
 ) -> None:
-    """Create the seeded random-weight tiny-llama checkpoint (with a real tokenizer) offline."""
-    from kvfleet.common.models.tiny import make_tiny_llama
+    """Create a seeded random-weight tiny checkpoint (with a real tokenizer) offline."""
+    from kvfleet.common.models.tiny import TINY_SHAPES
+    from kvfleet.common.models.tiny import make_tiny as make
 
-    path = make_tiny_llama(directory)
-    typer.echo(f"tiny-llama written to {path}")
+    if arch not in TINY_SHAPES:
+        typer.echo(f"error: unknown --arch {arch!r}; known: {', '.join(TINY_SHAPES)}", err=True)
+        raise typer.Exit(2)
+    path = make(directory, arch)
+    typer.echo(f"tiny-{arch} written to {path}")
 
 
 @app.command("list")
@@ -30,8 +35,8 @@ def list_models() -> None:
 
     for name in REGISTERED:
         try:
-            if name == "tiny-llama":
-                path = cache_dir() / "tiny-llama"
+            if name.startswith("tiny-"):
+                path = cache_dir() / name
                 where = f"{path} ({'present' if path.exists() else 'made on first use'})"
             else:
                 path = smollm2_gguf_path()

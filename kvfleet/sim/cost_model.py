@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from kvfleet.services.worker.core.step_cost import ModelStepCost
 from kvfleet.sim.presets import GpuSpec, ModelShape
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,18 @@ class CostModel:
     def decode_s(self, batch: int, context_tokens: int) -> float:
         """One decode step of ``batch`` sequences holding ``context_tokens`` tokens in all."""
         return self.step_cost(batch, context_tokens, context_tokens, batch).total_s
+
+    def coefficients(self) -> ModelStepCost:
+        """This model's step time as plain coefficients (the same formula as ``step_s``), for
+        the policy cores that estimate latencies (batch policy, placement)."""
+        return ModelStepCost(
+            s_per_token=self._linear_flops_per_token / self.flops_per_s,
+            s_per_attn_pair=self._attn / self.flops_per_s,
+            s_weights=self._weights / self.bytes_per_s,
+            s_per_kv_token=self.kv_bytes_per_token / self.bytes_per_s,
+            overhead_s=self.step_overhead_s,
+            overhead_s_per_seq=self.seq_overhead_s,
+        )
 
     # ----- runs of decode steps -----
     def decode_run(self, batch: int, context_tokens: int) -> DecodeRun:

@@ -60,6 +60,7 @@ class SimSeq:
                 self.num_tokens, self.num_computed, self.num_pages, self.tokens_per_page,
                 self.request_max_tokens, self.num_output, self.predicted_output_tokens,
                 self.ttft_slo_s, self.tpot_slo_s, self.priority,
+                self.first_token_s if self.first_token_s >= 0.0 else None,
             )
         return v
 

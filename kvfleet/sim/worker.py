@@ -67,6 +67,7 @@ class SimWorker:
         self.policy_reserved_pages = 0  # free pages the batch policy's last plan holds back
         self.costs = costs
         self._single = next(iter(costs.values())) if len(costs) == 1 else None
+        self.step_costs = {m: c.coefficients() for m, c in costs.items()}
         self._dirty_sink: list[int] | None = None  # the simulator's list of changed workers
         self.policy = policy
         self.running: list[SimSeq] = []
@@ -317,6 +318,7 @@ class SimWorker:
                 tuple([s._view or s.view() for s in self.running]),
                 tuple([s._view or s.view() for s in self.waiting]),
                 self.free_pages, self.config.token_budget, self.config.max_num_seqs,
+                self.step_costs,
             )
             plan = self.policy.plan(view, now)
             self.num_plans += 1

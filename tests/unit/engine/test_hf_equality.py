@@ -85,20 +85,21 @@ def test_smollm2_logits_agree(smollm2):
     assert torch.allclose(mine, ref, atol=2e-3, rtol=1e-4), (mine - ref).abs().max()
 
 
-def test_tiny_llama_greedy_and_logits_match_transformers():
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2", "tiny-mistral"])
+def test_tiny_models_greedy_and_logits_match_transformers(name):
     eng = Engine(
-        EngineConfig(memory_bytes=64 << 20, page_size_bytes=4096, num_threads=TEST_THREADS)
+        EngineConfig(memory_bytes=128 << 20, page_size_bytes=4096, num_threads=TEST_THREADS)
     )
-    eng.load_model("tiny-llama")
-    hf = hf_model("tiny-llama")
-    tok = load_tokenizer("tiny-llama")
+    eng.load_model(name)
+    hf = hf_model(name)
+    tok = load_tokenizer(name)
     prompts = [tok.apply_chat_template([{"role": "user", "content": c}]) for c in CHATS]
     for i, p in enumerate(prompts):
-        eng.add_request(request(f"t{i}", p, SamplingParams(max_tokens=48)))
+        eng.add_request(request(f"t{i}", p, SamplingParams(max_tokens=48), model=name))
     out = run_all(eng)
     for i, p in enumerate(prompts):
         assert tokens(out[f"t{i}"]) == hf_greedy(hf, p, 48)
-    mine = prefill_logits(eng, "tiny-llama", prompts[0])
+    mine = prefill_logits(eng, name, prompts[0])
     with torch.inference_mode():
         ref = hf(torch.tensor([prompts[0]])).logits[0, -1]
     assert torch.allclose(mine, ref, atol=1e-4, rtol=1e-4), (mine - ref).abs().max()

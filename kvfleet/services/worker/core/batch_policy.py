@@ -12,8 +12,11 @@ KV written. A step feeds ``n`` uncomputed tokens of a sequence; afterwards it ho
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
+
+from kvfleet.services.worker.core.step_cost import ModelStepCost
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +37,7 @@ class SeqView:
     ttft_slo_s: float | None = None
     tpot_slo_s: float | None = None
     priority: int = 1  # rank of its priority class: 0 high, 1 normal, 2 low
+    first_token_s: float | None = None  # when its first output token came (None: not yet/unknown)
 
     @property
     def num_uncomputed_tokens(self) -> int:
@@ -45,7 +49,10 @@ class EngineView:
     """The engine's queues at the start of a step.
 
     ``running`` holds sequences that own pages, oldest first; ``waiting`` holds sequences
-    with no pages (new or preempted), in queue order.
+    with no pages (new or preempted), in queue order. A running sequence a plan leaves out
+    keeps its pages and its KV: it is paused, not preempted. ``step_costs`` gives each model's
+    step time as coefficients (measured live, the cost model's in the simulator), for
+    policies that weigh one model's steps against another's.
     """
 
     running: tuple[SeqView, ...]
@@ -53,6 +60,7 @@ class EngineView:
     num_free_pages: int
     token_budget: int
     max_num_seqs: int
+    step_costs: Mapping[str, ModelStepCost] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +73,8 @@ class Chunk:
 
 @dataclass(frozen=True, slots=True)
 class StepPlan:
-    """The policy's answer: chunks to run and running sequences to preempt (by recompute).
+    """The policy's answer: chunks to run and running sequences to preempt (by recompute:
+    their pages are freed). Running sequences in neither list are paused with their KV.
 
     The plan is feasible: the pages the chunks need fit in the free pages plus the pages of
     the preempted sequences, and the chunk tokens fit the token budget.

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Mapping
 
 import torch
 
@@ -26,6 +28,7 @@ from kvfleet.services.worker.core.batch_policy import (
     SeqView,
     StepPlan,
 )
+from kvfleet.services.worker.core.step_cost import ModelStepCost
 from kvfleet.services.worker.engine.batch_builder import build_batch
 from kvfleet.services.worker.engine.config import EngineConfig
 from kvfleet.services.worker.engine.kv_pool import PagePool
@@ -39,6 +42,7 @@ from kvfleet.services.worker.engine.migration import export_sequence, import_seq
 from kvfleet.services.worker.engine.model import ModelStage
 from kvfleet.services.worker.engine.sampler import sample
 from kvfleet.services.worker.engine.sequence import Sequence
+from kvfleet.services.worker.engine.step_timer import StepTimer
 from kvfleet.services.worker.engine.types import (
     Accounting,
     EngineInputError,
@@ -58,10 +62,16 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 class Engine:
     def __init__(
-        self, config: EngineConfig, policy: BatchPolicy | None = None, clock: Clock | None = None
+        self,
+        config: EngineConfig,
+        policy: BatchPolicy | None = None,
+        clock: Clock | None = None,
+        step_costs: Mapping[str, ModelStepCost] | None = None,
     ) -> None:
         """``clock`` gives every ``now_s`` the engine passes on (the batch policy's, the token
-        events' timestamps): the wall clock by default, the same as every other service."""
+        events' timestamps): the wall clock by default, the same as every other service.
+        ``step_costs`` fixes the per-model step costs the batch policy sees (default: measured
+        as the engine runs, see ``StepTimer``)."""
         self.config = config
         self.policy: BatchPolicy = policy or FcfsBatchPolicy()
         self.clock: Clock = clock or WallClock()
@@ -87,6 +97,9 @@ class Engine:
         self._pending_events: list[TokenEvent] = []  # aborts from unload, sent by step()
         self.num_preemptions = 0  # recompute preemptions since start (a metric)
         self._reserved_pages = 0  # free pages the batch policy holds in reserve (last plan)
+        self.step_timer = StepTimer()
+        self._fixed_costs = dict(step_costs) if step_costs is not None else None
+        self._first_token_s: dict[str, float] = {}
 
     # ------------------------------------------------------------------ memory
     def _budget(self, config: EngineConfig) -> int:
@@ -174,6 +187,7 @@ class Engine:
                 self.resize_pool()
                 raise
             self._models[name_or_path] = LoadedModel(name_or_path, source, spec, stage, layout, tok)
+            self.step_timer.add_model(name_or_path, stage.num_bytes())
             self.resize_pool()
             log.info(
                 "loaded %s layers [%d, %d): %d weight bytes, %d tokens/page",
@@ -192,6 +206,7 @@ class Engine:
                 self._pending_events.append(self._abort_event(seq.seq_id, seq.num_output_tokens))
                 self._finish(seq, "abort")
             del self._models[name]
+            self.step_timer.remove_model(name)
             self.resize_pool()
 
     def drop_layers(self, name: str, keep: tuple[int, int]) -> None:
@@ -303,9 +318,12 @@ class Engine:
                         f"{model_name!r} is held as layers [{m.stage.first}, {m.stage.last}): "
                         "step it through a Pipeline"
                     )
+                t0 = time.perf_counter()
                 batch = build_batch(items, m.layout.tokens_per_page, self.device)
                 logits = m.stage.forward(self.pool.view(m.layout), batch)
                 events.extend(self._postprocess(m, items, logits))
+                self.step_timer.observe(model_name, sum(n for _, n in items),
+                                        time.perf_counter() - t0)
             return events
 
     def _drain_inbox(self) -> list[TokenEvent]:
@@ -351,6 +369,7 @@ class Engine:
                 ttft_slo_s=s.req.slo.ttft_s,
                 tpot_slo_s=s.req.slo.tpot_s,
                 priority=s.req.slo.rank,
+                first_token_s=self._first_token_s.get(s.seq_id),
             )
 
         return EngineView(
@@ -359,7 +378,14 @@ class Engine:
             num_free_pages=self.pool.num_free_pages,
             token_budget=self.config.max_num_batched_tokens,
             max_num_seqs=self.config.max_num_seqs,
+            step_costs=self.step_costs(),
         )
+
+    def step_costs(self) -> dict[str, ModelStepCost]:
+        """Each model's step costs as the batch policy sees them."""
+        if self._fixed_costs is not None:
+            return self._fixed_costs
+        return self.step_timer.costs()
 
     def _apply_plan(self, plan: StepPlan) -> dict[str, list[tuple[Sequence, int]]]:
         for sid in plan.preempt:
@@ -405,6 +431,8 @@ class Engine:
             return events
         now_s = self.clock.now_s()
         for seq, tok in zip(sampled, sample(logits, sampled), strict=True):
+            if seq.num_output_tokens == 0:
+                self._first_token_s[seq.seq_id] = now_s
             delta = seq.append(tok, m.eos_ids)
             events.append(TokenEvent(
                 seq.seq_id, tok, delta, seq.num_output_tokens - 1, seq.finish_reason, now_s
@@ -419,6 +447,7 @@ class Engine:
             self.pool.free(seq.pages)
             seq.pages = []
         self._seqs.pop(seq.seq_id, None)
+        self._first_token_s.pop(seq.seq_id, None)
         if seq in self._running:
             self._running.remove(seq)
         if seq in self._waiting:
