@@ -5,6 +5,9 @@
   ``(e2el - ttft) / (output_tokens - 1)``; for goodput a one-token request counts as TPOT 0.
 - ITL: every gap between consecutive output chunks, pooled over all requests.
 - E2EL: from sending the request to its last chunk.
+- Normalised latency (SeaLLM, AlpaServe): a request's E2E latency divided by its latency alone
+  on an idle worker (``isolated_s``, when the record has one: the simulator's cost model, or
+  the load generator's probe of the idle stack); reported as its mean and p99.
 - Throughputs and goodput divide by the run's duration; goodput counts the successful requests
   that met their SLO. SLO attainment (per model and overall) is the share of *all* requests
   sent, failed ones included, that succeeded and met their SLO.
@@ -51,6 +54,7 @@ class RequestRecord:
     ttft_slo_s: float | None = None  # the SLO the request was sent with
     tpot_slo_s: float | None = None
     predicted_output_tokens: int | None = None  # the server's prediction, when it gives one
+    isolated_s: float | None = None  # its latency alone on an idle worker, when known
 
     @property
     def tpot_s(self) -> float | None:
@@ -63,6 +67,13 @@ class RequestRecord:
         ):
             return None
         return (self.e2el_s - self.ttft_s) / (self.output_tokens - 1)
+
+    @property
+    def normalized_latency(self) -> float | None:
+        """E2E latency over the isolated latency (None when either is unknown)."""
+        if not self.success or self.e2el_s is None or not self.isolated_s:
+            return None
+        return self.e2el_s / self.isolated_s
 
     @property
     def end_s(self) -> float:
@@ -121,7 +132,21 @@ def _latency_block(
     out: dict[str, float | None] = {}
     for name in LATENCY_METRICS:
         out.update(_stats(series[name], name, percentiles))  # type: ignore[arg-type]
+    out.update(normalized_latency(records))
     return out
+
+
+def normalized_latency(records: Sequence[RequestRecord]) -> dict[str, float | None]:
+    """Mean and p99 normalised latency of the successful requests that have an isolated
+    latency (absent keys when none has)."""
+    values = [v for r in records if (v := r.normalized_latency) is not None]
+    if not any(r.isolated_s for r in records):
+        return {}
+    arr = np.asarray(values, dtype=float)
+    return {
+        "mean_normalized_latency": float(arr.mean()) if arr.size else None,
+        "p99_normalized_latency": float(np.percentile(arr, 99)) if arr.size else None,
+    }
 
 
 def summarize(

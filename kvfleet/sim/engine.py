@@ -12,6 +12,7 @@ from __future__ import annotations
 import heapq
 import logging
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -20,16 +21,25 @@ from kvfleet.load.slo import SloSet
 from kvfleet.policies import PolicySet, policy_set
 from kvfleet.services.gateway.core.length_predictor import LengthQuery, make_predictor
 from kvfleet.services.planner.core.migration import MigrationOrder, migration_views
+from kvfleet.services.planner.core.types import ModelLoad, Plan
 from kvfleet.services.scheduler.core.admission import QueueBound, QueueDepth
 from kvfleet.services.scheduler.core.dispatch import decide
 from kvfleet.services.scheduler.core.types import ClusterView, WorkerView
-from kvfleet.sim.fleet import SimConfig, build_fleet, build_workers_like, migration_link
+from kvfleet.sim.fleet import (
+    SimConfig,
+    adapts_placement,
+    build_fleet,
+    build_placed_fleet,
+    build_workers_like,
+    migration_link,
+    reference_costs,
+)
 from kvfleet.sim.seq import SimSeq
 from kvfleet.sim.worker import SimWorker
 
 log = logging.getLogger(__name__)
 
-_WORKER, _DISPATCH, _MIGRATE, _ARRIVE_MIGRATED, _SAMPLE = range(5)
+_WORKER, _DISPATCH, _MIGRATE, _ARRIVE_MIGRATED, _SAMPLE, _REPLAN, _LOADED = range(7)
 INF = float("inf")
 
 FLEET_COLUMNS = (
@@ -66,6 +76,7 @@ class SimResult:
     num_migrations: int
     end_s: float
     workers: list[SimWorker] = field(repr=False)
+    replacements: list[tuple[float, int, int]] = field(default_factory=list)  # (t, loads, unloads)
 
     @property
     def events_per_s(self) -> float:
@@ -104,7 +115,13 @@ class Simulator:
         targets (as the load generator sends them to a live fleet)."""
         self.config = config
         self.policies = policies or policy_set(config.policy)
-        if workers is None:
+        self.placement: object | None = None  # a placement that adapts during the run
+        self.plan: Plan | None = None
+        if workers is None and adapts_placement(self.policies):
+            load = measured_load(requests, map_models(requests, config.models), 0.0, INF)
+            self.workers, self.fleet, self.plan, self.placement = build_placed_fleet(
+                config, self.policies, load)
+        elif workers is None:
             self.workers = build_fleet(config, self.policies)
         else:
             self.workers = build_workers_like(config, self.policies, workers)
@@ -114,7 +131,10 @@ class Simulator:
         self.migration = self.policies.migration()
         self.link = migration_link(config)
         served = sorted({m for w in self.workers for m in w.models})
+        if self.placement is not None:
+            served = sorted(set(config.models))
         mapping = map_models(requests, served)
+        reference = reference_costs(config, served)
         order = sorted(range(len(requests)), key=lambda i: requests[i].arrival_s)
         self.predictor = make_predictor(
             config.predictor, quantile=config.predictor_quantile,
@@ -133,13 +153,18 @@ class Simulator:
             slo = slos.for_model(r.model) if slos is not None else None
             if slo is not None:
                 seq.ttft_slo_s, seq.tpot_slo_s = slo.ttft_s, slo.tpot_s
+            seq.isolated_s = reference[seq.model].isolated_s(seq.num_prompt_tokens,
+                                                             seq.max_tokens)
             self.seqs.append(seq)
         self._heap: list[tuple[float, int, int, object, object]] = []
         self._counter = 0
         self._pending: list[SimSeq] = []  # the scheduler's queue, in arrival order
         self._depth: dict[str, QueueDepth] = {}  # per model
         self._bound = QueueBound(config.max_queued_requests, config.max_queued_tokens)
-        self._served = {m for w in self.workers for m in w.models}
+        self._served = set(served)
+        self._recent: deque[tuple[float, str, int, int]] = deque()  # arrivals in the window
+        self.replacements: list[tuple[float, int, int]] = []
+        self._unload_after: list[tuple[int, str]] = []  # (worker, model) once it is served elsewhere
         self._dispatch_at = INF
         self._num_done = 0
         self._num_dropped = 0
@@ -180,6 +205,8 @@ class Simulator:
         self._push(0.0, _SAMPLE)
         if self.migration.name != "none":
             self._push(self.config.migration_interval_s, _MIGRATE)
+        if self.placement is not None:
+            self._push(self.config.replan_interval_s, _REPLAN)
         i = 0
         events = 0
         now = 0.0
@@ -210,6 +237,8 @@ class Simulator:
                 asked = tuple(worker._detach) if worker._detach else ()
                 t_next = worker.on_boundary(now, finished, departed, self._accept)
                 self._push_worker(worker, t_next)
+                if worker.started_loads:
+                    self._start_loads(worker, now)
                 if self.check_invariants:
                     worker.check()
                 if finished:
@@ -239,6 +268,12 @@ class Simulator:
                 self._sample(now)
                 if self._num_done < n:
                     self._push(now + self.config.sample_interval_s, _SAMPLE)
+            elif kind == _REPLAN:
+                self._replan(now)
+                if self._num_done < n:
+                    self._push(now + self.config.replan_interval_s, _REPLAN)
+            elif kind == _LOADED:
+                self._loaded(a, b, now)  # type: ignore[arg-type]
         if self._num_done < n:
             for seq in seqs:
                 if not seq.done:
@@ -251,7 +286,7 @@ class Simulator:
         result = SimResult(
             self.config, seqs, self.fleet_rows, events, wall, time.process_time() - cpu_started,
             sum(w.num_plans for w in self.workers), sum(w.num_steps for w in self.workers),
-            self._num_migrations, now, self.workers,
+            self._num_migrations, now, self.workers, self.replacements,
         )
         log.info("simulated %d requests to t=%.1fs: %d events in %.1fs wall, %.1fs CPU "
                  "(%.0f events/s)", n, now, events, wall, result.cpu_s, result.events_per_s)
@@ -274,6 +309,9 @@ class Simulator:
             seq.request_id, seq.model, seq.num_prompt_tokens, seq.request_max_tokens,
             seq.max_tokens))
         self._pending.append(seq)
+        if self.placement is not None:
+            self._recent.append((seq.arrival_s, seq.model, seq.num_prompt_tokens,
+                                 seq.predicted_output_tokens or seq.max_tokens))
 
     def _dispatch(self, now: float) -> None:
         self._dispatch_at = INF
@@ -347,6 +385,66 @@ class Simulator:
         dst = self.workers[dst_idx]
         self._push_worker(dst, dst.attach(seq, now))
 
+    # ----- re-placement -----
+    def _replan(self, now: float) -> None:
+        """The planner's placement tick: the load measured over the last window, the
+        placement policy, and loads/unloads where the plan changed. A model leaving its last
+        worker there is unloaded only once a new replica of it serves."""
+        window = self.config.load_window_s
+        recent = self._recent
+        while recent and recent[0][0] < now - window:
+            recent.popleft()
+        load = _load_of(recent, min(window, now))
+        plan = self.placement.place(self.fleet, self.plan, load, now)  # type: ignore[attr-defined]
+        if plan is self.plan or plan == self.plan:
+            self._unload_ready(now)
+            return
+        old = self.plan
+        self.plan = plan
+        loads = unloads = 0
+        for w in self.workers:
+            want = set(plan.models_of(w.worker_id))
+            have = set(w.models) - w.draining
+            for m in sorted(want - have):
+                weight = self.fleet.model(m).weight_bytes
+                w.begin_load(m, weight / self.config.weight_load_bytes_per_s)
+                loads += 1
+                if w.started_loads:
+                    self._start_loads(w, now)
+            for m in sorted(have - want):
+                self._unload_after.append((w.idx, m))
+                unloads += 1
+        self._unload_ready(now)
+        self.replacements.append((now, loads, unloads))
+        log.info("t=%.1fs re-placement v%d -> v%d: %d loads, %d unloads", now,
+                 old.version if old else 0, plan.version, loads, unloads)
+
+    def _unload_ready(self, now: float) -> None:
+        keep = []
+        for idx, m in self._unload_after:
+            w = self.workers[idx]
+            if self.plan is not None and m in self.plan.models_of(w.worker_id):
+                continue  # planned here again
+            elsewhere = any(m in o.models and m not in o.draining
+                            for o in self.workers if o is not w)
+            if elsewhere or not (self.plan and self.plan.workers_of(m)):
+                w.begin_unload(m)
+            else:
+                keep.append((idx, m))
+        self._unload_after = keep
+
+    def _start_loads(self, worker: SimWorker, now: float) -> None:
+        for model, load_s in worker.started_loads:
+            self._push(now + load_s, _LOADED, worker, model)
+        worker.started_loads.clear()
+
+    def _loaded(self, worker: SimWorker, model: str, now: float) -> None:
+        worker.finish_load(model)
+        self._unload_ready(now)
+        if self._pending and self._dispatch_at == INF:
+            self._dispatch_at = now + self.config.dispatch_interval_s
+            self._push(self._dispatch_at, _DISPATCH)
+
     # ----- fleet time series -----
     def _sample(self, now: float) -> None:
         active = used = total = waiting = running = 0
@@ -358,14 +456,42 @@ class Simulator:
             waiting += len(w.waiting)
             running += len(w.running)
         interval = self.config.sample_interval_s
-        tp = self.workers[0].costs[next(iter(self.workers[0].costs))].tp
+        gpus = sum(w.parallel_degree for w in self.workers if w.running or w.waiting)
+        if self.placement is None:  # workers built from a tp setting: every one spans tp GPUs
+            gpus = active * self.workers[0].costs[next(iter(self.workers[0].costs))].tp
         finished = self._num_done - self._num_dropped
         self.fleet_rows.append((
-            round(now, 6), active * tp, round(used / total, 6) if total else 0.0,
+            round(now, 6), gpus, round(used / total, 6) if total else 0.0,
             self._migrations_in_window / interval, len(self._pending), waiting, running,
             finished, self._num_dropped,
         ))
         self._migrations_in_window = 0
+
+
+def _load_of(arrivals: Sequence[tuple[float, str, int, int]], span_s: float
+             ) -> dict[str, ModelLoad]:
+    """Per-model request rate and mean lengths of ``arrivals`` over ``span_s`` seconds."""
+    acc: dict[str, list[float]] = {}
+    for _, model, prompt, output in arrivals:
+        a = acc.setdefault(model, [0.0, 0.0, 0.0])
+        a[0] += 1
+        a[1] += prompt
+        a[2] += output
+    span = max(span_s, 1e-9)
+    return {m: ModelLoad(m, n / span, p / n, o / n) for m, (n, p, o) in acc.items()}
+
+
+def measured_load(requests: Sequence[RequestLike], mapping: dict[str, str], start_s: float,
+                  end_s: float) -> dict[str, ModelLoad]:
+    """The load ``requests`` (mapped to served models) put on the fleet in [start, end): what
+    a static placement is given (every policy gets the same figures)."""
+    chosen = [r for r in requests if start_s <= r.arrival_s < end_s]
+    if not chosen:
+        return {}
+    first = min(r.arrival_s for r in chosen)
+    last = max(r.arrival_s for r in chosen)
+    return _load_of([(r.arrival_s, mapping[r.model], r.input_tokens, r.output_tokens)
+                     for r in chosen], max(last - first, 1.0))
 
 
 def simulate(

@@ -4,19 +4,21 @@ pools sized from the memory budget, and one cost model per (model, worker kind).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from pydantic import BaseModel, Field, field_validator
 
 from kvfleet.policies import PolicySet, policy_names
 from kvfleet.services.planner.core.policy import static_plan
-from kvfleet.services.planner.core.types import FleetSpec, ModelSpecRef, WorkerSpec
+from kvfleet.services.planner.core.seallm_placement import GpuPool, min_degree, workers_for
+from kvfleet.services.planner.core.types import FleetSpec, ModelLoad, ModelSpecRef, Plan, WorkerSpec
 from kvfleet.services.scheduler.core.admission import (
     DEFAULT_MAX_QUEUED_REQUESTS,
     DEFAULT_MAX_QUEUED_TOKENS,
 )
 from kvfleet.services.scheduler.core.types import WorkerView
+from kvfleet.services.worker.core.step_cost import ModelStepCost
 from kvfleet.sim.cost_model import CostModel, load_calibration
 from kvfleet.sim.presets import GiB, gpu_preset, link_preset, model_preset
 from kvfleet.sim.worker import SimWorker, WorkerConfig
@@ -78,7 +80,17 @@ class SimConfig(BaseModel):
         description="Run unchanged decode batches as one event (exact); off: every step is "
         "its own event (slow; for checking).",
     )
-
+    replan_interval_s: float = Field(
+        default=60.0, gt=0.0,
+        description="Re-placement tick of placements that adapt (the planner's placement loop).",
+    )
+    load_window_s: float = Field(
+        default=120.0, gt=0.0, description="Window the measured per-model load is taken over."
+    )
+    weight_load_bytes_per_s: float = Field(
+        default=16e9, gt=0.0,
+        description="How fast a worker loads a model's weights (host to GPU) on re-placement.",
+    )
 
     @field_validator("policy")
     @classmethod
@@ -98,6 +110,100 @@ def pick_tp(config: SimConfig) -> int:
     while biggest > 0.5 * gpu.memory_bytes * tp * config.gpu_memory_utilization and tp < 8:
         tp *= 2
     return tp
+
+
+def cost_model(config: SimConfig, model: str, tp: int) -> CostModel:
+    """The cost model of ``model`` on ``tp`` GPUs of the fleet's kind (calibrated if asked)."""
+    gpu, shape = gpu_preset(config.gpu), model_preset(model)
+    cost = CostModel(gpu, shape, tp, gpu_memory_utilization=config.gpu_memory_utilization)
+    if config.calibration:
+        calib = load_calibration(Path(config.calibration), cost)
+        cost = CostModel(gpu, shape, tp, calib, config.gpu_memory_utilization)
+    return cost
+
+
+def gpu_pool(config: SimConfig) -> GpuPool:
+    gpu = gpu_preset(config.gpu)
+    degrees = (config.tp,) if config.tp else (1, 2, 4, 8)
+    return GpuPool(config.num_gpus, int(gpu.memory_bytes * config.gpu_memory_utilization),
+                   degrees)
+
+
+def reference_costs(config: SimConfig, models: Sequence[str]) -> dict[str, ModelStepCost]:
+    """Each model alone on the fewest GPUs that hold it with half their memory left (what a
+    request's normalised latency is relative to); names that are no preset use
+    ``config.models[0]``'s shape."""
+    pool = gpu_pool(config)
+    out: dict[str, ModelStepCost] = {}
+    for m in models:
+        try:
+            shape = model_preset(m)
+        except ValueError:
+            shape = model_preset(config.models[0])
+        tp = config.tp or min_degree(shape.weight_bytes, pool)
+        out[m] = cost_model(config, shape.name, tp).coefficients()
+    return out
+
+
+def adapts_placement(policies: PolicySet) -> bool:
+    """Whether the set's placement decides the fleet's layout itself (stage 1 grouping)."""
+    return hasattr(policies.placement(), "groups")
+
+
+def fleet_spec(config: SimConfig, workers: Sequence[WorkerSpec] = ()) -> FleetSpec:
+    """The planner's view of the simulated fleet: models with weights, KV bytes and costs at
+    every parallel degree."""
+    pool = gpu_pool(config)
+    shapes = {m: model_preset(m) for m in config.models}
+    return FleetSpec(
+        models=tuple(ModelSpecRef(n, s.weight_bytes, s.kv_bytes_per_token)
+                     for n, s in shapes.items()),
+        workers=tuple(workers),
+        step_costs={(m, d): cost_model(config, m, d).coefficients()
+                    for m in shapes for d in pool.degrees},
+        reserve_bytes=int(config.activation_reserve_gib * GiB),
+        weight_load_bytes_per_s=config.weight_load_bytes_per_s,
+    )
+
+
+def build_placed_fleet(
+    config: SimConfig, policies: PolicySet, load: Mapping[str, ModelLoad]
+) -> tuple[list[SimWorker], FleetSpec, Plan, object]:
+    """A fleet laid out by the set's placement: stage 1 groups the GPUs into workers of
+    their own parallel degrees, stage 2 places the models (several per worker). Pages are one
+    size across the fleet (``page_tokens`` tokens of the model with the most KV per token),
+    so any model can be loaded anywhere later. Returns the workers, the planner's fleet
+    spec, the plan and the placement policy (kept for re-placement)."""
+    placement = policies.placement()
+    pool = gpu_pool(config)
+    template = fleet_spec(config)
+    groups = placement.groups(pool, template, load)  # type: ignore[attr-defined]
+    spec = fleet_spec(config, workers_for(groups, pool))
+    plan = placement.place(spec, None, load, 0.0)
+    shapes = {m: model_preset(m) for m in config.models}
+    page_bytes = config.page_tokens * max(s.kv_bytes_per_token for s in shapes.values())
+    reserve = int(config.activation_reserve_gib * GiB)
+    workers: list[SimWorker] = []
+    for i, wspec in enumerate(spec.workers):
+        d = wspec.parallel_degree
+        models = plan.models_of(wspec.worker_id)
+        kv_bytes = wspec.memory_bytes - sum(shapes[m].weight_bytes for m in models) - reserve * d
+        pages = kv_bytes // page_bytes
+        if pages <= 0:
+            raise ValueError(f"{', '.join(models)} leaves no KV memory on {d}x {config.gpu}")
+        tpp_all = {m: page_bytes // shapes[m].kv_bytes_per_token for m in shapes}
+        costs_all = {m: cost_model(config, m, d) for m in shapes}
+        wcfg = WorkerConfig(wspec.worker_id, models, int(pages),
+                            {m: tpp_all[m] for m in models}, config.token_budget,
+                            config.max_num_seqs, config.worker_queue_fraction, d)
+        worker = SimWorker(i, wcfg, {m: costs_all[m] for m in models}, policies.batch())
+        worker.catalog(costs_all, tpp_all, {m: shapes[m].weight_bytes for m in shapes},
+                       page_bytes)
+        workers.append(worker)
+    log.info("fleet: %d workers (degrees %s) of %s, placement %s: %s", len(workers), groups,
+             config.gpu, getattr(placement, "name", "?"),
+             {w.worker_id: w.models for w in workers})
+    return workers, spec, plan, placement
 
 
 def build_fleet(config: SimConfig, policies: PolicySet) -> list[SimWorker]:

@@ -99,6 +99,14 @@ MODEL_PRESETS: dict[str, ModelShape] = {
         ModelShape("Qwen2-7B", 7.62e9, 28, 3584, 28, 4, 128, 152064),
         ModelShape("Mistral-7B", 7.24e9, 32, 4096, 32, 8, 128, 32000),
         ModelShape("SmolLM2-135M", 0.1345e9, 30, 576, 9, 3, 64, 49152),
+        # More sizes, for fleets of many models (SeaLLM's 1B to 70B range).
+        ModelShape("Llama-3.2-1B", 1.24e9, 16, 2048, 32, 8, 64, 128256),
+        ModelShape("Qwen2-1.5B", 1.54e9, 28, 1536, 12, 2, 128, 151936),
+        ModelShape("Llama-3.2-3B", 3.21e9, 28, 3072, 24, 8, 128, 128256),
+        ModelShape("Qwen2.5-14B", 14.77e9, 48, 5120, 40, 8, 128, 152064),
+        ModelShape("Qwen2.5-32B", 32.76e9, 64, 5120, 40, 8, 128, 152064),
+        ModelShape("Yi-34B", 34.39e9, 60, 7168, 56, 8, 128, 64000),
+        ModelShape("Llama-2-70B", 68.98e9, 80, 8192, 64, 8, 128, 32000),
     )
 }
 

@@ -41,7 +41,7 @@ def to_records(result: SimResult) -> list[RequestRecord]:
             s.first_token_s - s.arrival_s if ok else None,
             s.finish_s - s.arrival_s if ok else None,
             (), "" if ok else f"dropped: {s.drop_reason}",
-            s.ttft_slo_s, s.tpot_slo_s, s.predicted_output_tokens,
+            s.ttft_slo_s, s.tpot_slo_s, s.predicted_output_tokens, s.isolated_s,
         ))
     return out
 
@@ -91,7 +91,7 @@ def summarize(
     for s in result.seqs:
         if s.drop_reason:
             reasons[s.drop_reason] = reasons.get(s.drop_reason, 0) + 1
-    first = result.workers[0]
+    first = next((w for w in result.workers if w.costs), result.workers[0])
     rows = result.fleet_rows
     summary["sim"] = {
         "policy": result.config.policy,
@@ -103,6 +103,12 @@ def summarize(
         "dropped_reasons": reasons,
         "num_preemptions": int(sum(s.num_preemptions for s in result.seqs)),
         "num_migrations": result.num_migrations,
+        "parallel_degrees": [w.parallel_degree for w in result.workers],
+        "placement": {w.worker_id: list(w.models) for w in result.workers},
+        "num_replacements": len(result.replacements),
+        "replacements": [{"t_s": t, "loads": a, "unloads": u} for t, a, u in result.replacements],
+        "num_model_loads": sum(w.num_loads for w in result.workers),
+        "num_model_unloads": sum(w.num_unloads for w in result.workers),
         "num_events": result.num_events,
         "num_plans": result.num_plans,
         "num_steps": result.num_steps,

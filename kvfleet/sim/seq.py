@@ -15,7 +15,7 @@ class SimSeq:
         "num_tokens", "num_computed", "num_pages", "num_output", "tokens_per_page",
         "dispatch_s", "first_token_s", "finish_s", "worker_idx", "num_preemptions",
         "num_migrations", "drop_reason", "predicted_output_tokens", "ttft_slo_s", "tpot_slo_s",
-        "priority", "request_max_tokens", "_view", "_request_view",
+        "priority", "request_max_tokens", "isolated_s", "_view", "_request_view",
     )
 
     def __init__(
@@ -47,6 +47,7 @@ class SimSeq:
         self.ttft_slo_s: float | None = None
         self.tpot_slo_s: float | None = None
         self.priority = 1
+        self.isolated_s: float | None = None  # its latency alone on an idle worker
         #: The batch policy's view; set to None by whoever changes a count.
         self._view: SeqView | None = None
         self._request_view: RequestView | None = None

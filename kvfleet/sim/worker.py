@@ -46,6 +46,7 @@ class WorkerConfig:
     max_num_seqs: int = 256
     queue_fraction: float = 1.0  # the scheduler's queue allowance for this worker
     fast_forward: bool = True  # run unchanged decode batches as one event (off: step by step)
+    parallel_degree: int = 1  # GPUs the worker spans
 
 
 class SimWorker:
@@ -59,7 +60,7 @@ class SimWorker:
         self.worker_id = config.worker_id
         self.config = config
         self.models = config.models
-        self.tpp = config.tokens_per_page
+        self.tpp = dict(config.tokens_per_page)
         self._tpp_min = min(config.tokens_per_page.values())
         self.total_pages = config.num_total_pages
         self.free_pages = config.num_total_pages
@@ -84,6 +85,17 @@ class SimWorker:
         self._incoming: list[SimSeq] = []
         self._run_claim = 0  # pages the current run of decode steps may still take
         self._view: WorkerView | None = None
+        self.parallel_degree = config.parallel_degree
+        # Re-placement (models loaded and unloaded during a run): what any model would cost
+        # here, the weights' pages, loads claiming pages and models draining before unload.
+        self._catalog_costs: dict[str, CostModel] = {}
+        self._catalog_tpp: dict[str, int] = {}
+        self._weight_pages: dict[str, int] = {}
+        self._loading: dict[str, list[float]] = {}  # model -> [pages needed, claimed, load_s]
+        self.started_loads: list[tuple[str, float]] = []  # (model, load seconds) to time
+        self.draining: set[str] = set()
+        self.num_loads = 0
+        self.num_unloads = 0
         # What the scheduler knows: the report published at the last step boundary (as a
         # heartbeat after a step) and the assignments it has not shown yet.
         self.intake_seq = 0
@@ -111,9 +123,13 @@ class SimWorker:
         return self._view
 
     def _snapshot(self) -> OccupancyReport:
+        models = self.models
+        if self.draining:
+            models = tuple(m for m in models if m not in self.draining)
         return OccupancyReport(
-            self.worker_id, self.models, self.total_pages, self.free_pages,
-            min(self.policy_reserved_pages, self.free_pages), self._queued_pages, self.tpp, len(self.running), len(self.waiting), "sim",
+            self.worker_id, models, self.total_pages, self.free_pages,
+            min(self.policy_reserved_pages, self.free_pages), self._queued_pages, self.tpp,
+            len(self.running), len(self.waiting), "sim",
             self.intake_seq,
         )
 
@@ -205,6 +221,83 @@ class SimWorker:
                 return self.step_end_s
         return None
 
+    # ----- re-placement: loading and unloading models -----
+    def catalog(self, costs: dict[str, CostModel], tokens_per_page: dict[str, int],
+                weight_bytes: dict[str, int], page_bytes: int) -> None:
+        """What every model the fleet serves would cost on this worker, so any can be loaded
+        here later (its weights take ``ceil(weight_bytes / page_bytes)`` pages of the pool)."""
+        self._catalog_costs = dict(costs)
+        self._catalog_tpp = dict(tokens_per_page)
+        self._weight_pages = {m: -(-b // page_bytes) for m, b in weight_bytes.items()}
+
+    def begin_load(self, model: str, load_s: float) -> None:
+        """Start loading ``model``: its weights claim free pages (at step boundaries, as they
+        free up); once all are claimed the load takes ``load_s`` (``started_loads``)."""
+        if model in self.models or model in self._loading:
+            self.draining.discard(model)
+            return
+        self._loading[model] = [float(self._weight_pages[model]), 0.0, load_s]
+        if not self.busy:
+            self._placement_step()
+            self._publish()
+
+    def begin_unload(self, model: str) -> None:
+        """Stop taking ``model``'s requests; unload it once those here have finished."""
+        if model in self._loading:
+            need, claimed, _ = self._loading.pop(model)
+            self.free_pages += int(claimed)
+            self.reserved_pages -= int(claimed)
+        if model in self.models:
+            self.draining.add(model)
+        if not self.busy:
+            self._placement_step()
+            self._publish()
+
+    def finish_load(self, model: str) -> None:
+        """The weights are in: the model serves from now on."""
+        need = self._weight_pages[model]
+        self.reserved_pages -= need
+        self.total_pages -= need
+        self.models = (*self.models, model)
+        self.tpp = {**self.tpp, model: self._catalog_tpp[model]}
+        self._set_costs({**self.costs, model: self._catalog_costs[model]})
+        self.num_loads += 1
+        self._publish()
+
+    def _set_costs(self, costs: dict[str, CostModel]) -> None:
+        self.costs = costs
+        self._single = next(iter(costs.values())) if len(costs) == 1 else None
+        self.step_costs = {m: c.coefficients() for m, c in costs.items()}
+        held = [self.tpp[m] for m in self.models if m in self.tpp]
+        if held:
+            self._tpp_min = min(held)
+
+    def _placement_step(self) -> None:
+        """Claim free pages for pending loads; unload drained models."""
+        for model, entry in list(self._loading.items()):
+            need, claimed, load_s = entry
+            take = min(self.free_pages - self._run_claim, int(need - claimed))
+            if take > 0:
+                self.free_pages -= take
+                self.reserved_pages += take
+                entry[1] = claimed + take
+            if entry[1] >= need:
+                del self._loading[model]
+                self.started_loads.append((model, load_s))
+        for model in list(self.draining):
+            busy = any(s.model == model for s in (*self.running, *self.waiting, *self._incoming))
+            if busy:
+                continue
+            self.draining.discard(model)
+            self.models = tuple(m for m in self.models if m != model)
+            self.tpp = {m: t for m, t in self.tpp.items() if m != model}
+            pages = self._weight_pages.get(model, 0)
+            self.total_pages += pages
+            self.free_pages += pages
+            self._set_costs({m: c for m, c in self.costs.items() if m != model})
+            self.num_unloads += 1
+        self._invalidate()
+
     # ----- the step loop -----
     def on_boundary(
         self,
@@ -233,6 +326,8 @@ class SimWorker:
             self._incoming.clear()
         if self._detach:
             self._do_detach(departed, accept)
+        if self._loading or self.draining:
+            self._placement_step()
         self._publish()
         return self._plan(now)
 

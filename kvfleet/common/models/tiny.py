@@ -53,8 +53,14 @@ TINY_NAMES = {f"tiny-{arch}": arch for arch in TINY_SHAPES}
 def make_tiny(path: Path, arch: str = "llama", seed: int = TINY_SEED) -> Path:
     """Write config.json, model.safetensors and tokenizer files for a tiny ``arch`` model."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        MistralConfig,
+        MistralForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
 
     classes = {
         "llama": (LlamaConfig, LlamaForCausalLM),

@@ -2,30 +2,56 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from kvfleet.services.worker.core.step_cost import ModelStepCost
 
 
 @dataclass(frozen=True, slots=True)
 class ModelSpecRef:
-    """A model the fleet serves, by name, with the bytes its weights take."""
+    """A model the fleet serves, by name, with the bytes its weights take (and, for
+    latency-aware placement, the bytes one token of its KV takes and its SLO targets)."""
 
     name: str
     weight_bytes: int
+    kv_bytes_per_token: int = 0
+    ttft_slo_s: float | None = None
+    tpot_slo_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class WorkerSpec:
+    """A worker: its memory budget, the models configured for it (static placement), and how
+    many GPUs it spans (its tensor-parallel degree)."""
+
     worker_id: str
     memory_bytes: int
     models: tuple[str, ...] = ()
+    parallel_degree: int = 1
 
 
 @dataclass(frozen=True, slots=True)
 class FleetSpec:
-    """What the operator configured: models, and workers with budgets and (optionally) models."""
+    """What the operator configured: models, and workers with budgets and (optionally) models.
+
+    Latency-aware placement also reads ``step_costs``: each (model, parallel degree)'s step
+    time coefficients (the simulator's cost model, ``CostModel.coefficients()``),
+    ``reserve_bytes`` that a worker keeps per GPU beyond weights and KV (activations), and
+    ``weight_load_bytes_per_s``, how fast a worker loads weights (the cost of re-placing).
+    """
 
     models: tuple[ModelSpecRef, ...]
     workers: tuple[WorkerSpec, ...]
+    step_costs: Mapping[tuple[str, int], ModelStepCost] = field(default_factory=dict)
+    reserve_bytes: int = 0
+    weight_load_bytes_per_s: float = 0.0
+
+    def model(self, name: str) -> ModelSpecRef:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise KeyError(name)
 
 
 @dataclass(frozen=True, slots=True)
