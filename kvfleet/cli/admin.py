@@ -103,6 +103,47 @@ async def _workers_table():  # type: ignore[no-untyped-def]
     return t
 
 
+def kv_usage_rows(occupancies: dict[str, Any]) -> list[tuple[str, str, int, int, int, int, int]]:
+    """Per worker and model in its unified KV pool: (worker, model, pages held, pool pages,
+    tokens per page, requests holding pages, requests waiting), from the heartbeats' request
+    lists; then one ``*`` row per model over the fleet."""
+    rows: list[tuple[str, str, int, int, int, int, int]] = []
+    totals: dict[str, list[int]] = {}
+    for wid, occ in sorted(occupancies.items()):
+        if occ is None:
+            continue
+        per: dict[str, list[int]] = {m: [0, 0, 0] for m in occ.tokens_per_page}
+        for seq in occ.seqs:
+            acc = per.setdefault(seq.model, [0, 0, 0])
+            acc[0] += seq.num_pages
+            acc[1 if seq.num_pages else 2] += 1
+        for m, (pages, holding, waiting) in sorted(per.items()):
+            rows.append((wid, m, pages, occ.num_total_pages, occ.tokens_per_page.get(m, 0),
+                         holding, waiting))
+            t = totals.setdefault(m, [0, 0, 0, 0])
+            t[0] += pages
+            t[1] += occ.num_total_pages
+            t[2] += holding
+            t[3] += waiting
+    for m, (pages, total, holding, waiting) in sorted(totals.items()):
+        rows.append(("*", m, pages, total, 0, holding, waiting))
+    return rows
+
+
+def _kv_usage_table(workers: dict[str, Any]):  # type: ignore[no-untyped-def]
+    from rich.table import Table
+
+    t = Table(title="KV pool by model")
+    for col in ("worker", "model", "pages held", "share of pool", "tokens/page", "holding",
+                "waiting"):
+        t.add_column(col)
+    for wid, m, pages, total, tpp, holding, waiting in kv_usage_rows(
+            {w: occ for w, (_info, occ) in workers.items()}):
+        share = f"{100.0 * pages / total:.1f}%" if total else "-"
+        t.add_row(wid, m, str(pages), share, str(tpp) if tpp else "", str(holding), str(waiting))
+    return t
+
+
 @app.command()
 def workers() -> None:
     """Workers: liveness, models, KV pages, load."""
@@ -174,15 +215,16 @@ def plan() -> None:
 
 @app.command()
 def status(events: int = typer.Option(10, min=0, help="Recent events to show.")) -> None:
-    """Fleet summary: plan, workers, queues, recent events."""
+    """Fleet summary: plan, workers, KV pool use by model, queues, recent events."""
     from rich.table import Table
 
     from kvfleet.common import redis_schema as rs
 
-    async def run() -> tuple[Any, Table, Table]:
+    async def run() -> tuple[Any, Table, Table, Table]:
         store = _store()
         try:
             p = await store.get_plan()
+            usage = _kv_usage_table(await store.workers())
             q = Table(title="queues")
             for col in ("model", "waiting for a worker", "waiting tokens", "bound",
                         "active requests"):
@@ -206,12 +248,13 @@ def status(events: int = typer.Option(10, min=0, help="Recent events to show."))
                 )
         finally:
             await store.close()
-        return p, q, ev
+        return p, q, ev, usage
 
-    p, q, ev = asyncio.run(run())
+    p, q, ev, usage = asyncio.run(run())
     console = _console()
     console.print(f"plan: v{p.version}" if p else "plan: none")
     console.print(asyncio.run(_workers_table()))
+    console.print(usage)
     console.print(q)
     if events:
         console.print(ev)

@@ -174,6 +174,13 @@ def load(
         ),
     ] = None,
     plots: Annotated[bool, typer.Option(help="Write PNG plots.", rich_help_panel=_RUN)] = True,
+    isolation_probe: Annotated[
+        bool,
+        typer.Option(
+            help="First probe each model alone on the idle target, for the normalised latency.",
+            rich_help_panel=_RUN,
+        ),
+    ] = False,
     progress: Annotated[
         bool, typer.Option(help="Show a progress bar.", rich_help_panel=_RUN)
     ] = True,
@@ -227,6 +234,7 @@ def load(
         length_control=length_control,
         out=out,
         plots=plots,
+        isolation_probe=isolation_probe,
         label=label,
     )
     try:
@@ -288,6 +296,8 @@ def print_summary(summary: dict[str, object], console: Any) -> None:
         "request_throughput",
         "request_goodput",
         "slo_attainment",
+        "mean_normalized_latency",
+        "p99_normalized_latency",
         "output_throughput",
         "max_concurrent_requests",
     ]

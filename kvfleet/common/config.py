@@ -307,6 +307,27 @@ class PlannerSettings(ServiceSettings):
         default=60.0, gt=0, description="Deadline of one migration (the source's Migrate call)."
     )
     rpc_timeout_s: float = Field(default=600.0, gt=0, description="Deadline of Load/Unload calls.")
+    replan_s: float = Field(
+        default=30.0, gt=0,
+        description="How often a placement that adapts (seallm) re-plans from measured load.",
+    )
+    load_window_s: float = Field(
+        default=60.0, gt=0, description="Window the per-model load is measured over."
+    )
+    placement_gpu: str = Field(
+        default="CPU",
+        description="Cost-model preset (kvfleet.sim.presets) latency-aware placement predicts "
+        "step times with.",
+    )
+    weight_load_bytes_per_s: float = Field(
+        default=2e8, gt=0, description="How fast a worker loads weights (the cost of a swap)."
+    )
+    dtype_bytes: int = Field(default=4, ge=1, le=8, description="Bytes per weight on workers.")
+    expected_load: dict[str, list[float]] = Field(
+        default_factory=dict,
+        description="model -> [requests/s, mean prompt tokens, mean output tokens]: the load a "
+        "placement starts from (before any is measured).",
+    )
 
 
 class WorkerSettings(ServiceSettings):

@@ -22,6 +22,7 @@ prefix ``kvfleet:v<SCHEMA_VERSION>:`` so two schema versions never collide.
 | ``models`` | hash | model name -> :class:`ModelInfo` JSON (per-model defaults, from the planner) |
 | ``predictor:{model}`` | hash | output-length counts ``"{prompt bucket}:{length bin}" -> n`` |
 | ``predictor:{model}:warm`` | string | set once a trace warm-started the model's counts |
+| ``load:{model}`` | hash | requests accepted per time bucket: ``"{bucket}:n"``, ``"{bucket}:in"`` (prompt tokens), ``"{bucket}:out"`` (predicted output tokens); buckets of ``LOAD_BUCKET_S`` |
 | ``events`` | stream (capped) | :class:`Event` per assignment, migration, failure, plan |
 """
 
@@ -102,6 +103,45 @@ def predictor_field(bucket: int, bin_: int) -> str:
 def parse_predictor_field(name: str) -> tuple[int, int]:
     bucket, _, bin_ = name.partition(":")
     return int(bucket), int(bin_)
+
+
+def load_key(model: str) -> str:
+    return f"{PREFIX}load:{model}"
+
+
+LOAD_BUCKET_S = 5  # width of a load bucket (seconds of wall clock)
+LOAD_TTL_S = 3600  # a model's load hash lives this long after its last request
+
+
+def load_fields(bucket: int, prompt_tokens: int, output_tokens: int) -> dict[str, int]:
+    """The increments one accepted request adds to its model's load hash."""
+    return {f"{bucket}:n": 1, f"{bucket}:in": prompt_tokens, f"{bucket}:out": output_tokens}
+
+
+def parse_load(fields: dict[Any, Any], first_bucket: int) -> tuple[int, int, int, list[str]]:
+    """(requests, prompt tokens, output tokens) summed over buckets >= ``first_bucket``, and
+    the fields of older buckets (to delete)."""
+    n = tin = tout = 0
+    old: list[str] = []
+    for k, v in fields.items():
+        name = _s(k)
+        bucket, _, kind = name.partition(":")
+        try:
+            b = int(bucket)
+        except ValueError:
+            old.append(name)
+            continue
+        if b < first_bucket:
+            old.append(name)
+            continue
+        value = int(_s(v))
+        if kind == "n":
+            n += value
+        elif kind == "in":
+            tin += value
+        elif kind == "out":
+            tout += value
+    return n, tin, tout, old
 
 
 def heartbeat_key(worker_id: str) -> str:

@@ -353,6 +353,30 @@ class RedisStore:
         return list(await self.r.zrangebyscore(rs.SCHEDULERS_KEY, now_s - rs.SCHEDULER_TTL_S,
                                                "+inf"))
 
+    # measured load --------------------------------------------------------------------------
+
+    async def record_load(self, model: str, now_s: float, prompt_tokens: int,
+                          output_tokens: int) -> None:
+        """Count one accepted request in its model's load (what re-placement measures)."""
+        key = rs.load_key(model)
+        bucket = int(now_s // rs.LOAD_BUCKET_S)
+        async with self.r.pipeline(transaction=False) as p:
+            for field_name, value in rs.load_fields(bucket, prompt_tokens, output_tokens).items():
+                p.hincrby(key, field_name, value)
+            p.expire(key, rs.LOAD_TTL_S)
+            await p.execute()
+
+    async def model_load(self, model: str, now_s: float, window_s: float
+                         ) -> tuple[int, int, int]:
+        """(requests, prompt tokens, output tokens) accepted for ``model`` over the last
+        ``window_s`` seconds (whole buckets); older buckets are deleted."""
+        key = rs.load_key(model)
+        first = int((now_s - window_s) // rs.LOAD_BUCKET_S) + 1
+        n, tin, tout, old = rs.parse_load(await self.r.hgetall(key), first)
+        if old:
+            await self.r.hdel(key, *old)
+        return n, tin, tout
+
     # plan and events ----------------------------------------------------------------------
 
     async def get_plan(self) -> rs.PlanRecord | None:

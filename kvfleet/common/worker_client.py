@@ -46,10 +46,10 @@ class WorkerClient:
                                               timeout=timeout_s)
 
     async def unload(
-        self, address: str, model: str, timeout_s: float
+        self, address: str, model: str, timeout_s: float, drain: bool = False
     ) -> worker_pb2.UnloadResponse:
-        return await self._stub(address).Unload(worker_pb2.UnloadRequest(model=model),
-                                                timeout=timeout_s)
+        return await self._stub(address).Unload(
+            worker_pb2.UnloadRequest(model=model, drain=drain), timeout=timeout_s)
 
     async def forget(self, address: str) -> None:
         """Drop the channel to a worker that failed (the next call reconnects)."""

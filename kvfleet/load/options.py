@@ -30,6 +30,10 @@ class LoadOptions(WorkloadOptions):
     )
     tokenizer: str | None = Field(None, description="tokenizer name/path (default: from the model)")
     length_control: Literal["auto", "ignore_eos", "generation_config", "none"] = "auto"
+    isolation_probe: bool = Field(
+        False, description="probe each model alone on the idle target first, for the "
+        "normalised latency (kvfleet.load.isolation)"
+    )
     out: Path | None = Field(None, description="results folder")
     plots: bool = True
     label: str = Field("", description="a name for this run in comparisons")

@@ -116,6 +116,11 @@ async def execute(
         for model in models:
             await client.check(check_timeout_s, model)
         builders = {m: PromptBuilder(tokenizer_of(m), seed=opts.seed) for m in models}
+        isolated = None
+        if opts.isolation_probe:
+            from kvfleet.load.isolation import probe
+
+            isolated = await probe(client, builders, specs)
         prepared = prepare(specs, builders, slos if opts.send_slo else None)
         with Progress(len(prepared), opts.label or str(target), progress) as bar:
             result = await run_load(
@@ -127,6 +132,10 @@ async def execute(
             )
     finally:
         await client.close()
+    if isolated is not None:
+        from kvfleet.load.isolation import with_isolated
+
+        result = RunResult(tuple(with_isolated(result.records, isolated)), result.duration_s)
     st = workload_stats(specs)
     options = opts.model_dump(mode="json")
     options.update(
@@ -144,6 +153,8 @@ async def execute(
     )
     summary = summarize(result.records, result.duration_s, slos, options=options)
     summary["label"] = opts.label or str(target)
+    if isolated is not None:
+        summary["isolated_latency"] = {m: v.to_dict() for m, v in isolated.items()}
     if opts.out is not None:
         write_requests_csv(result.records, opts.out / "requests.csv", slos)
         write_summary(summary, opts.out / "summary.json")

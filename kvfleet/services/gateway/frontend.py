@@ -311,6 +311,9 @@ class Frontend:
             rec, QueueBound(info.max_queued_requests, info.max_queued_tokens)
         ):
             raise queue_full(p.model, self.settings.retry_after_s)
+        await self.store.record_load(
+            p.model, rec.arrival_s, len(p.prompt_token_ids),
+            p.predicted_output_tokens or p.sampling.max_tokens)
         log.debug("request %s: queued for %s (%d prompt tokens)", p.request_id, p.model,
                   len(p.prompt_token_ids))
         return p.request_id

@@ -96,6 +96,9 @@ async def start(settings: PlannerSettings) -> RunningPlanner:
 
     tasks = [asyncio.create_task(_every("reconcile", settings.reconcile_s, reconcile),
                                  name="planner-reconcile")]
+    if rc.adaptive:
+        tasks.append(asyncio.create_task(
+            _every("re-placement", settings.replan_s, rc.replan), name="planner-replan"))
     if migrator.policy.name != "none":
         tasks.append(asyncio.create_task(
             _every("migration tick", settings.migration_interval_s, migrator.tick),

@@ -52,6 +52,7 @@ class EngineRunner:
         self.leases: dict[str, int] = {}  # request -> the lease this worker writes under
         self.write_retry_s = 15.0  # keep retrying a failed token write this long
         self.loading = False
+        self.draining: set[str] = set()  # models being unloaded: no new requests for them
         self._occ: Occupancy | None = None
         self._occ_written_s = 0.0
         self._task: asyncio.Task[None] | None = None
@@ -80,7 +81,8 @@ class EngineRunner:
             return rs.Occupancy(self.worker_id, (), 0, 0, loading=self.loading, ts=time.time(),
                                 boot_id=self.boot_id)
         return rs.Occupancy(
-            self.worker_id, tuple(occ.models), occ.num_total_pages, occ.num_free_pages,
+            self.worker_id, tuple(m for m in occ.models if m not in self.draining),
+            occ.num_total_pages, occ.num_free_pages,
             occ.num_reserved_pages, dict(occ.tokens_per_page), occ.num_running, occ.num_waiting,
             self.loading, time.time(), occ.num_queued_pages, self.boot_id, occ.intake_seq,
             occ.seqs,

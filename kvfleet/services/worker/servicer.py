@@ -68,6 +68,10 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         if request.lease and request.lease != owner[1]:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"request {rid}: lease {request.lease} is stale ({owner[1]})")
+        if request.model in self.runner.draining:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"model {request.model!r} is being unloaded from "
+                                f"{self.settings.worker_id}")
         try:
             req = engine_request(request)
             intake_seq = await self.runner.add(req, owner[1])
@@ -128,11 +132,24 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             return worker_pb2.LoadResponse(models=self.runner.engine.models())
 
     async def Unload(self, request, context):  # noqa: N802
-        async with self._load_lock:
-            if request.model in self.runner.engine.models():
-                await self.runner.call(self.runner.engine.unload_model, request.model)
-            await self.runner.refresh_occupancy()
-            return worker_pb2.UnloadResponse(models=self.runner.engine.models())
+        model = request.model
+        try:
+            if request.drain and model in self.runner.engine.models():
+                # No request is lost: new ones stay queued at the scheduler, those here finish.
+                self.runner.draining.add(model)
+                await self.runner.write_occupancy(force=True)
+                t0 = time.monotonic()
+                while await self.runner.call(self.runner.engine.has_requests, model):
+                    await asyncio.sleep(0.05)
+                log.info("worker %s: drained %s in %.1fs", self.settings.worker_id, model,
+                         time.monotonic() - t0)
+            async with self._load_lock:
+                if model in self.runner.engine.models():
+                    await self.runner.call(self.runner.engine.unload_model, model)
+        finally:
+            self.runner.draining.discard(model)
+        await self.runner.refresh_occupancy()
+        return worker_pb2.UnloadResponse(models=self.runner.engine.models())
 
     async def _live_worker(self, worker_id: str) -> rs.WorkerInfo | None:
         """A registered worker of this fleet with a live heartbeat, or None."""

@@ -25,7 +25,7 @@ from kvfleet.services.planner.core.placement_eval import (
     PlacementEvaluator,
     plan_of,
 )
-from kvfleet.services.planner.core.policy import PlacementError
+from kvfleet.services.planner.core.policy import PlacementError, static_plan
 from kvfleet.services.planner.core.seallm_placement import (
     GpuPool,
     greedy_assign,
@@ -47,6 +47,8 @@ class _StaticOnce:
               now_s: float) -> Plan:
         if current is not None and current.placements:
             return current
+        if fleet.workers and all(w.models for w in fleet.workers):
+            return static_plan(fleet)  # placed by hand in the configuration
         return plan_of(self.assign(PlacementEvaluator(fleet, load)), 1)
 
 

@@ -4,16 +4,16 @@ The latency-aware placement scores a placement with this model: for each worker,
 it holds, the request rate each of them sends it (``ModelLoad`` split between replicas), and
 each model's step time on that worker (``ModelStepCost``: the simulator's cost model).
 
-A worker runs continuous batching. With a step of ``T`` seconds, model ``m`` (rate ``r``,
-prompts of ``P`` tokens, outputs of ``O``) keeps ``N = r O T`` requests decoding (Little's
-law) and feeds ``r P T`` prompt tokens a step; each model's part of a step is its cost model's
-time for those tokens, counted in the share of steps it has work in. The step time solves
-``T = f(T)`` (fixed-point iteration); a load whose step time keeps growing is overload.
-Memory adds a second limit: the KV the decoding requests hold must fit the pool, otherwise
-requests queue for it. A request's latency is about one and a half steps to its first token,
-a step per further token, and a queueing wait of ``T rho / (1 - rho)`` at utilisation
-``rho`` (the slope of ``f``). Normalised latency divides it by the request's time alone on
-an idle worker (``ModelStepCost.isolated_s`` at the model's reference parallel degree).
+A worker runs continuous batching, each model's part of a step after the other's. A request
+of model ``m`` (rate ``r``, prompts of ``P`` tokens, outputs of ``O``) sees its own model's step
+with ``1 + N_m`` requests in it (``N_m = r L_m``, Little's law, with ``L_m`` its latency) and the
+prompt tokens arriving meanwhile, plus every other model's step in the share of steps that
+model has work in (``min(1, N)``). Its latency is about one and a half steps to the first token
+and a step per further token. The latencies solve that system by fixed-point iteration; a load
+under which they keep growing is overload. Memory adds a second limit: the KV of the requests
+in flight must fit the pool, otherwise they queue for it. Normalised latency divides a latency
+by the request's time alone on an idle worker (``ModelStepCost.isolated_s`` at the model's
+reference parallel degree).
 """
 
 from __future__ import annotations
@@ -55,68 +55,78 @@ class WorkerEstimate:
         return sum(s.load.request_rate * self.normalized[s.model] for s in shares)
 
 
-def _step_s(shares: Sequence[ModelShare], t: float) -> float:
-    total = 0.0
-    for s in shares:
-        ld = s.load
-        if ld.request_rate <= 0:
-            continue
-        p = max(ld.mean_prompt_tokens, 1.0)
-        o = max(ld.mean_output_tokens, 1.0)
-        n = ld.request_rate * o * t  # decoding requests
-        pre = ld.request_rate * p * t  # prompt tokens per step
-        ctx = n * (p + o / 2.0)
-        active = min(1.0, n + ld.request_rate * t)
-        if active <= 0:
-            continue
-        scale = 1.0 / active  # the model's work, spread over the steps it is in
-        step = s.cost.step_s(
-            (n + pre) * scale, (ctx + pre * (p + 1) / 2.0) * scale, (ctx + pre) * scale,
-            (n + ld.request_rate * t) * scale,
-        )
-        total += active * step
-    return total
+def _latencies(shares: Sequence[ModelShare]) -> tuple[dict[str, float], bool]:
+    """Each model's mean request latency on the worker, and whether it is overloaded."""
+    lat = {s.model: s.cost.prefill_s(max(int(s.load.mean_prompt_tokens), 1))
+           + max(s.load.mean_output_tokens - 1.0, 0.0) * s.cost.decode_s(
+               1, s.load.mean_prompt_tokens) for s in shares}
+    limit = {m: max(1e4 * v, 3600.0) for m, v in lat.items()}
+    step = {s.model: 0.0 for s in shares}
+    for _ in range(_MAX_ITERATIONS):
+        busy = {s.model: s.load.request_rate * lat[s.model] for s in shares}  # N, in flight
+        parts = {}
+        for s in shares:
+            p = max(s.load.mean_prompt_tokens, 1.0)
+            o = max(s.load.mean_output_tokens, 1.0)
+            ctx = p + o / 2.0
+            pre = s.load.request_rate * p * step[s.model]  # prompt tokens arriving per step
+            own = 1.0 + busy[s.model]
+            parts[s.model] = (s, own, ctx, pre, p)
+        new: dict[str, float] = {}
+        for s in shares:
+            total = 0.0
+            for m, (o_s, b, ctx, pre, p) in parts.items():
+                if m == s.model:
+                    weight, batch = 1.0, b
+                else:
+                    weight, batch = min(1.0, busy[m] + o_s.load.request_rate * step[s.model]), \
+                        max(1.0, busy[m])
+                    if weight <= 0.0:
+                        continue
+                total += weight * o_s.cost.step_s(
+                    batch + pre, batch * ctx + pre * (p + 1) / 2.0, batch * ctx + pre, batch)
+            step[s.model] = total
+            o = max(s.load.mean_output_tokens, 1.0)
+            new[s.model] = (o + 0.5) * total
+        converged = all(abs(new[m] - lat[m]) <= 1e-6 * max(lat[m], 1e-12) for m in lat)
+        lat = new
+        if any(lat[m] > limit[m] for m in lat):
+            return lat, True
+        if converged:
+            break
+    return lat, False
 
 
 def estimate_worker(shares: Sequence[ModelShare], kv_pool_bytes: float) -> WorkerEstimate:
-    """The predicted step time and per-model latency of one worker (see the module doc)."""
+    """The predicted per-model latency of one worker (see the module doc)."""
     active = [s for s in shares if s.load.request_rate > 0]
     if not active:
         return WorkerEstimate(0.0, 0.0, False, {s.model: 0.0 for s in shares},
                               {s.model: 1.0 for s in shares})
-    t0 = sum(s.cost.decode_s(1, s.load.mean_prompt_tokens) for s in active)
-    t = max(t0, 1e-6)
-    overloaded = False
-    for _ in range(_MAX_ITERATIONS):
-        nxt = _step_s(active, t)
-        if nxt > 1e4 * t0 or nxt > 3600.0:
-            overloaded = True
-            break
-        if abs(nxt - t) <= 1e-6 * t:
-            t = nxt
-            break
-        t = nxt
-    eps = 0.01 * t
-    rho = (_step_s(active, t + eps) - _step_s(active, t)) / eps if t > 0 else 0.0
-    if rho >= 0.999:
-        overloaded = True
-    demand = sum(
-        s.load.request_rate * s.load.mean_output_tokens * t
-        * (s.load.mean_prompt_tokens + s.load.mean_output_tokens / 2.0) * s.kv_bytes_per_token
-        for s in active
-    )
+    lat, overloaded = _latencies(active)
+    # Growth of the latency under 2% more load: near 1/0.02 when saturated.
+    more = [ModelShare(s.model, ModelLoad(s.model, s.load.request_rate * 1.02,
+                                          s.load.mean_prompt_tokens, s.load.mean_output_tokens),
+                       s.cost, s.kv_bytes_per_token, s.isolated_s) for s in active]
+    lat2, over2 = _latencies(more) if not overloaded else (lat, True)
+    growth = max(((lat2[m] - lat[m]) / lat[m] / 0.02 for m in lat if lat[m] > 0), default=0.0)
+    rho = min(growth / (1.0 + growth), 1.0)
+    demand = sum(s.load.request_rate * lat[s.model]
+                 * (s.load.mean_prompt_tokens + s.load.mean_output_tokens / 2.0)
+                 * s.kv_bytes_per_token for s in active)
     memory_factor = demand / kv_pool_bytes if kv_pool_bytes > 0 else float("inf")
+    overloaded = overloaded or over2 or memory_factor >= 1.0
+    excess = max(memory_factor, 1.0)
     latency: dict[str, float] = {}
     normalized: dict[str, float] = {}
-    excess = max(rho, memory_factor, 1.0)
     for s in shares:
-        if overloaded or memory_factor >= 1.0:
+        if s.load.request_rate <= 0:
+            latency[s.model], normalized[s.model] = 0.0, 1.0
+        elif overloaded:
             latency[s.model] = float("inf")
             normalized[s.model] = OVERLOAD_NORMALIZED_LATENCY * excess
-            continue
-        o = max(s.load.mean_output_tokens, 1.0)
-        wait = t * rho / (1.0 - rho)
-        lat = 1.5 * t + (o - 1.0) * t + wait
-        latency[s.model] = lat
-        normalized[s.model] = lat / max(s.isolated_s, 1e-9)
-    return WorkerEstimate(t, rho, overloaded or memory_factor >= 1.0, latency, normalized)
+        else:
+            latency[s.model] = lat[s.model]
+            normalized[s.model] = lat[s.model] / max(s.isolated_s, 1e-9)
+    mean_step = sum(lat[m] for m in lat) / max(len(lat), 1)
+    return WorkerEstimate(mean_step, rho, overloaded, latency, normalized)

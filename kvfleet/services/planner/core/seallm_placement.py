@@ -11,7 +11,8 @@ while a move lowers the score (``PlacementEvaluator``: requests per second times
 predicted normalised latency, from the simulator's cost model).
 
 Re-placement (``improve``): on every planner tick, with the load measured over the last
-window, the policy looks for moves (add a replica, drop one, move a model) whose predicted gain
+window, the policy looks for moves (add a replica, drop one, move a model, replace a model
+that has replicas elsewhere with another) whose predicted gain
 over ``horizon_s`` seconds exceeds their cost: loading the weights (``weight_load_bytes_per_s``)
 during which the worker serves with less KV, and, for a model that would have no replica while
 its new one loads, its requests waiting for it. It applies at most ``max_moves`` moves a tick
@@ -30,7 +31,7 @@ from kvfleet.services.planner.core.placement_eval import (
     assignment_of,
     plan_of,
 )
-from kvfleet.services.planner.core.policy import PlacementError
+from kvfleet.services.planner.core.policy import PlacementError, static_plan
 from kvfleet.services.planner.core.types import FleetSpec, ModelLoad, Plan, WorkerSpec
 
 
@@ -249,6 +250,11 @@ def _neighbours(ev: PlacementEvaluator, assign: Assignment):  # type: ignore[no-
                 if src != wid and ev.fits(w, grown):
                     yield {**assign, wid: grown,
                            src: tuple(x for x in assign[src] if x != m.name)}
+            for x in have:  # replace a model held elsewhere too with this one
+                if len(holders.get(x, ())) > 1:
+                    swapped = tuple(v for v in have if v != x) + (m.name,)
+                    if ev.fits(w, swapped):
+                        yield {**assign, wid: swapped}
 
 
 class SeaLlmPlacementPolicy:
@@ -270,6 +276,8 @@ class SeaLlmPlacementPolicy:
 
     def place(self, fleet: FleetSpec, current: Plan | None, load: Mapping[str, ModelLoad],
               now_s: float) -> Plan:
+        if current is None and fleet.workers and all(w.models for w in fleet.workers):
+            return static_plan(fleet)  # the configured placement is where it starts
         ev = PlacementEvaluator(fleet, load)
         if current is None or not current.placements:
             return plan_of(greedy_assign(ev), current.version if current else 1)

@@ -223,6 +223,13 @@ class Engine:
     def models(self) -> list[str]:
         return list(self._models)
 
+    def has_requests(self, model: str) -> bool:
+        """Whether any request of ``model`` is here (queued in the inbox or in the engine)."""
+        with self._inbox_lock:
+            if any(r.model == model for r in self._inbox):
+                return True
+        return any(s.model == model for s in list(self._seqs.values()))
+
     def sequences(self, model: str | None = None) -> list[Sequence]:
         """Sequences in the engine (of ``model`` only, when given)."""
         return [s for s in self._seqs.values() if model is None or s.model == model]

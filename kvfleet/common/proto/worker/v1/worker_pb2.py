@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from ...common.v1 import common_pb2 as kvfleet_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ekvfleet/worker/v1/worker.proto\x12\x11kvfleet.worker.v1\x1a\x1ekvfleet/common/v1/common.proto\"\xb7\x02\n\rAssignRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x03 \x03(\r\x12\x18\n\x10output_token_ids\x18\x04 \x03(\r\x12\x33\n\x08sampling\x18\x05 \x01(\x0b\x32!.kvfleet.common.v1.SamplingParams\x12\x11\n\tarrival_s\x18\x06 \x01(\x01\x12\x36\n\rservice_level\x18\x07 \x01(\x0b\x32\x1f.kvfleet.common.v1.ServiceLevel\x12$\n\x17predicted_output_tokens\x18\x08 \x01(\rH\x00\x88\x01\x01\x12\r\n\x05lease\x18\t \x01(\x04\x42\x1a\n\x18_predicted_output_tokens\"5\n\x0e\x41ssignResponse\x12\x0f\n\x07\x62oot_id\x18\x01 \x01(\t\x12\x12\n\nintake_seq\x18\x02 \x01(\x04\"#\n\rCancelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1f\n\x0e\x43\x61ncelResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x1c\n\x0bLoadRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\x1e\n\x0cLoadResponse\x12\x0e\n\x06models\x18\x01 \x03(\t\"\x1e\n\rUnloadRequest\x12\r\n\x05model\x18\x01 \x01(\t\" \n\x0eUnloadResponse\x12\x0e\n\x06models\x18\x01 \x03(\t\"V\n\x0eMigrateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10target_worker_id\x18\x02 \x01(\t\x12\x16\n\x0etarget_address\x18\x03 \x01(\t\"L\n\x0fMigrateResponse\x12\x12\n\nnum_tokens\x18\x01 \x01(\r\x12\x11\n\tnum_bytes\x18\x02 \x01(\x04\x12\x12\n\nduration_s\x18\x03 \x01(\x01\"\x80\x01\n\x16ReceiveSequenceRequest\x12\x18\n\x10source_worker_id\x18\x01 \x01(\t\x12\x10\n\x08group_id\x18\x02 \x01(\t\x12\x12\n\nstore_host\x18\x03 \x01(\t\x12\x12\n\nstore_port\x18\x04 \x01(\r\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"-\n\x17ReceiveSequenceResponse\x12\x12\n\nnum_tokens\x18\x01 \x01(\r2\xfa\x03\n\x06Worker\x12M\n\x06\x41ssign\x12 .kvfleet.worker.v1.AssignRequest\x1a!.kvfleet.worker.v1.AssignResponse\x12M\n\x06\x43\x61ncel\x12 .kvfleet.worker.v1.CancelRequest\x1a!.kvfleet.worker.v1.CancelResponse\x12G\n\x04Load\x12\x1e.kvfleet.worker.v1.LoadRequest\x1a\x1f.kvfleet.worker.v1.LoadResponse\x12M\n\x06Unload\x12 .kvfleet.worker.v1.UnloadRequest\x1a!.kvfleet.worker.v1.UnloadResponse\x12P\n\x07Migrate\x12!.kvfleet.worker.v1.MigrateRequest\x1a\".kvfleet.worker.v1.MigrateResponse\x12h\n\x0fReceiveSequence\x12).kvfleet.worker.v1.ReceiveSequenceRequest\x1a*.kvfleet.worker.v1.ReceiveSequenceResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ekvfleet/worker/v1/worker.proto\x12\x11kvfleet.worker.v1\x1a\x1ekvfleet/common/v1/common.proto\"\xb7\x02\n\rAssignRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x03 \x03(\r\x12\x18\n\x10output_token_ids\x18\x04 \x03(\r\x12\x33\n\x08sampling\x18\x05 \x01(\x0b\x32!.kvfleet.common.v1.SamplingParams\x12\x11\n\tarrival_s\x18\x06 \x01(\x01\x12\x36\n\rservice_level\x18\x07 \x01(\x0b\x32\x1f.kvfleet.common.v1.ServiceLevel\x12$\n\x17predicted_output_tokens\x18\x08 \x01(\rH\x00\x88\x01\x01\x12\r\n\x05lease\x18\t \x01(\x04\x42\x1a\n\x18_predicted_output_tokens\"5\n\x0e\x41ssignResponse\x12\x0f\n\x07\x62oot_id\x18\x01 \x01(\t\x12\x12\n\nintake_seq\x18\x02 \x01(\x04\"#\n\rCancelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1f\n\x0e\x43\x61ncelResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x1c\n\x0bLoadRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\x1e\n\x0cLoadResponse\x12\x0e\n\x06models\x18\x01 \x03(\t\"-\n\rUnloadRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05\x64rain\x18\x02 \x01(\x08\" \n\x0eUnloadResponse\x12\x0e\n\x06models\x18\x01 \x03(\t\"V\n\x0eMigrateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10target_worker_id\x18\x02 \x01(\t\x12\x16\n\x0etarget_address\x18\x03 \x01(\t\"L\n\x0fMigrateResponse\x12\x12\n\nnum_tokens\x18\x01 \x01(\r\x12\x11\n\tnum_bytes\x18\x02 \x01(\x04\x12\x12\n\nduration_s\x18\x03 \x01(\x01\"\x80\x01\n\x16ReceiveSequenceRequest\x12\x18\n\x10source_worker_id\x18\x01 \x01(\t\x12\x10\n\x08group_id\x18\x02 \x01(\t\x12\x12\n\nstore_host\x18\x03 \x01(\t\x12\x12\n\nstore_port\x18\x04 \x01(\r\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"-\n\x17ReceiveSequenceResponse\x12\x12\n\nnum_tokens\x18\x01 \x01(\r2\xfa\x03\n\x06Worker\x12M\n\x06\x41ssign\x12 .kvfleet.worker.v1.AssignRequest\x1a!.kvfleet.worker.v1.AssignResponse\x12M\n\x06\x43\x61ncel\x12 .kvfleet.worker.v1.CancelRequest\x1a!.kvfleet.worker.v1.CancelResponse\x12G\n\x04Load\x12\x1e.kvfleet.worker.v1.LoadRequest\x1a\x1f.kvfleet.worker.v1.LoadResponse\x12M\n\x06Unload\x12 .kvfleet.worker.v1.UnloadRequest\x1a!.kvfleet.worker.v1.UnloadResponse\x12P\n\x07Migrate\x12!.kvfleet.worker.v1.MigrateRequest\x1a\".kvfleet.worker.v1.MigrateResponse\x12h\n\x0fReceiveSequence\x12).kvfleet.worker.v1.ReceiveSequenceRequest\x1a*.kvfleet.worker.v1.ReceiveSequenceResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,17 +46,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOADRESPONSE']._serialized_start=554
   _globals['_LOADRESPONSE']._serialized_end=584
   _globals['_UNLOADREQUEST']._serialized_start=586
-  _globals['_UNLOADREQUEST']._serialized_end=616
-  _globals['_UNLOADRESPONSE']._serialized_start=618
-  _globals['_UNLOADRESPONSE']._serialized_end=650
-  _globals['_MIGRATEREQUEST']._serialized_start=652
-  _globals['_MIGRATEREQUEST']._serialized_end=738
-  _globals['_MIGRATERESPONSE']._serialized_start=740
-  _globals['_MIGRATERESPONSE']._serialized_end=816
-  _globals['_RECEIVESEQUENCEREQUEST']._serialized_start=819
-  _globals['_RECEIVESEQUENCEREQUEST']._serialized_end=947
-  _globals['_RECEIVESEQUENCERESPONSE']._serialized_start=949
-  _globals['_RECEIVESEQUENCERESPONSE']._serialized_end=994
-  _globals['_WORKER']._serialized_start=997
-  _globals['_WORKER']._serialized_end=1503
+  _globals['_UNLOADREQUEST']._serialized_end=631
+  _globals['_UNLOADRESPONSE']._serialized_start=633
+  _globals['_UNLOADRESPONSE']._serialized_end=665
+  _globals['_MIGRATEREQUEST']._serialized_start=667
+  _globals['_MIGRATEREQUEST']._serialized_end=753
+  _globals['_MIGRATERESPONSE']._serialized_start=755
+  _globals['_MIGRATERESPONSE']._serialized_end=831
+  _globals['_RECEIVESEQUENCEREQUEST']._serialized_start=834
+  _globals['_RECEIVESEQUENCEREQUEST']._serialized_end=962
+  _globals['_RECEIVESEQUENCERESPONSE']._serialized_start=964
+  _globals['_RECEIVESEQUENCERESPONSE']._serialized_end=1009
+  _globals['_WORKER']._serialized_start=1012
+  _globals['_WORKER']._serialized_end=1518
 # @@protoc_insertion_point(module_scope)

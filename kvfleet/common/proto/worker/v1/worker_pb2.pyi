@@ -62,10 +62,12 @@ class LoadResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class UnloadRequest(_message.Message):
-    __slots__ = ("model",)
+    __slots__ = ("model", "drain")
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_FIELD_NUMBER: _ClassVar[int]
     model: str
-    def __init__(self, model: _Optional[str] = ...) -> None: ...
+    drain: bool
+    def __init__(self, model: _Optional[str] = ..., drain: _Optional[bool] = ...) -> None: ...
 
 class UnloadResponse(_message.Message):
     __slots__ = ("models",)
