@@ -61,7 +61,7 @@ class SimWorker:
         self.config = config
         self.models = config.models
         self.tpp = dict(config.tokens_per_page)
-        self._tpp_min = min(config.tokens_per_page.values())
+        self._tpp_min = min(config.tokens_per_page.values(), default=1)
         self.total_pages = config.num_total_pages
         self.free_pages = config.num_total_pages
         self.reserved_pages = 0  # held for migrations in flight to this worker
