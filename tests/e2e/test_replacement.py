@@ -69,9 +69,9 @@ async def test_a_replacement_during_serving_loses_nothing(tmp_path):
         worker={"heartbeat_s": 0.1},
     )
     stack = await asyncio.to_thread(launch, fleet, tmp_path / "stack", 300)
-    store = RedisStore.from_url(stack.redis.url)
+    store = RedisStore.from_url(stack.redis_admin_url)
     try:
-        async with GatewayClient(stack.grpc_address) as client:
+        async with GatewayClient(stack.grpc_address, stack.secrets.api_key) as client:
             def send(model, rid, p, m):
                 return asyncio.create_task(client.generate(
                     model, request_id=rid, prompt_token_ids=p,

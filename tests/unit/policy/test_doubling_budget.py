@@ -92,11 +92,11 @@ def test_eviction_under_pressure_takes_the_lowest_priority_first():
 
 running_seqs = st.lists(
     st.tuples(st.sampled_from(["fast", "slow"]), st.integers(1, 60), st.integers(1, 40),
-              st.floats(0, 5), st.integers(1, 100)),
+              st.floats(0, 5, allow_subnormal=False), st.integers(1, 100)),
     max_size=10,
 )
 waiting_seqs = st.lists(
-    st.tuples(st.sampled_from(["fast", "slow"]), st.integers(1, 120), st.floats(0, 5),
+    st.tuples(st.sampled_from(["fast", "slow"]), st.integers(1, 120), st.floats(0, 5, allow_subnormal=False),
               st.one_of(st.none(), st.integers(1, 200))),
     max_size=10,
 )
@@ -104,7 +104,7 @@ waiting_seqs = st.lists(
 
 @settings(max_examples=200, deadline=None, derandomize=True)
 @given(running=running_seqs, waiting=waiting_seqs, free=st.integers(0, 40),
-       budget=st.integers(1, 256), max_seqs=st.integers(1, 16), now=st.floats(5, 50))
+       budget=st.integers(1, 256), max_seqs=st.integers(1, 16), now=st.floats(5, 50, allow_subnormal=False))
 def test_every_plan_is_feasible(running, waiting, free, budget, max_seqs, now):
     run = [seq(f"r{i}", m, prompt=p, out=o, arrival=a, pred=pr)
            for i, (m, p, o, a, pr) in enumerate(running)]

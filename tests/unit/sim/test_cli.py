@@ -62,7 +62,7 @@ def _flags(typer_app) -> set[str]:
 LOAD_RUN_ONLY = {
     "--target", "--allow-remote", "--max-concurrency", "--drain-timeout", "--request-timeout",
     "--slo", "--send-slo", "--no-send-slo", "--tokenizer", "--length-control", "--out", "--plots", "--progress", "--label",
-    "--dry-run", "--model",
+    "--dry-run", "--model", "--isolation-probe",  # the simulator knows isolated latencies
 }
 
 
