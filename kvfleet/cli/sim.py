@@ -59,6 +59,9 @@ TokenBudget = Annotated[int, typer.Option(help="Max tokens per engine step (the 
 MaxSeqs = Annotated[int, typer.Option(help="Max sequences per engine step.")]
 MaxTokens = Annotated[int | None, typer.Option(help="max_tokens every request carries (outputs still end at the trace's length); default: the trace's length.")]
 FastForward = Annotated[bool, typer.Option(help="Run unchanged decode batches as one event (exact); --no-fast-forward steps one by one.")]
+ReplanS = Annotated[float, typer.Option(help="Re-placement tick of placements that adapt (s).")]
+LoadWindowS = Annotated[float, typer.Option(help="Window the per-model load is measured over (s).")]
+WeightLoad = Annotated[float, typer.Option(help="Weight loading bandwidth on re-placement (GB/s).")]
 
 
 def _workload(**kw: object) -> list:  # type: ignore[type-arg]
@@ -118,7 +121,7 @@ def sim(
     max_output: MaxOutput = None, num_requests: NumRequests = None, spread_ties: SpreadTies = False,
     gpus: Annotated[int, typer.Option(help="GPUs in the fleet.")] = 16,
     gpu: Gpu = "H100", model: Model = "Llama-2-7B", tp: Tp = None,
-    policy: Annotated[str, typer.Option(help="vllm, round-robin, llumnix, best-fit, worst-fit.")] = "vllm",
+    policy: Annotated[str, typer.Option(help="A policy set (kvfleet policies): vllm, llumnix, seallm, dedicated, ...")] = "vllm",
     link: Link = "100gbe", calibration: Calibration = None, dispatch_interval_s: DispatchS = 0.005,
     migration_interval_s: MigrationS = 0.5, sample_interval_s: SampleS = 1.0,
     horizon_s: HorizonS = None, slo: Slo = None, predictor: Predictor = "online",
@@ -126,6 +129,8 @@ def sim(
     max_queued_requests: MaxQueued = DEFAULT_MAX_QUEUED_REQUESTS,
     token_budget: TokenBudget = 2048, max_num_seqs: MaxSeqs = 256, max_tokens: MaxTokens = None,
     fast_forward: FastForward = True,
+    replan_interval_s: ReplanS = 60.0, load_window_s: LoadWindowS = 120.0,
+    weight_load_gbps: WeightLoad = 16.0,
     out: Annotated[Path | None, typer.Option(help="Results folder.")] = None,
 ) -> None:
     """Simulate one fleet on one workload: writes requests.csv, summary.json, fleet.csv."""
@@ -154,6 +159,8 @@ def sim(
         worker_queue_fraction=worker_queue_fraction, max_queued_requests=max_queued_requests,
         token_budget=token_budget, max_num_seqs=max_num_seqs, max_tokens=max_tokens,
         fast_forward=fast_forward,
+        replan_interval_s=replan_interval_s, load_window_s=load_window_s,
+        weight_load_bytes_per_s=weight_load_gbps * 1e9,
     )
     slos = _slos(slo)
     try:
@@ -236,7 +243,8 @@ def _fleet_kwargs(p: dict, **overrides: object) -> dict:  # type: ignore[type-ar
         worker_queue_fraction=p["worker_queue_fraction"],
         max_queued_requests=p["max_queued_requests"], token_budget=p["token_budget"],
         max_num_seqs=p["max_num_seqs"], max_tokens=p["max_tokens"],
-        fast_forward=p["fast_forward"],
+        fast_forward=p["fast_forward"], replan_interval_s=p["replan_interval_s"],
+        load_window_s=p["load_window_s"], weight_load_bytes_per_s=p["weight_load_gbps"] * 1e9,
     )
     kw.update(overrides)
     return kw
@@ -335,12 +343,92 @@ def _print_sweep(analysis: dict) -> None:  # type: ignore[type-arg]
     Console(width=200).print(table)
 
 
+@app.command("seallm-eval")
+def seallm_eval(
+    models: Annotated[str, typer.Option(help="Scenario: 6 or 12 models (1B to 70B).")] = "12",
+    gpus: Annotated[int, typer.Option(help="H100s in the fleet.")] = 32,
+    policies: Annotated[str, typer.Option(help="Policies to compare.")] = "dedicated,muxserve,alpaserve,seallm",
+    start_s: StartS = 36000.0,
+    duration_s: Annotated[float, typer.Option("--duration", help="Slice of pool time (s).")] = 7200.0,
+    speed: Speed = 4.0,
+    rate_scale: RateScale = 1.0,
+    slo_scale: Annotated[float, typer.Option(help="SLO = this x the isolated TTFT/TPOT.")] = 5.0,
+    seed: Seed = 0,
+    replan_interval_s: ReplanS = 60.0, load_window_s: LoadWindowS = 120.0,
+    weight_load_gbps: WeightLoad = 16.0,
+    out: Annotated[Path, typer.Option(help="Results folder.")] = Path("runs/seallm-sim"),
+) -> None:
+    """SeaLLM's comparison: many models on a fleet of H100s, ServeGen per-model load, per-model
+    SLOs; writes each run's files, seallm_eval.json (figures per model and the ratios against
+    the best baseline) and prints the table."""
+    import json
+
+    from kvfleet.sim.engine import simulate
+    from kvfleet.sim.report import write_outputs
+    from kvfleet.sim.seallm_eval import SCENARIOS, Scenario, config_for, ratios
+
+    if models not in SCENARIOS:
+        typer.echo(f"error: --models must be one of {', '.join(SCENARIOS)}", err=True)
+        raise typer.Exit(2)
+    sc = Scenario(SCENARIOS[models], start_s, duration_s, speed, rate_scale, slo_scale=slo_scale,
+                  seed=seed)
+    try:
+        requests = sc.workload()
+    except (ValueError, FileNotFoundError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    names = [m for m, _ in sc.models]
+    extra = dict(replan_interval_s=replan_interval_s, load_window_s=load_window_s,
+                 weight_load_bytes_per_s=weight_load_gbps * 1e9)
+    slos = sc.slos(config_for("seallm", names, gpus, **extra), requests)
+    rows, summaries = [], {}
+    for name in [p.strip() for p in policies.split(",") if p.strip()]:
+        config = config_for(name, names, gpus, **extra)
+        try:
+            result = simulate(config, requests, slos=slos)
+        except ValueError as exc:
+            typer.echo(f"error: {name}: {exc}", err=True)
+            raise typer.Exit(2) from None
+        summary = write_outputs(result, out / name, slos,
+                                {"scenario": f"seallm-eval {models} models", "sim": config.model_dump()})
+        summaries[name] = summary
+        rows.append((name, gpus, summary))
+        typer.echo(f"{name}: {result.num_events} events in {result.wall_s:.0f} s")
+    _print_table(rows)
+    report = {
+        "scenario": {"models": [list(m) for m in sc.models], "gpus": gpus, "start_s": start_s,
+                     "duration_s": duration_s, "speed": speed, "rate_scale": rate_scale,
+                     "slo_scale": slo_scale, "seed": seed, "num_requests": len(requests)},
+        "slos_ms": {m: slos.for_model(m).as_ms() for m in names},  # type: ignore[union-attr]
+        "policies": {
+            p: {k: s.get(k) for k in ("mean_normalized_latency", "p99_normalized_latency",
+                                      "p99_e2el_ms", "slo_attainment", "completed", "failed")}
+            | {"num_replacements": s["sim"]["num_replacements"],  # type: ignore[index]
+               "per_model": {m: {k: v.get(k) for k in (  # type: ignore[union-attr]
+                   "mean_normalized_latency", "p99_normalized_latency", "p99_e2el_ms",
+                   "slo_attainment")} for m, v in s["per_model"].items()}}  # type: ignore[union-attr]
+            for p, s in summaries.items()
+        },
+    }
+    if "seallm" in summaries and len(summaries) > 1:
+        report["ratios"] = ratios(summaries)
+        for r in report["ratios"].values():  # type: ignore[union-attr]
+            typer.echo(f"{r['label']}: seallm {r['seallm']:.3f} vs {r['best_baseline']} "
+                       f"{r['baseline']:.3f} -> {r['factor']:.2f}x" if r["factor"] else str(r))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "seallm_eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    typer.echo(f"results in {out}")
+
+
 COLUMNS = (
     ("completed", "completed", "{:d}"), ("failed", "failed", "{:d}"),
     ("mean TTFT ms", "mean_ttft_ms", "{:.1f}"), ("p99 TTFT ms", "p99_ttft_ms", "{:.1f}"),
     ("mean TPOT ms", "mean_tpot_ms", "{:.2f}"), ("p99 TPOT ms", "p99_tpot_ms", "{:.2f}"),
     ("mean E2E s", "mean_e2el_ms", "{:.2f}"), ("p99 E2E s", "p99_e2el_ms", "{:.2f}"),
     ("req/s", "request_throughput", "{:.2f}"), ("out tok/s", "output_throughput", "{:.0f}"),
+    ("mean norm lat", "mean_normalized_latency", "{:.2f}"),
+    ("p99 norm lat", "p99_normalized_latency", "{:.2f}"),
+    ("SLO att", "slo_attainment", "{:.3f}"),
 )
 
 
@@ -356,14 +444,14 @@ def _cells(summary: dict) -> list[str]:  # type: ignore[type-arg]
         cells.append(fmt.format(v))
     sim = summary["sim"]
     cells += [
-        str(sim["num_preemptions"]), str(sim["num_migrations"]),
+        str(sim["num_preemptions"]), str(sim["num_migrations"]), str(sim["num_replacements"]),
         f"{sim['mean_active_gpus']:.1f}", f"{sim['mean_kv_utilization']:.2f}",
     ]
     return cells
 
 
 HEADERS = ["policy", "GPUs"] + [c[0] for c in COLUMNS] + [
-    "preempt", "migr", "active GPUs", "KV util"
+    "preempt", "migr", "re-place", "active GPUs", "KV util"
 ]
 
 

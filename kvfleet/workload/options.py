@@ -19,7 +19,9 @@ from kvfleet.workload.transform import Shaping, shape
 class WorkloadOptions(BaseModel):
     """What requests a run makes: a trace or a synthetic load, and how it is shaped."""
 
-    trace: str | None = Field(None, description="trace file, or servegen:<pool>[,<pool>...]")
+    trace: str | None = Field(
+        None, description="trace file, or servegen:<pool>[@offset_s][*scale][,<pool>...]"
+    )
     model: str | None = Field(
         None, description="model name(s) for the requests; comma list for ServeGen pools"
     )

@@ -98,36 +98,53 @@ class Client:
     scale: np.ndarray
     dataset_path: Path | None
     _lengths: dict[int, tuple[LengthDist, LengthDist]] | None = field(default=None, repr=False)
+    _raw: dict[int, dict] | None = field(default=None, repr=False)  # type: ignore[type-arg]
+    _parsed: dict[int, tuple[LengthDist, LengthDist] | None] = field(
+        default_factory=dict, repr=False)
+
+    def _windows(self) -> dict[int, dict]:  # type: ignore[type-arg]
+        """The PMF file's fields per 6h window start, read once (parsed per window on use)."""
+        if self._raw is None:
+            self._raw = {}
+            if self.dataset_path is not None:
+                raw = json.loads(self.dataset_path.read_text())
+                self._raw = {int(float(start)): fields for start, fields in raw.items()}
+        return self._raw
+
+    def _parse(self, start: int) -> tuple[LengthDist, LengthDist] | None:
+        if start not in self._parsed:
+            fields = self._windows().get(start)
+            dists = None
+            if fields is not None:
+                in_key = next((k for k in _INPUT_FIELDS if k in fields), None)
+                if in_key is not None and "output_tokens" in fields:
+                    in_pmf = ast.literal_eval(fields[in_key])
+                    out_pmf = ast.literal_eval(fields["output_tokens"])
+                    if not (_empty(in_pmf) or _empty(out_pmf)):  # else: no requests then
+                        dists = (LengthDist.from_pmf(in_pmf), LengthDist.from_pmf(out_pmf))
+            self._parsed[start] = dists
+        return self._parsed[start]
 
     def lengths(self) -> dict[int, tuple[LengthDist, LengthDist]]:
         """``{6h window start: (input dist, output dist)}``; empty without a PMF file."""
         if self._lengths is None:
-            self._lengths = {}
-            if self.dataset_path is not None:
-                raw = json.loads(self.dataset_path.read_text())
-                for start, fields in raw.items():
-                    in_key = next((k for k in _INPUT_FIELDS if k in fields), None)
-                    if in_key is None or "output_tokens" not in fields:
-                        continue
-                    in_pmf = ast.literal_eval(fields[in_key])
-                    out_pmf = ast.literal_eval(fields["output_tokens"])
-                    if _empty(in_pmf) or _empty(out_pmf):
-                        continue  # no requests in this 6-hour window
-                    self._lengths[int(float(start))] = (
-                        LengthDist.from_pmf(in_pmf),
-                        LengthDist.from_pmf(out_pmf),
-                    )
+            self._lengths = {
+                start: d for start in sorted(self._windows()) if (d := self._parse(start))
+            }
         return self._lengths
 
     def lengths_at(self, t_s: float) -> tuple[LengthDist, LengthDist] | None:
-        table = self.lengths()
-        return table.get(int(t_s // LENGTH_WINDOW_S * LENGTH_WINDOW_S))
+        """The length distributions of the 6-hour window holding ``t_s`` (only that window
+        is parsed)."""
+        return self._parse(int(t_s // LENGTH_WINDOW_S * LENGTH_WINDOW_S))
 
 
 @dataclass(slots=True)
 class Pool:
     name: str
     clients: list[Client]
+    #: per 6-hour window: the length distributions of the clients that have PMFs then
+    mixtures: dict[int, list[tuple[LengthDist, LengthDist]]] = field(default_factory=dict)
 
     @property
     def num_windows(self) -> int:
@@ -135,8 +152,20 @@ class Pool:
 
 
 def load_pool(name: str) -> Pool:
-    """Read a pool's client traces (lengths are read on first use)."""
-    folder = unpack_pool(resolve_pool_tarball(name))
+    """Read a pool's client traces (lengths are read on first use); a pool read before in
+    this process is returned again, with the lengths it has parsed."""
+    tarball = resolve_pool_tarball(name)
+    pool = _POOLS.get(tarball)
+    if pool is None:
+        pool = _POOLS[tarball] = _read_pool(name, tarball)
+    return pool
+
+
+_POOLS: dict[Path, Pool] = {}
+
+
+def _read_pool(name: str, tarball: Path) -> Pool:
+    folder = unpack_pool(tarball)
     clients: list[Client] = []
     for trace in sorted(folder.glob("chunk-*-trace.csv"), key=_client_key):
         client_id = trace.name.removeprefix("chunk-").removesuffix("-trace.csv")
@@ -317,7 +346,11 @@ def _pool_mixture(
     pool: Pool, t_s: float, rng: np.random.Generator
 ) -> tuple[LengthDist, LengthDist] | None:
     """Lengths of a random client that has PMFs for ``t_s`` (for clients without PMFs)."""
-    have = [d for c in pool.clients if c.dataset_path is not None and (d := c.lengths_at(t_s))]
+    key = int(t_s // LENGTH_WINDOW_S)
+    have = pool.mixtures.get(key)
+    if have is None:
+        have = pool.mixtures[key] = [
+            d for c in pool.clients if c.dataset_path is not None and (d := c.lengths_at(t_s))]
     if not have:
         return None
     return have[int(rng.integers(len(have)))]

@@ -59,3 +59,14 @@ def test_two_pools_make_a_seeded_multi_model_mix(cache):
         load_servegen(["deepseek-r1", "mm-image"], ["x"], 0, 10)
     with pytest.raises(FileNotFoundError, match="ServeGen pool not found"):
         load_servegen(["no-such-pool"], None, 0, 10)
+
+
+def test_pool_offsets_and_scales_parse():
+    from kvfleet.workload.sources import parse_pool
+
+    assert parse_pool("m-large") == ("m-large", 0.0, 1.0)
+    assert parse_pool("m-large@3600*0.5") == ("m-large", 3600.0, 0.5)
+    assert parse_pool("deepseek-r1*2") == ("deepseek-r1", 0.0, 2.0)
+    for bad in ("m-large@x", "m-large*0", "m-large@-5"):
+        with pytest.raises(ValueError):
+            parse_pool(bad)
