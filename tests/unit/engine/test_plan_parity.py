@@ -15,6 +15,7 @@ from kvfleet.common.clock import ManualClock
 from kvfleet.common.slo import ServiceLevel
 from kvfleet.policies import policy_set
 from kvfleet.services.worker.core.batch_policy import BatchPolicy, EngineView, StepPlan
+from kvfleet.services.worker.core.step_cost import ModelStepCost
 from kvfleet.services.worker.engine import Engine, EngineConfig
 from kvfleet.sim.seq import SimSeq
 from kvfleet.sim.worker import SimWorker, WorkerConfig
@@ -50,10 +51,30 @@ class FixedStep:
     def step_s(self, *args: object) -> float:
         return DT
 
+    def coefficients(self) -> ModelStepCost:
+        return ModelStepCost(overhead_s=DT)
+
+
+class StepClock(ManualClock):
+    """The policy reads the step's start; the tokens the step makes carry its end (start +
+    DT), as in the simulator."""
+
+    def __init__(self) -> None:
+        super().__init__(0.0)
+        self.calls = 0
+
+    def now_s(self) -> float:
+        self.calls += 1
+        return super().now_s() + (DT if self.calls > 1 else 0.0)
+
+    def advance(self, dt_s: float) -> None:
+        super().advance(dt_s)
+        self.calls = 0
+
 
 def live_plans(name: str) -> list[tuple[float, EngineView, StepPlan]]:
     rec = Recording(policy_set(name).batch())
-    clock = ManualClock(0.0)
+    clock = StepClock()
     eng = Engine(EngineConfig(memory_bytes=64 << 20, page_size_bytes=4096,
                               max_num_batched_tokens=32, max_num_seqs=6,
                               num_threads=TEST_THREADS), rec, clock)

@@ -7,6 +7,7 @@ evictions."""
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -33,13 +34,10 @@ class Recording(DoublingBudgetPolicy):
         self.log: list[tuple[tuple[tuple[str, int], ...], tuple[str, ...]]] = []
 
     def plan(self, view, now_s):
-        plan = super().plan(view, now_s)
+        plan = replace(super().plan(view, now_s), repeat_steps=1)
         self.log.append((tuple(sorted((c.seq_id, c.num_tokens) for c in plan.chunks)),
                          tuple(sorted(plan.preempt))))
         return plan
-
-    def stable_steps(self, view, plan):
-        return 1
 
 
 class StepClock:
