@@ -20,6 +20,7 @@ from pathlib import Path
 
 from kvfleet.services.worker.core.step_cost import ModelStepCost
 from kvfleet.sim.presets import GpuSpec, ModelShape
+from kvfleet.sim.step_model import StepModel, StepShape
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +28,13 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True, slots=True)
 class Calibration:
     """Measured corrections: every roofline time is multiplied by ``time_scale``; the overhead
-    replaces the preset's when given."""
+    replaces the preset's when given. A ``step_model`` (fitted to measured steps) replaces
+    the roofline altogether."""
 
     time_scale: float = 1.0
     step_overhead_s: float | None = None
     source: str = ""
+    step_model: StepModel | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +78,7 @@ class CostModel:
         self._linear_flops_per_token = 2.0 * model.matmul_params
         self._attn = model.attn_flops_per_token_ctx
         self._weights = float(model.weight_bytes)
+        self.step_model = self.calibration.step_model
 
     # ----- memory -----
     def kv_budget_bytes(self, activation_reserve_bytes: int = 0) -> int:
@@ -83,10 +87,21 @@ class CostModel:
 
     # ----- one step -----
     def step_cost(
-        self, num_tokens: int, attn_pairs: float, kv_read_tokens: float, num_seqs: int
+        self, num_tokens: int, attn_pairs: float, kv_read_tokens: float, num_seqs: int,
+        max_q: int | None = None, max_kv: int | None = None,
     ) -> StepCost:
         """A step feeding ``num_tokens`` tokens whose queries attend ``attn_pairs`` (query,
-        context) pairs in all, reading ``kv_read_tokens`` tokens of KV."""
+        context) pairs in all, reading ``kv_read_tokens`` tokens of KV. ``max_q`` and
+        ``max_kv`` (the longest chunk and context; default: as if all were equal) matter only
+        to a fitted step model. With one, its time is given as both roofline terms."""
+        if self.step_model is not None:
+            b = max(num_seqs, 1)
+            t = self.step_model.step_s(StepShape(
+                num_tokens, num_seqs, kv_read_tokens, attn_pairs,
+                max_q if max_q is not None else -(-num_tokens // b),
+                max_kv if max_kv is not None else math.ceil(kv_read_tokens / b),
+            ))
+            return StepCost(t, t, 0.0)
         flops = self._linear_flops_per_token * num_tokens + self._attn * attn_pairs
         nbytes = self._weights + self.kv_bytes_per_token * kv_read_tokens
         return StepCost(
@@ -95,8 +110,15 @@ class CostModel:
             self.step_overhead_s + self.seq_overhead_s * num_seqs,
         )
 
-    def step_s(self, num_tokens: int, attn_pairs: float, kv_read_tokens: float, num_seqs: int) -> float:
-        """``step_cost(...).total_s`` without building the result (the simulator's hot path)."""
+    def step_s(
+        self, num_tokens: int, attn_pairs: float, kv_read_tokens: float, num_seqs: int,
+        max_q: int = 0, max_kv: int = 0,
+    ) -> float:
+        """``step_cost(...).total_s`` without building the result (the simulator's hot path;
+        a fitted step model needs ``max_q`` and ``max_kv``)."""
+        if self.step_model is not None:
+            return self.step_model.time_s(num_tokens, num_seqs, kv_read_tokens, attn_pairs,
+                                          max_q, max_kv)
         compute = (self._linear_flops_per_token * num_tokens + self._attn * attn_pairs) / self.flops_per_s
         memory = (self._weights + self.kv_bytes_per_token * kv_read_tokens) / self.bytes_per_s
         top = compute if compute > memory else memory
@@ -124,8 +146,15 @@ class CostModel:
         )
 
     # ----- runs of decode steps -----
-    def decode_run(self, batch: int, context_tokens: int) -> DecodeRun:
-        """Coefficients of a run of decode steps starting at ``context_tokens`` total context."""
+    def decode_run(
+        self, batch: int, context_tokens: int, max_context: int | None = None
+    ) -> DecodeRun:
+        """Coefficients of a run of decode steps starting at ``context_tokens`` total context
+        (the longest sequence holding ``max_context``; default: all equal)."""
+        if self.step_model is not None:
+            longest = max_context if max_context is not None else -(-context_tokens // batch)
+            a, s = self.step_model.decode_line(batch, context_tokens, longest)
+            return DecodeRun(a, s, a, s, 0.0)
         c0 = (self._linear_flops_per_token * batch + self._attn * context_tokens) / self.flops_per_s
         c1 = self._attn * batch / self.flops_per_s
         m0 = (self._weights + self.kv_bytes_per_token * context_tokens) / self.bytes_per_s
@@ -187,8 +216,10 @@ def load_calibration(path: Path, cost: CostModel) -> Calibration:
     Two forms are accepted:
 
     - measured steps: ``{"steps": [{"num_tokens": .., "num_seqs": .., "kv_tokens": ..,
-      "attn_pairs": .. (optional), "time_s": ..}, ...]}``: a least-squares fit of
-      ``time = overhead + scale * roofline``;
+      "attn_pairs": .. (optional), "max_q": .., "max_kv": .. (optional), "time_s": ..},
+      ...]}``: with ``"fit": "linear"`` (what ``kvfleet bench engine --sweep`` writes) a
+      fitted :class:`~kvfleet.sim.step_model.StepModel` replaces the roofline; otherwise a
+      least-squares fit of ``time = overhead + scale * roofline``;
     - a ``kvfleet bench engine`` result: ``{"kvfleet_tok_s": .., "workload":
       {"num_requests": .., "prompt_tokens": .., "output_tokens": ..}}`` (output tokens per
       second of one batch prefilled then decoded to the end; the batch and lengths may also
@@ -202,6 +233,11 @@ def load_calibration(path: Path, cost: CostModel) -> Calibration:
     if not isinstance(data, dict):
         raise ValueError(f"calibration {path}: expected a JSON object")
     if "steps" in data:
+        fit = data.get("fit", "roofline")
+        if fit == "linear":
+            return _fit_linear(data["steps"], str(path))
+        if fit != "roofline":
+            raise ValueError(f"calibration {path}: unknown fit {fit!r} (linear or roofline)")
         return _fit_steps(data["steps"], cost, str(path))
     tok_s = data.get("kvfleet_tok_s")
     if not isinstance(tok_s, int | float) or tok_s <= 0:
@@ -260,3 +296,44 @@ def _fit_steps(steps: object, cost: CostModel, source: str) -> Calibration:
     scale = max(sxy / sxx, 1e-6)
     overhead = max(my - scale * mx, 0.0)
     return Calibration(scale, overhead, source)
+
+
+def step_shapes(steps: object, source: str) -> tuple[list[StepShape], list[float]]:
+    """Shapes and times of measured steps (the ``steps`` list of a calibration file). Steps
+    of one ``scenario`` (repeats of one point) count once, at their median time."""
+    if not isinstance(steps, list) or not steps:
+        raise ValueError(f"calibration {source}: 'steps' must be a non-empty list")
+    shapes: list[StepShape] = []
+    times: list[float] = []
+    groups: dict[str, list[int]] = {}
+    for i, s in enumerate(steps):
+        try:
+            n = int(s["num_tokens"])
+            b = int(s.get("num_seqs", 1))
+            kv = float(s.get("kv_tokens", n))
+            pairs = float(s.get("attn_pairs", kv))
+            if n < 1 or b < 1 or kv < n:
+                raise ValueError("needs num_tokens >= 1, num_seqs >= 1, kv_tokens >= num_tokens")
+            shapes.append(StepShape(n, b, kv, pairs, int(s.get("max_q", -(-n // b))),
+                                    int(s.get("max_kv", math.ceil(kv / b)))))
+            times.append(float(s["time_s"]))
+            if not math.isfinite(times[-1]) or times[-1] <= 0:
+                raise ValueError("time_s must be > 0")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"calibration {source}: step {i}: {exc}") from exc
+        groups.setdefault(str(s.get("scenario", f"#{i}")), []).append(i)
+    picked = []
+    for idx in groups.values():
+        idx.sort(key=lambda i: times[i])
+        picked.append(idx[(len(idx) - 1) // 2])  # the median (the lower one of two)
+    picked.sort()
+    return [shapes[i] for i in picked], [times[i] for i in picked]
+
+
+def _fit_linear(steps: object, source: str) -> Calibration:
+    shapes, times = step_shapes(steps, source)
+    model, report = StepModel.fit(shapes, times)
+    log.info("calibration %s: step model fitted to %d steps, relative error rms %.1f%%, "
+             "max %.1f%%", source, report.num_samples, 100 * report.rms_relative_error,
+             100 * report.max_relative_error)
+    return Calibration(source=source, step_model=model)

@@ -25,6 +25,7 @@ from kvfleet.services.planner.core.types import ModelLoad, Plan
 from kvfleet.services.scheduler.core.admission import QueueBound, QueueDepth
 from kvfleet.services.scheduler.core.dispatch import decide
 from kvfleet.services.scheduler.core.types import ClusterView, WorkerView
+from kvfleet.sim.cost_model import CostModel
 from kvfleet.sim.fleet import (
     SimConfig,
     adapts_placement,
@@ -34,12 +35,14 @@ from kvfleet.sim.fleet import (
     migration_link,
     reference_costs,
 )
+from kvfleet.sim.overhead import StackOverheads, load_overheads
 from kvfleet.sim.seq import SimSeq
 from kvfleet.sim.worker import SimWorker
 
 log = logging.getLogger(__name__)
 
-_WORKER, _DISPATCH, _MIGRATE, _ARRIVE_MIGRATED, _SAMPLE, _REPLAN, _LOADED = range(7)
+(_WORKER, _DISPATCH, _MIGRATE, _ARRIVE_MIGRATED, _SAMPLE, _REPLAN, _LOADED, _QUEUE, _ASSIGN,
+ _HEARTBEAT) = range(10)
 INF = float("inf")
 
 FLEET_COLUMNS = (
@@ -77,6 +80,7 @@ class SimResult:
     end_s: float
     workers: list[SimWorker] = field(repr=False)
     replacements: list[tuple[float, int, int]] = field(default_factory=list)  # (t, loads, unloads)
+    relay_s: float = 0.0  # added to every token's time at the client (StackOverheads)
 
     @property
     def events_per_s(self) -> float:
@@ -107,12 +111,16 @@ class Simulator:
         check_invariants: bool = False,
         log_dispatch: bool = False,
         slos: SloSet | None = None,
+        overheads: StackOverheads | None = None,
+        cost: CostModel | None = None,
     ) -> None:
         """``workers`` replaces the fleet built from ``config`` by workers shaped like the
-        given views (ids, models, pages); ``check_invariants`` checks every worker's page
-        accounting after each of its events (slow; tests); ``log_dispatch`` keeps every
-        assignment in ``dispatch_log``; ``slos`` gives each request its model's TTFT and TPOT
-        targets (as the load generator sends them to a live fleet)."""
+        given views (ids, models, pages), with step times from ``cost`` when given;
+        ``check_invariants`` checks every worker's page accounting after each of its events
+        (slow; tests); ``log_dispatch`` keeps every assignment in ``dispatch_log``; ``slos``
+        gives each request its model's TTFT and TPOT targets (as the load generator sends
+        them to a live fleet); ``overheads`` (default: ``config.overheads``'s file, if any)
+        adds the service stack's hops around the engines."""
         self.config = config
         self.policies = policies or policy_set(config.policy)
         self.placement: object | None = None  # a placement that adapts during the run
@@ -124,7 +132,16 @@ class Simulator:
         elif workers is None:
             self.workers = build_fleet(config, self.policies)
         else:
-            self.workers = build_workers_like(config, self.policies, workers)
+            self.workers = build_workers_like(config, self.policies, workers, cost)
+        if overheads is None and config.overheads:
+            overheads = load_overheads(config.overheads)
+        self.overheads = overheads
+        self._busy_until = 0.0  # the scheduler waits for its Assign calls until then
+        if overheads is not None:
+            for w in self.workers:
+                w.step_extra_s = overheads.step_extra_s
+                w.heartbeat_min_s = overheads.heartbeat_min_s
+                w.heartbeat_s = overheads.heartbeat_s
         self.check_invariants = check_invariants
         self.dispatch_log: list[tuple[str, str]] | None = [] if log_dispatch else None
         self.dispatch = self.policies.dispatch()
@@ -213,6 +230,7 @@ class Simulator:
         finished: list[SimSeq] = []
         departed: list[SimSeq] = []
         interval = self.config.dispatch_interval_s
+        ov = self.overheads
         while self._num_done < n:
             t_arr = seqs[i].arrival_s if i < n else INF
             t_ev = heap[0][0] if heap else INF
@@ -222,6 +240,10 @@ class Simulator:
             events += 1
             if t_arr <= t_ev:
                 now = t_arr
+                if ov is not None:  # through the gateway and the queue first
+                    self._push(now + ov.intake_s(seqs[i].num_prompt_tokens), _QUEUE, seqs[i])
+                    i += 1
+                    continue
                 self._admit(seqs[i])
                 i += 1
                 if self._pending and self._dispatch_at == INF:
@@ -249,7 +271,12 @@ class Simulator:
                 if departed:
                     self._depart(departed, now)
                     departed.clear()
-                if self._pending and self._dispatch_at == INF:  # room may have opened
+                if worker.heartbeat_due:
+                    worker.heartbeat_due = False
+                    self._push(worker.heartbeat_at, _HEARTBEAT, worker)
+                if ov is not None:
+                    pass  # a waiting request is dispatched at the scheduler's next poll
+                elif self._pending and self._dispatch_at == INF:  # room may have opened
                     self._dispatch_at = now + interval
                     self._push(self._dispatch_at, _DISPATCH)
                 for rid in asked:  # orders the source could not honour are forgotten
@@ -258,6 +285,16 @@ class Simulator:
                         del self._inflight[rid]
             elif kind == _DISPATCH:
                 self._dispatch(now)
+            elif kind == _QUEUE:
+                self._admit(a)  # type: ignore[arg-type]
+                if self._pending and self._dispatch_at == INF:  # the idle scheduler wakes
+                    self._dispatch_at = max(now, self._busy_until)
+                    self._push(self._dispatch_at, _DISPATCH)
+            elif kind == _ASSIGN:
+                worker, (seq, pages) = a, b  # type: ignore[assignment,misc]
+                self._push_worker(worker, worker.enqueue(seq, now, pages))
+            elif kind == _HEARTBEAT:
+                a.heartbeat(now)  # type: ignore[attr-defined]
             elif kind == _ARRIVE_MIGRATED:
                 self._arrive(a, b, now)  # type: ignore[arg-type]
             elif kind == _MIGRATE:
@@ -287,6 +324,7 @@ class Simulator:
             self.config, seqs, self.fleet_rows, events, wall, time.process_time() - cpu_started,
             sum(w.num_plans for w in self.workers), sum(w.num_steps for w in self.workers),
             self._num_migrations, now, self.workers, self.replacements,
+            self.overheads.relay_s if self.overheads is not None else 0.0,
         )
         log.info("simulated %d requests to t=%.1fs: %d events in %.1fs wall, %.1fs CPU "
                  "(%.0f events/s)", n, now, events, wall, result.cpu_s, result.events_per_s)
@@ -326,7 +364,11 @@ class Simulator:
             self._dirty.clear()
         out = decide(self.dispatch, [s.request_view() for s in pending], ClusterView(tuple(views)),
                      now)
+        ov = self.overheads
         if not out.decisions.assignments:
+            if ov is not None:  # the scheduler polls again
+                self._dispatch_at = now + ov.tick_s
+                self._push(self._dispatch_at, _DISPATCH)
             return
         by_id = {s.request_id: s for s in pending}
         index = self._worker_index
@@ -340,8 +382,16 @@ class Simulator:
             if seq.num_prompt_tokens + seq.request_max_tokens > worker.capacity_tokens(seq.model):
                 self._drop(seq, "exceeds_worker_kv_capacity")
                 continue
+            if ov is not None:  # the Assign call; the scheduler waits for all of them
+                self._push(now + ov.assign_s, _ASSIGN, worker, (seq, out.pages[a.request_id]))
+                continue
             self._push_worker(worker, worker.enqueue(seq, now, out.pages[a.request_id]))
         self._pending = [s for s in pending if s.request_id in by_id]
+        if ov is not None:
+            self._busy_until = now + ov.assign_s
+            if self._pending:  # still waiting: the next poll
+                self._dispatch_at = self._busy_until + ov.tick_s
+                self._push(self._dispatch_at, _DISPATCH)
 
     # ----- migration -----
     def _migrate(self, now: float) -> None:
@@ -407,7 +457,7 @@ class Simulator:
             have = set(w.models) - w.draining
             for m in sorted(want - have):
                 weight = self.fleet.model(m).weight_bytes
-                w.begin_load(m, weight / self.config.weight_load_bytes_per_s)
+                w.begin_load(m, weight / self.config.weight_load_bytes_per_s, now)
                 loads += 1
                 if w.started_loads:
                     self._start_loads(w, now)
@@ -428,7 +478,7 @@ class Simulator:
             elsewhere = any(m in o.models and m not in o.draining
                             for o in self.workers if o is not w)
             if elsewhere or not (self.plan and self.plan.workers_of(m)):
-                w.begin_unload(m)
+                w.begin_unload(m, now)
             else:
                 keep.append((idx, m))
         self._unload_after = keep
@@ -439,7 +489,7 @@ class Simulator:
         worker.started_loads.clear()
 
     def _loaded(self, worker: SimWorker, model: str, now: float) -> None:
-        worker.finish_load(model)
+        worker.finish_load(model, now)
         self._unload_ready(now)
         if self._pending and self._dispatch_at == INF:
             self._dispatch_at = now + self.config.dispatch_interval_s
@@ -499,7 +549,8 @@ def simulate(
     requests: Sequence[RequestLike],
     policies: PolicySet | None = None,
     slos: SloSet | None = None,
+    overheads: StackOverheads | None = None,
 ) -> SimResult:
     """Run ``requests`` through a fleet built from ``config`` (each request carrying its
-    model's SLO from ``slos``)."""
-    return Simulator(config, requests, policies, slos=slos).run()
+    model's SLO from ``slos``; the stack's ``overheads``, or ``config.overheads``'s, if any)."""
+    return Simulator(config, requests, policies, slos=slos, overheads=overheads).run()

@@ -59,6 +59,10 @@ class SimConfig(BaseModel):
     activation_reserve_gib: float = Field(default=1.0, ge=0.0, description="Per-GPU activation reserve.")
     horizon_s: float | None = Field(default=None, gt=0.0, description="Stop here; unfinished are dropped.")
     calibration: str | None = Field(default=None, description="Calibration JSON (see load_calibration).")
+    overheads: str | None = Field(
+        default=None,
+        description="The service stack's hops (kvfleet bench gateway --json); none: engines only.",
+    )
     predictor: str = Field(
         default="online", description="Output-length predictor: online, oracle or noisy-oracle."
     )
@@ -253,16 +257,20 @@ def build_fleet(config: SimConfig, policies: PolicySet) -> list[SimWorker]:
 
 
 def build_workers_like(
-    config: SimConfig, policies: PolicySet, views: Sequence[WorkerView]
+    config: SimConfig, policies: PolicySet, views: Sequence[WorkerView],
+    cost: CostModel | None = None,
 ) -> list[SimWorker]:
     """Workers shaped like given occupancy views (ids, models, pages, tokens per page), e.g.
-    a live fleet's; every model's step times come from ``config.models[0]``'s cost model."""
-    gpu = gpu_preset(config.gpu)
-    shape = model_preset(config.models[0])
-    cost = CostModel(gpu, shape, config.tp or 1, gpu_memory_utilization=config.gpu_memory_utilization)
-    if config.calibration:
-        calib = load_calibration(Path(config.calibration), cost)
-        cost = CostModel(gpu, shape, config.tp or 1, calib, config.gpu_memory_utilization)
+    a live fleet's; every model's step times come from ``cost``, by default
+    ``config.models[0]``'s cost model."""
+    if cost is None:
+        gpu = gpu_preset(config.gpu)
+        shape = model_preset(config.models[0])
+        cost = CostModel(gpu, shape, config.tp or 1,
+                         gpu_memory_utilization=config.gpu_memory_utilization)
+        if config.calibration:
+            calib = load_calibration(Path(config.calibration), cost)
+            cost = CostModel(gpu, shape, config.tp or 1, calib, config.gpu_memory_utilization)
     workers = []
     for i, v in enumerate(views):
         if not v.models or v.num_total_pages <= 0:

@@ -31,15 +31,17 @@ SIM_RECORD_COLUMNS = (
 
 
 def to_records(result: SimResult) -> list[RequestRecord]:
-    """One load-generator record per request (failed ones carry the drop reason)."""
+    """One load-generator record per request (failed ones carry the drop reason). Times are
+    the client's: a token reaches it ``result.relay_s`` after the worker made it."""
     out: list[RequestRecord] = []
+    relay = result.relay_s  # worker -> client, when the stack's overheads are simulated
     for s in result.seqs:
         ok = s.finish_s >= 0.0
         out.append(RequestRecord(
             s.request_id, s.model, s.arrival_s, s.arrival_s, s.num_prompt_tokens,
             s.max_tokens, s.num_output if ok else 0, ok,
-            s.first_token_s - s.arrival_s if ok else None,
-            s.finish_s - s.arrival_s if ok else None,
+            s.first_token_s + relay - s.arrival_s if ok else None,
+            s.finish_s + relay - s.arrival_s if ok else None,
             (), "" if ok else f"dropped: {s.drop_reason}",
             s.ttft_slo_s, s.tpot_slo_s, s.predicted_output_tokens, s.isolated_s,
         ))

@@ -12,6 +12,7 @@ end of the step in progress.
 from __future__ import annotations
 
 import logging
+import math
 from bisect import insort
 from collections import deque
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from kvfleet.sim.cost_model import CostModel, DecodeRun
 from kvfleet.sim.seq import SimSeq
 
 log = logging.getLogger(__name__)
+INF = float("inf")
 
 
 class KvAccountingError(RuntimeError):
@@ -105,6 +107,14 @@ class SimWorker:
         self.num_steps = 0
         self.num_plans = 0
         self.busy_s = 0.0
+        # The live stack around the engine (StackOverheads; all off by default).
+        self.step_extra_s = 0.0  # added to every step
+        self.heartbeat_min_s = 0.0  # a report is published at most this often at boundaries
+        self.heartbeat_s = 0.25  # ... and at every multiple of this when one is held back
+        self.heartbeat_due = False  # a held-back report waits for ``heartbeat_at``
+        self.heartbeat_at = INF
+        self._published_s = -INF
+        self._held: OccupancyReport | None = None
 
     # ----- what the scheduler and planner see -----
     def _invalidate(self) -> None:
@@ -133,11 +143,30 @@ class SimWorker:
             self.intake_seq,
         )
 
-    def _publish(self) -> None:
-        self.published = self._snapshot()
+    def _publish(self, now: float) -> None:
+        snap = self._snapshot()
+        if self.heartbeat_min_s > 0.0 and now - self._published_s < self.heartbeat_min_s:
+            self._held = snap  # written by the next heartbeat (or a later boundary)
+            if self.heartbeat_at == INF:
+                self.heartbeat_at = (math.floor(now / self.heartbeat_s) + 1) * self.heartbeat_s
+                self.heartbeat_due = True
+            return
+        self._held = None
+        self._set_published(snap, now)
+
+    def _set_published(self, snap: OccupancyReport, now: float) -> None:
+        self.published = snap
+        self._published_s = now
         if self.pending:
             self.pending = unreflected(self.pending, self.published)
         self._invalidate()
+
+    def heartbeat(self, now: float) -> None:
+        """The periodic heartbeat: publish the report held back at the last boundary."""
+        self.heartbeat_at = INF
+        if self._held is not None:
+            snap, self._held = self._held, None
+            self._set_published(snap, now)
 
     def report(self) -> OccupancyReport:
         """The worker's state now, with its requests (for the migration policy)."""
@@ -230,7 +259,7 @@ class SimWorker:
         self._catalog_tpp = dict(tokens_per_page)
         self._weight_pages = {m: -(-b // page_bytes) for m, b in weight_bytes.items()}
 
-    def begin_load(self, model: str, load_s: float) -> None:
+    def begin_load(self, model: str, load_s: float, now: float) -> None:
         """Start loading ``model``: its weights claim free pages (at step boundaries, as they
         free up); once all are claimed the load takes ``load_s`` (``started_loads``)."""
         if model in self.models or model in self._loading:
@@ -239,9 +268,9 @@ class SimWorker:
         self._loading[model] = [float(self._weight_pages[model]), 0.0, load_s]
         if not self.busy:
             self._placement_step()
-            self._publish()
+            self._publish(now)
 
-    def begin_unload(self, model: str) -> None:
+    def begin_unload(self, model: str, now: float) -> None:
         """Stop taking ``model``'s requests; unload it once those here have finished."""
         if model in self._loading:
             need, claimed, _ = self._loading.pop(model)
@@ -251,9 +280,9 @@ class SimWorker:
             self.draining.add(model)
         if not self.busy:
             self._placement_step()
-            self._publish()
+            self._publish(now)
 
-    def finish_load(self, model: str) -> None:
+    def finish_load(self, model: str, now: float) -> None:
         """The weights are in: the model serves from now on."""
         need = self._weight_pages[model]
         self.reserved_pages -= need
@@ -262,7 +291,7 @@ class SimWorker:
         self.tpp = {**self.tpp, model: self._catalog_tpp[model]}
         self._set_costs({**self.costs, model: self._catalog_costs[model]})
         self.num_loads += 1
-        self._publish()
+        self._publish(now)
 
     def _set_costs(self, costs: dict[str, CostModel]) -> None:
         self.costs = costs
@@ -328,7 +357,7 @@ class SimWorker:
             self._do_detach(departed, accept)
         if self._loading or self.draining:
             self._placement_step()
-        self._publish()
+        self._publish(now)
         return self._plan(now)
 
     def _finish_step(self, now: float, finished: list[SimSeq]) -> None:
@@ -486,7 +515,7 @@ class SimWorker:
                 self.num_steps += steps - 1
                 return self.step_end_s
         self._chunks = chunks
-        self.step_end_s = now + self._step_time(chunks)
+        self.step_end_s = now + self._step_time(chunks) + self.step_extra_s
         return self.step_end_s
 
     def _admit(self, new: list[SimSeq]) -> None:
@@ -532,20 +561,29 @@ class SimWorker:
         return lo
 
     def _decode_runs(self) -> list[DecodeRun]:
+        runs = self._model_decode_runs()
+        if self.step_extra_s:
+            r = runs[0]
+            runs[0] = DecodeRun(r.c0, r.c1, r.m0, r.m1, r.overhead + self.step_extra_s)
+        return runs
+
+    def _model_decode_runs(self) -> list[DecodeRun]:
         if self._single is not None:
             running = self.running
-            return [self._single.decode_run(len(running), sum([s.num_tokens for s in running]))]
+            lengths = [s.num_tokens for s in running]
+            return [self._single.decode_run(len(running), sum(lengths), max(lengths))]
         per_model: dict[str, list[int]] = {}
         for s in self.running:
             acc = per_model.get(s.model)
             if acc is None:
-                per_model[s.model] = [1, s.num_tokens]
+                per_model[s.model] = [1, s.num_tokens, s.num_tokens]
             else:
                 acc[0] += 1
                 acc[1] += s.num_tokens
+                acc[2] = max(acc[2], s.num_tokens)
         runs: list[DecodeRun] = []
-        for i, (model, (b, ctx)) in enumerate(per_model.items()):
-            run = self.costs[model].decode_run(b, ctx)
+        for i, (model, (b, ctx, longest)) in enumerate(per_model.items()):
+            run = self.costs[model].decode_run(b, ctx, longest)
             if i:
                 run = DecodeRun(run.c0, run.c1, run.m0, run.m1, 0.0)
             runs.append(run)
@@ -556,26 +594,34 @@ class SimWorker:
             tokens = 0
             pairs = 0.0
             kv = 0
+            max_q = max_kv = 0
             for seq, n in chunks:
                 c = seq.num_computed
                 tokens += n
                 pairs += n * c + n * (n + 1) / 2
                 kv += c + n
-            return self._single.step_s(tokens, pairs, kv, len(chunks))
+                if n > max_q:
+                    max_q = n
+                if c + n > max_kv:
+                    max_kv = c + n
+            return self._single.step_s(tokens, pairs, kv, len(chunks), max_q, max_kv)
         per_model: dict[str, list[float]] = {}
         for seq, n in chunks:
             c = seq.num_computed
             acc = per_model.get(seq.model)
             if acc is None:
-                acc = per_model[seq.model] = [0, 0.0, 0.0, 0]
+                acc = per_model[seq.model] = [0, 0.0, 0.0, 0, 0, 0]
             acc[0] += n
             acc[1] += n * c + n * (n + 1) / 2
             acc[2] += c + n
             acc[3] += 1
+            acc[4] = max(acc[4], n)
+            acc[5] = max(acc[5], c + n)
         total = 0.0
         overhead = 0.0
-        for model, (ntok, npairs, kv_read, seqs) in per_model.items():
-            cost = self.costs[model].step_cost(int(ntok), npairs, kv_read, int(seqs))
+        for model, (ntok, npairs, kv_read, seqs, max_q, max_kv) in per_model.items():
+            cost = self.costs[model].step_cost(int(ntok), npairs, kv_read, int(seqs),
+                                               int(max_q), int(max_kv))
             total += max(cost.compute_s, cost.memory_s)
             overhead = max(overhead, cost.overhead_s)
         return total + overhead
