@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import typer
 
-from kvfleet.cli import bench_engine, bench_gateway, bench_serve
+from kvfleet.cli import bench_engine, bench_fidelity, bench_gateway, bench_serve
 
 app = typer.Typer(no_args_is_help=True)
 bench_engine.register(app)
+bench_fidelity.register(app)
 bench_gateway.register(app)
 bench_serve.register(app)

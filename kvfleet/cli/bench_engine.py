@@ -32,9 +32,59 @@ def register(app: typer.Typer) -> None:
         json_path: Annotated[
             Path | None, typer.Option("--json", help="Write the results here.")
         ] = None,
+        sweep: Annotated[
+            bool,
+            typer.Option(
+                "--sweep",
+                help="Measure step times over batch sizes, KV lengths and prefill chunks "
+                "instead (the simulator's calibration: kvfleet sim --calibration).",
+            ),
+        ] = False,
+        sweep_batches: Annotated[
+            str, typer.Option(help="Sweep: batch sizes (comma list).")
+        ] = "1,2,4,8,16,32,64",
+        sweep_contexts: Annotated[
+            str, typer.Option(help="Sweep: KV lengths of decoding sequences (comma list).")
+        ] = "32,256,1024",
+        sweep_chunks: Annotated[
+            str, typer.Option(help="Sweep: prefill chunk sizes (comma list).")
+        ] = "16,64,256,1024,2048",
+        memory_bytes: Annotated[
+            int, typer.Option(min=1 << 20, help="Sweep: the engine's memory budget.")
+        ] = 3_000_000_000,
+        page_size_bytes: Annotated[
+            int, typer.Option(min=1024, help="Sweep: KV page size (as the workers').")
+        ] = 1 << 20,
+        max_num_batched_tokens: Annotated[
+            int, typer.Option(min=16, help="Sweep: per-step token budget (as the workers').")
+        ] = 2048,
+        max_num_seqs: Annotated[
+            int, typer.Option(min=1, help="Sweep: sequences per step at most (as the workers').")
+        ] = 64,
     ) -> None:
-        """kvfleet engine vs transformers generate, generate_batch and the bare forward passes."""
+        """kvfleet engine vs transformers generate, generate_batch and the bare forward passes;
+        with --sweep, the engine's step times for the simulator."""
         import logging
+
+        if sweep:
+            from kvfleet.services.worker.engine import EngineConfig
+            from kvfleet.services.worker.engine.step_sweep import SweepGrid
+
+            try:
+                grid = SweepGrid(
+                    batch_sizes=_ints(sweep_batches), contexts=_ints(sweep_contexts),
+                    prefill_chunks=_ints(sweep_chunks), repeats=repeats if repeats > 2 else 3,
+                )
+                config = EngineConfig(
+                    memory_bytes=memory_bytes, page_size_bytes=page_size_bytes,
+                    max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
+                    num_threads=threads or None,
+                )
+            except ValueError as exc:
+                typer.echo(f"error: {exc}", err=True)
+                raise typer.Exit(2) from None
+            run_sweep(model, config, grid, json_path)
+            return
 
         from rich.console import Console
         from rich.table import Table
@@ -101,3 +151,58 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"greedy outputs equal HF generate: {r.outputs_match_hf_generate}")
         if json_path is not None:
             json_path.write_text(json.dumps(r.to_dict(), indent=2) + "\n")
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ValueError(f"expected a comma list of integers, got {text!r}") from None
+
+
+def run_sweep(model: str, config, grid, json_path: Path | None) -> dict:  # type: ignore[no-untyped-def]
+    """Measure, print each point's median step time beside the fitted model's, write JSON."""
+    import statistics
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from kvfleet.services.worker.engine.step_sweep import sweep_steps
+    from kvfleet.sim.step_model import StepModel, StepShape
+
+    console = Console()
+    result = sweep_steps(model, config, grid, progress=lambda m: console.print(m, highlight=False))
+    data = result.to_dict()
+    shapes = [StepShape(s.num_tokens, s.num_seqs, s.kv_tokens, s.attn_pairs, s.max_q, s.max_kv)
+              for s in result.steps]
+    from kvfleet.sim.cost_model import step_shapes
+
+    fit_shapes, fit_times = step_shapes(data["steps"], "sweep")
+    fitted, report = StepModel.fit(fit_shapes, fit_times)
+    data["step_model"] = fitted.to_dict()
+    data["fit_report"] = {
+        "num_points": report.num_samples,
+        "rms_relative_error": report.rms_relative_error,
+        "max_relative_error": report.max_relative_error,
+    }
+    table = Table(title=f"{model}: engine steps ({result.threads} threads, {result.wall_s:.0f} s)")
+    for col in ("point", "tokens", "seqs", "measured ms", "model ms"):
+        table.add_column(col, justify="left" if col == "point" else "right")
+    points: dict[str, list[int]] = {}
+    for i, s in enumerate(result.steps):
+        points.setdefault(s.scenario, []).append(i)
+    for name, idx in points.items():
+        measured = statistics.median(result.steps[i].time_s for i in idx)
+        predicted = statistics.median(fitted.step_s(shapes[i]) for i in idx)
+        first = result.steps[idx[0]]
+        table.add_row(name, str(first.num_tokens), str(first.num_seqs), f"{measured * 1000:.1f}",
+                      f"{predicted * 1000:.1f}")
+    console.print(table)
+    console.print(f"step model: relative error rms {100 * report.rms_relative_error:.1f}%, "
+                  f"max {100 * report.max_relative_error:.1f}% over {report.num_samples} points")
+    if result.skipped:
+        console.print(f"left out (too big for the pool): {', '.join(result.skipped)}")
+    if json_path is not None:
+        json_path.write_text(json.dumps(data, indent=1) + "\n")
+        console.print(f"calibration in {json_path} (kvfleet sim --calibration {json_path})")
+    return data

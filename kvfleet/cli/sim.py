@@ -45,7 +45,8 @@ Gpu = Annotated[str, typer.Option(help="GPU preset: A100-40G, A100-80G, H100, H2
 Model = Annotated[str, typer.Option(help="Served model preset(s), comma list (workers split evenly).")]
 Tp = Annotated[int | None, typer.Option(help="GPUs per worker (default: fewest that fit).")]
 Link = Annotated[str, typer.Option(help="KV migration link: nvlink, pcie, 100gbe, 25gbe, 10gbe.")]
-Calibration = Annotated[Path | None, typer.Option(help="Calibration JSON (bench engine result or measured steps).")]
+Calibration = Annotated[Path | None, typer.Option(help="Calibration JSON (bench engine result, or its --sweep of measured steps).")]
+Overheads = Annotated[Path | None, typer.Option(help="The service stack's hops (bench gateway --json): intake, polling dispatch, Assign, heartbeats, relay, shared CPU.")]
 DispatchS = Annotated[float, typer.Option(help="Scheduler dispatch tick (s).")]
 MigrationS = Annotated[float, typer.Option(help="Migration policy tick (s).")]
 SampleS = Annotated[float, typer.Option(help="fleet.csv row interval (s).")]
@@ -122,7 +123,8 @@ def sim(
     gpus: Annotated[int, typer.Option(help="GPUs in the fleet.")] = 16,
     gpu: Gpu = "H100", model: Model = "Llama-2-7B", tp: Tp = None,
     policy: Annotated[str, typer.Option(help="A policy set (kvfleet policies): vllm, llumnix, seallm, dedicated, ...")] = "vllm",
-    link: Link = "100gbe", calibration: Calibration = None, dispatch_interval_s: DispatchS = 0.005,
+    link: Link = "100gbe", calibration: Calibration = None, overheads: Overheads = None,
+    dispatch_interval_s: DispatchS = 0.005,
     migration_interval_s: MigrationS = 0.5, sample_interval_s: SampleS = 1.0,
     horizon_s: HorizonS = None, slo: Slo = None, predictor: Predictor = "online",
     predictor_spread: PredictorSpread = 0.25, worker_queue_fraction: QueueFraction = 1.0,
@@ -153,6 +155,7 @@ def sim(
     config = _config(
         gpu=gpu, models=[m.strip() for m in model.split(",") if m.strip()], num_gpus=gpus, tp=tp,
         policy=policy, link=link, calibration=str(calibration) if calibration else None,
+        overheads=str(overheads) if overheads else None,
         dispatch_interval_s=dispatch_interval_s, migration_interval_s=migration_interval_s,
         sample_interval_s=sample_interval_s, horizon_s=horizon_s, seed=seed,
         predictor=predictor, predictor_spread=predictor_spread,
@@ -236,6 +239,7 @@ def _fleet_kwargs(p: dict, **overrides: object) -> dict:  # type: ignore[type-ar
         gpu=p["gpu"], models=[m.strip() for m in p["model"].split(",") if m.strip()],
         num_gpus=p["gpus"], tp=p["tp"], policy=p["policy"], link=p["link"],
         calibration=str(p["calibration"]) if p["calibration"] else None,
+        overheads=str(p["overheads"]) if p["overheads"] else None,
         dispatch_interval_s=p["dispatch_interval_s"],
         migration_interval_s=p["migration_interval_s"],
         sample_interval_s=p["sample_interval_s"], horizon_s=p["horizon_s"], seed=p["seed"],

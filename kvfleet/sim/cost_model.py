@@ -300,7 +300,8 @@ def _fit_steps(steps: object, cost: CostModel, source: str) -> Calibration:
 
 def step_shapes(steps: object, source: str) -> tuple[list[StepShape], list[float]]:
     """Shapes and times of measured steps (the ``steps`` list of a calibration file). Steps
-    of one ``scenario`` (repeats of one point) count once, at their median time."""
+    of one ``scenario`` (repeats of one point) count once, at their mean time: on a busy
+    machine a step's time has a long tail, and latencies add up means."""
     if not isinstance(steps, list) or not steps:
         raise ValueError(f"calibration {source}: 'steps' must be a non-empty list")
     shapes: list[StepShape] = []
@@ -322,12 +323,9 @@ def step_shapes(steps: object, source: str) -> tuple[list[StepShape], list[float
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"calibration {source}: step {i}: {exc}") from exc
         groups.setdefault(str(s.get("scenario", f"#{i}")), []).append(i)
-    picked = []
-    for idx in groups.values():
-        idx.sort(key=lambda i: times[i])
-        picked.append(idx[(len(idx) - 1) // 2])  # the median (the lower one of two)
-    picked.sort()
-    return [shapes[i] for i in picked], [times[i] for i in picked]
+    firsts = sorted(idx[0] for idx in groups.values())
+    mean = {idx[0]: sum(times[i] for i in idx) / len(idx) for idx in groups.values()}
+    return [shapes[i] for i in firsts], [mean[i] for i in firsts]
 
 
 def _fit_linear(steps: object, source: str) -> Calibration:

@@ -37,12 +37,12 @@ from kvfleet.sim.fleet import (
 )
 from kvfleet.sim.overhead import StackOverheads, load_overheads
 from kvfleet.sim.seq import SimSeq
-from kvfleet.sim.worker import SimWorker
+from kvfleet.sim.worker import SharedCpu, SimWorker
 
 log = logging.getLogger(__name__)
 
 (_WORKER, _DISPATCH, _MIGRATE, _ARRIVE_MIGRATED, _SAMPLE, _REPLAN, _LOADED, _QUEUE, _ASSIGN,
- _HEARTBEAT) = range(10)
+ _HEARTBEAT, _CPU) = range(11)
 INF = float("inf")
 
 FLEET_COLUMNS = (
@@ -137,11 +137,18 @@ class Simulator:
             overheads = load_overheads(config.overheads)
         self.overheads = overheads
         self._busy_until = 0.0  # the scheduler waits for its Assign calls until then
+        self._cpu: SharedCpu | None = None
         if overheads is not None:
+            cpu = None
+            if overheads.cpu_cores > 0:
+                cpu = self._cpu = SharedCpu(overheads.cpu_factor, self.workers, self._push_worker)
             for w in self.workers:
-                w.step_extra_s = overheads.step_extra_s
+                # in the calibration's seconds, which the CPU share scales
+                w.step_extra_s = overheads.step_extra_s / (
+                    overheads.calibration_share if cpu is not None else 1.0)
                 w.heartbeat_min_s = overheads.heartbeat_min_s
                 w.heartbeat_s = overheads.heartbeat_s
+                w.cpu = cpu
         self.check_invariants = check_invariants
         self.dispatch_log: list[tuple[str, str]] | None = [] if log_dispatch else None
         self.dispatch = self.policies.dispatch()
@@ -220,6 +227,9 @@ class Simulator:
         heap = self._heap
         horizon = self.config.horizon_s if self.config.horizon_s is not None else INF
         self._push(0.0, _SAMPLE)
+        if self._cpu is not None and self.overheads is not None:
+            for t, _ in self.overheads.background_series:
+                self._push(t, _CPU)
         if self.migration.name != "none":
             self._push(self.config.migration_interval_s, _MIGRATE)
         if self.placement is not None:
@@ -295,6 +305,8 @@ class Simulator:
                 self._push_worker(worker, worker.enqueue(seq, now, pages))
             elif kind == _HEARTBEAT:
                 a.heartbeat(now)  # type: ignore[attr-defined]
+            elif kind == _CPU:  # the background changed: steps from now on take longer
+                self._cpu.change(0, None, now)  # type: ignore[union-attr]
             elif kind == _ARRIVE_MIGRATED:
                 self._arrive(a, b, now)  # type: ignore[arg-type]
             elif kind == _MIGRATE:

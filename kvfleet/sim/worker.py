@@ -115,6 +115,7 @@ class SimWorker:
         self.heartbeat_at = INF
         self._published_s = -INF
         self._held: OccupancyReport | None = None
+        self.cpu: SharedCpu | None = None  # cores shared with the other workers (CPU fleets)
 
     # ----- what the scheduler and planner see -----
     def _invalidate(self) -> None:
@@ -240,7 +241,14 @@ class SimWorker:
             self._chunks = []
             self._run = None
             self.version += 1
+            if self.cpu is not None:
+                self.cpu.change(1, self, now)
             return now
+        return self.cut_run(now)
+
+    def cut_run(self, now: float) -> float | None:
+        """End a run of decode steps in progress at the step running at ``now``; returns the
+        run's new end, or None if nothing changed."""
         if self._run is not None and self._run_steps > 1:
             steps = _run_steps_by(self._run, now - self.step_start_s, self._run_steps)
             if steps < self._run_steps:
@@ -437,6 +445,8 @@ class SimWorker:
             if not self.running and not self.waiting:
                 self.busy = False
                 self.policy_reserved_pages = 0
+                if self.cpu is not None:
+                    self.cpu.change(-1, self, now)
                 return None
             view = EngineView(
                 tuple([s._view or s.view() for s in self.running]),
@@ -498,11 +508,15 @@ class SimWorker:
         self.step_start_s = now
         self.num_steps += 1
         self.version += 1
+        f = self.cpu.factor(now) if self.cpu is not None else 1.0
         if pure_decode and self.config.fast_forward:
             steps = self._safe_run_steps()
             if plan.repeat_steps is not None:  # the policy would plan differently after
                 steps = min(steps, plan.repeat_steps)
             run = self._decode_runs() if steps > 1 else None
+            if run is not None and f != 1.0:  # the machine's CPU is shared: slower steps
+                run = [DecodeRun(r.c0 * f, r.c1 * f, r.m0 * f, r.m1 * f, r.overhead * f)
+                       for r in run]
             if run is not None and plan.replan_at_s is not None:
                 # ...or at the first step boundary from its re-plan time on
                 steps = _run_steps_by(run, plan.replan_at_s - now, steps)
@@ -515,7 +529,7 @@ class SimWorker:
                 self.num_steps += steps - 1
                 return self.step_end_s
         self._chunks = chunks
-        self.step_end_s = now + self._step_time(chunks) + self.step_extra_s
+        self.step_end_s = now + (self._step_time(chunks) + self.step_extra_s) * f
         return self.step_end_s
 
     def _admit(self, new: list[SimSeq]) -> None:
@@ -636,6 +650,33 @@ class SimWorker:
                 f"worker {self.worker_id}: held {held} + free {self.free_pages} + reserved "
                 f"{self.reserved_pages} != {self.total_pages}"
             )
+
+
+class SharedCpu:
+    """Workers that step on shared cores: each step's time is scaled by
+    ``StackOverheads.cpu_factor`` of the workers busy when it starts, and a change in that
+    number cuts the other workers' runs of decode steps at their next step."""
+
+    def __init__(
+        self,
+        factor_of: Callable[[int, float], float],
+        workers: list[SimWorker],
+        reschedule: Callable[[SimWorker, float | None], None],
+    ) -> None:
+        self.factor_of = factor_of
+        self.workers = workers
+        self.reschedule = reschedule
+        self.busy = 0
+
+    def factor(self, now: float) -> float:
+        return self.factor_of(self.busy, now)
+
+    def change(self, delta: int, worker: SimWorker | None, now: float) -> None:
+        """``delta`` more workers busy (0: the background changed)."""
+        self.busy += delta
+        for w in self.workers:
+            if w is not worker and w.busy:
+                self.reschedule(w, w.cut_run(now))
 
 
 def _run_time(runs: list[DecodeRun], steps: int) -> float:

@@ -220,7 +220,7 @@ class Dispatcher:
                 (inp, tuple((a.request_id, a.worker_id) for a in out.decisions.assignments)))
         results = await asyncio.gather(*(
             self._assign(self.queue[a.request_id], a.worker_id, workers[a.worker_id][0].address,
-                         out.pages[a.request_id])
+                         out.pages[a.request_id], inp.now_s)
             for a in out.decisions.assignments
         ), return_exceptions=True)
         for a, r in zip(out.decisions.assignments, results, strict=True):
@@ -230,7 +230,8 @@ class Dispatcher:
                 if q is not None and not isinstance(r, (OSError, ConnectionError)):
                     await self._fail(a.request_id, q.model, q.entry_id, "error")
 
-    async def _assign(self, q: Queued, worker_id: str, address: str, num_pages: int) -> None:
+    async def _assign(self, q: Queued, worker_id: str, address: str, num_pages: int,
+                      decided_s: float = 0.0) -> None:
         rid = q.record.request_id
         ok, lease = await self.store.assign(rid, worker_id)
         if not ok:
@@ -269,7 +270,7 @@ class Dispatcher:
         log.debug("request %s: assigned to %s (%d output tokens so far)", rid, worker_id,
                   len(output))
         await self.store.event("assign", assigned_s, request_id=rid, worker_id=worker_id,
-                               num_output=len(output))
+                               num_output=len(output), decided_s=decided_s)
 
     async def close(self) -> None:
         await self.workers.close()

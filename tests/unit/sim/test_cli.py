@@ -73,3 +73,46 @@ def test_sim_takes_the_load_generators_workload_flags():
     assert {"--trace", "--arrivals", "--spike-len", "--start", "--duration"} <= workload_flags
     assert workload_flags <= _flags(sim.app)
     assert "--request-model" in _flags(sim.app)
+
+
+def test_bench_fidelity_takes_the_load_generators_workload_flags():
+    from kvfleet.cli import bench, load
+
+    fidelity = typer_command_flags(bench.app, "fidelity")
+    workload_flags = _flags(load.app) - LOAD_RUN_ONLY
+    assert workload_flags <= fidelity
+    assert {"--model", "--workers", "--json", "--policy", "--calibration",
+            "--overheads"} <= fidelity
+
+
+def typer_command_flags(typer_app, name: str) -> set[str]:
+    import typer.main
+
+    command = typer.main.get_group(typer_app).commands[name]
+    return {opt for p in command.params for opt in getattr(p, "opts", []) if opt.startswith("--")}
+
+
+def test_bench_fidelity_refuses_bad_input_before_starting_anything():
+    result = CliRunner().invoke(app, ["bench", "fidelity", "--arrivals", "poisson",
+                                      "--model", "tiny-llama", "--policy", "nope"])
+    assert result.exit_code == 2 and "unknown policy" in result.output
+    result = CliRunner().invoke(app, ["bench", "fidelity", "--trace", "no/such.csv"])
+    assert result.exit_code == 2 and "not found" in result.output
+    result = CliRunner().invoke(app, ["bench", "fidelity", "--model", "tiny-llama",
+                                      "--mix", "other:rate=1", "--duration", "2"])
+    assert result.exit_code == 2 and "serves 'tiny-llama' only" in result.output
+
+
+def test_sim_applies_the_stacks_hops_from_a_bench_gateway_file(tmp_path):
+    hops = tmp_path / "gateway.json"
+    hops.write_text(json.dumps({"overheads": {"front_s": 0.2, "relay_s": 0.05}}))
+    runs = {}
+    for name, extra in (("bare", []), ("hops", ["--overheads", str(hops)])):
+        result = CliRunner().invoke(app, ["sim", *WORKLOAD, "--out", str(tmp_path / name), *extra])
+        assert result.exit_code == 0, result.output
+        runs[name] = json.loads((tmp_path / name / "summary.json").read_text())
+    # 250 ms of intake and relay (the dispatch ticks differ a little between the two)
+    assert runs["hops"]["mean_ttft_ms"] > runs["bare"]["mean_ttft_ms"] + 200
+    hops.write_text(json.dumps({"overheads": {"relay_s": -1}}))
+    result = CliRunner().invoke(app, ["sim", *WORKLOAD, "--overheads", str(hops)])
+    assert result.exit_code == 2 and ">= 0" in result.output

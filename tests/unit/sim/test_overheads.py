@@ -85,3 +85,30 @@ def test_overheads_files_are_read_and_checked(tmp_path):
     path.write_text("{")
     with pytest.raises(ValueError, match="cannot read"):
         load_overheads(path)
+
+
+def test_workers_sharing_cores_slow_each_other_down():
+    # 1 core, nothing else running: one busy worker has it to itself, two share it.
+    ov = StackOverheads(cpu_cores=1.0, calibration_share=1.0)
+    assert ov.cpu_factor(1) == 1.0 and ov.cpu_factor(2) == 2.0
+    # steps were measured with a quarter of a core; a worker alone on 2 cores runs 4x faster
+    assert StackOverheads(cpu_cores=2.0, calibration_share=0.25).cpu_factor(1) == 0.25
+    one = [SimRequest("a", 0.0, "m", 10, 21)]  # one prefill step, then 20 decode steps
+    (alone,) = run(one, ov, workers=2).seqs
+    assert alone.finish_s == pytest.approx(21 * STEP_S)
+    # b runs on the other worker for a's first ten steps: those take twice as long (a's run
+    # of decode steps is cut when b starts and when it ends)
+    two = [SimRequest("a", 0.0, "m", 10, 21), SimRequest("b", 0.0, "m", 10, 5)]
+    a, b = run(two, ov, workers=2).seqs
+    assert b.finish_s == pytest.approx(5 * 2 * STEP_S)
+    assert a.finish_s == pytest.approx(5 * 2 * STEP_S + 16 * STEP_S)
+
+
+def test_a_busier_machine_slows_the_steps_that_start_after_it():
+    # 2 cores; from t=1 s, 3 more runnable threads: a lone worker gets 2/4 of a core
+    ov = StackOverheads(cpu_cores=2.0, background_series=((1.0, 3.0),))
+    assert ov.cpu_factor(1, 0.5) == 1.0 and ov.cpu_factor(1, 1.5) == 2.0
+    (a,) = run([SimRequest("a", 0.0, "m", 10, 21)], ov).seqs
+    assert a.finish_s == pytest.approx(1.0 + 11 * 2 * STEP_S)
+    with pytest.raises(ValueError, match="background_series"):
+        StackOverheads(background_series=((2.0, 1.0), (1.0, 1.0)))

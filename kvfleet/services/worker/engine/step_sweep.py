@@ -45,11 +45,12 @@ class SweepGrid:
     contexts: tuple[int, ...] = (32, 256, 1024)
     prefill_chunks: tuple[int, ...] = (16, 64, 256, 1024, 2048)
     prefill_contexts: tuple[int, ...] = (0, 1024)
+    prefill_batch_chunks: tuple[int, ...] = (16, 128)  # prompts prefilled together, each
     repeats: int = 3
     max_kv_tokens: int = 32768  # most tokens of KV one point sets up
     #: Largest batch x longest chunk x longest context of a point: an engine that pads
     #: attention spends long on such steps (they are measured up to here, then extrapolated).
-    max_padded_pairs: int = 1 << 24
+    max_padded_pairs: int = 1 << 22
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -204,8 +205,8 @@ def _points(grid: SweepGrid, budget: int, max_seqs: int, context: int) -> Iterab
                     yield f"prefill n={n} ctx={c}", [(c, n)], 1
     for b in ok_batches[1:]:
         n = budget // b
-        for size in sorted({min(n, 128), min(n, 16)}):
-            if size >= 1:
+        for size in sorted({min(n, k) for k in grid.prefill_batch_chunks}):
+            if size >= 1 and b * size * size <= grid.max_padded_pairs:
                 for _ in range(grid.repeats):
                     yield f"prefill {b}x{size}", [(0, size)] * b, 1
     ctx = grid.contexts[len(grid.contexts) // 2]
@@ -228,20 +229,46 @@ def sweep_steps(
     progress: Callable[[str], None] | None = None,
 ) -> SweepResult:
     """Load ``model`` in an engine configured as given and measure the grid's steps."""
-    started = time.perf_counter()
     eng = Engine(engine_config)
     eng.load_model(model)
+    return sweep_on(eng, model, grid, progress)
+
+
+def sweep_on(
+    eng: Engine,
+    model: str,
+    grid: SweepGrid = SweepGrid(),
+    progress: Callable[[str], None] | None = None,
+) -> SweepResult:
+    """Measure the grid's steps on an idle engine that holds ``model`` (its batch policy is
+    watched during the sweep and given back afterwards)."""
+    if eng.has_unfinished():
+        raise ValueError("the engine must be idle to be measured")
+    started = time.perf_counter()
     bench = _Bench(eng, model, grid.seed)
-    budget = engine_config.max_num_batched_tokens
-    result = SweepResult(model, engine_config.model_dump(), torch.get_num_threads())
+    try:
+        result = _measure(eng, bench, grid, progress)
+    finally:
+        eng.policy = bench.watch.inner
+    result.wall_s = time.perf_counter() - started
+    return result
+
+
+def _measure(
+    eng: Engine, bench: _Bench, grid: SweepGrid, progress: Callable[[str], None] | None
+) -> SweepResult:
+    config = eng.config
+    budget = config.max_num_batched_tokens
+    result = SweepResult(bench.model, config.model_dump(), torch.get_num_threads())
     context = bench.spec.max_context_tokens
     # warm-up: a prefill and a few decode steps
-    for rid in (bench.put(0, min(64, budget), 3), bench.put(32, 1, 3)):
-        log.debug("warm-up %s", rid)
+    bench.put(0, min(64, budget), 3)
+    bench.put(32, 1, 3)
     bench.drain()
-    for scenario, seqs, steps in _points(grid, budget, engine_config.max_num_seqs, context):
+    for scenario, seqs, steps in _points(grid, budget, config.max_num_seqs, context):
         if not bench.fits(sum(c + n + steps for c, n in seqs)):
-            result.skipped.append(scenario)
+            if scenario not in result.skipped:
+                result.skipped.append(scenario)
             continue
         for c, n in seqs:
             bench.put(c, n, steps)
@@ -251,5 +278,4 @@ def sweep_steps(
         if progress is not None:
             last = [s.time_s for s in result.steps if s.scenario == scenario]
             progress(f"{scenario}: {1000 * statistics.median(last):.1f} ms" if last else scenario)
-    result.wall_s = time.perf_counter() - started
     return result

@@ -1,0 +1,26 @@
+import os
+import time
+
+import pytest
+
+from kvfleet.load.machine import MachineLoad, MachineSampler, cpu_cores
+
+pytestmark = pytest.mark.unit
+
+
+def test_the_sampler_sees_our_cpu_time_and_the_machine():
+    with MachineSampler({"me": os.getpid()}, interval_s=0.02) as s:
+        end = time.perf_counter() + 0.3
+        x = 0
+        while time.perf_counter() < end:
+            x += 1
+    load = s.load
+    assert load.num_samples >= 3 and load.wall_s >= 0.3
+    assert load.cpu_s["me"] > 0.0 and load.cores == cpu_cores() >= 1
+    assert load.ours >= 1.0  # this thread was running at every sample
+    assert load.background >= 0.0 and load.cores_used() > 0.0
+
+
+def test_background_in_windows():
+    load = MachineLoad(samples=[(100.0, 5, 1), (100.4, 3, 1), (101.2, 9, 2), (103.5, 2, 2)])
+    assert load.background_series(t0=99.0) == [(1.0, 3.0), (2.0, 7.0), (4.0, 0.0)]
