@@ -140,7 +140,7 @@ async def measure_on(stack: Any, engine: Any, model: str, ids: list[int], max_to
                     samples["grpc"].append((ttft, e2e))
             if http:
                 samples["http"].append(await _http_once(hc, model, ids, max_tokens))
-    store = RedisStore.from_url(stack.redis.url)
+    store = RedisStore.from_url(stack.redis_admin_url)
     try:
         timelines = {t.request_id: t for t in await read_timelines(store, walls)}
     finally:

@@ -230,6 +230,7 @@ def run_fidelity(opts: FidelityOptions, say: Callable[[str], None] = print) -> d
                  for i in range(opts.workers)],
         policy=opts.policy, http_port=0, grpc_port=0, engine=es,
         scheduler=opts.scheduler, worker=opts.worker,
+        open_gateway=True,  # a loopback stack for one measurement
     )
     say(f"starting a stack of {opts.workers} workers ({model}, policy {opts.policy})")
     stack = launch(fleet, (out / "stack") if out is not None else None)
@@ -312,7 +313,7 @@ async def _live(stack: Any, engine: Any, model: str, opts: FidelityOptions,
     from kvfleet.services.scheduler.core.types import WorkerView
     from kvfleet.sim.overhead import load_overheads
 
-    store = RedisStore.from_url(stack.redis.url)
+    store = RedisStore.from_url(stack.redis_admin_url)
     try:
         views = []
         for wid, (_info, occ) in sorted((await store.workers()).items()):
@@ -353,7 +354,7 @@ async def _replay(stack: Any, load_opts: Any, progress: bool) -> dict[str, Any]:
     pids["load-generator"] = os.getpid()
     with MachineSampler(pids) as sampler:
         run = await execute(load_opts, progress=progress)
-    store = RedisStore.from_url(stack.redis.url)
+    store = RedisStore.from_url(stack.redis_admin_url)
     try:
         timelines = [t for t in await read_timelines(store) if t.queued_s >= t0]
         steps = await worker_steps(store, timelines)

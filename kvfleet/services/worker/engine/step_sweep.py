@@ -28,7 +28,6 @@ import torch
 from kvfleet.services.worker.core.batch_policy import BatchPolicy, EngineView, StepPlan
 from kvfleet.services.worker.engine.config import EngineConfig
 from kvfleet.services.worker.engine.engine import Engine
-from kvfleet.services.worker.engine.migration import EXPORT_VERSION
 from kvfleet.services.worker.engine.types import EngineRequest, SamplingParams, SequenceExport
 
 log = logging.getLogger(__name__)
@@ -129,6 +128,17 @@ class _Bench:
         shape = (m.stage.num_layers, 2, 0, self.spec.num_kv_heads, self.spec.head_dim)
         self._kv_shape = shape
         self._zeros = torch.zeros((*shape[:2], 1, *shape[3:]), dtype=engine.dtype)
+        self._meta = self._template()
+
+    def _template(self) -> dict[str, Any]:
+        """The meta of a real export (whatever fields the format has), to copy from."""
+        rid = "sweep-template"
+        self.eng.add_request(EngineRequest(rid, self.model, tuple(self._ids(2)),
+                                           SamplingParams(max_tokens=2, ignore_eos=True)))
+        self.eng.step()
+        meta = dict(self.eng.export_sequence(rid, 0, stop=True).meta)
+        self.drain()
+        return meta
 
     # ----- setting up sequences -----
     def _ids(self, n: int) -> list[int]:
@@ -152,15 +162,15 @@ class _Bench:
         decoding = new == 1
         prompt = self._ids(cached + (0 if decoding else new))
         output = self._ids(1) if decoding else []
+        kv = self._kv(cached)
         meta = {
-            "version": EXPORT_VERSION, "request_id": rid, "model": self.model,
-            "arrival_s": 0.0, "slo": None, "predicted_output_tokens": None,
+            **self._meta, "request_id": rid, "arrival_s": 0.0,
             "prompt_token_ids": prompt, "output_token_ids": output,
             "sampling": SamplingParams(max_tokens=len(output) + more, ignore_eos=True).to_dict(),
-            "rng_state": None, "text": "", "num_emitted_chars": 0,
-            "layer_range": [0, self.spec.num_layers], "token_range": [0, cached],
+            "text": "", "num_emitted_chars": 0, "token_range": [0, cached],
+            "shape": list(kv.shape),
         }
-        self.eng.import_sequence(SequenceExport(meta, [self._kv(cached)]))
+        self.eng.import_sequence(SequenceExport(meta, [kv]))
         return rid
 
     def fits(self, tokens: int) -> bool:
