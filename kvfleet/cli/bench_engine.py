@@ -168,38 +168,39 @@ def run_sweep(model: str, config, grid, json_path: Path | None) -> dict:  # type
     from rich.table import Table
 
     from kvfleet.services.worker.engine.step_sweep import sweep_steps
-    from kvfleet.sim.step_model import StepModel, StepShape
+    from kvfleet.sim.cost_model import fit_step_model
+    from kvfleet.sim.step_model import StepShape
 
     console = Console()
     result = sweep_steps(model, config, grid, progress=lambda m: console.print(m, highlight=False))
     data = result.to_dict()
     shapes = [StepShape(s.num_tokens, s.num_seqs, s.kv_tokens, s.attn_pairs, s.max_q, s.max_kv)
               for s in result.steps]
-    from kvfleet.sim.cost_model import step_shapes
-
-    fit_shapes, fit_times = step_shapes(data["steps"], "sweep")
-    fitted, report = StepModel.fit(fit_shapes, fit_times)
+    fitted, report, cpu = fit_step_model(data["steps"], "sweep")
     data["step_model"] = fitted.to_dict()
     data["fit_report"] = {
         "num_points": report.num_samples,
+        "fitted_to": "cpu_s" if cpu else "time_s",
         "rms_relative_error": report.rms_relative_error,
         "max_relative_error": report.max_relative_error,
     }
     table = Table(title=f"{model}: engine steps ({result.threads} threads, {result.wall_s:.0f} s)")
-    for col in ("point", "tokens", "seqs", "measured ms", "model ms"):
+    for col in ("point", "tokens", "seqs", "wall ms", "CPU ms", "model ms"):
         table.add_column(col, justify="left" if col == "point" else "right")
     points: dict[str, list[int]] = {}
     for i, s in enumerate(result.steps):
         points.setdefault(s.scenario, []).append(i)
     for name, idx in points.items():
-        measured = statistics.median(result.steps[i].time_s for i in idx)
-        predicted = statistics.median(fitted.step_s(shapes[i]) for i in idx)
+        wall = statistics.fmean(result.steps[i].time_s for i in idx)
+        cpu_s = statistics.fmean(result.steps[i].cpu_s for i in idx)
+        predicted = statistics.fmean(fitted.step_s(shapes[i]) for i in idx)
         first = result.steps[idx[0]]
-        table.add_row(name, str(first.num_tokens), str(first.num_seqs), f"{measured * 1000:.1f}",
-                      f"{predicted * 1000:.1f}")
+        table.add_row(name, str(first.num_tokens), str(first.num_seqs), f"{wall * 1000:.1f}",
+                      f"{cpu_s * 1000:.1f}", f"{predicted * 1000:.1f}")
     console.print(table)
-    console.print(f"step model: relative error rms {100 * report.rms_relative_error:.1f}%, "
-                  f"max {100 * report.max_relative_error:.1f}% over {report.num_samples} points")
+    console.print(f"step model ({'CPU' if cpu else 'wall'} time): relative error rms "
+                  f"{100 * report.rms_relative_error:.1f}%, max "
+                  f"{100 * report.max_relative_error:.1f}% over {report.num_samples} points")
     if result.skipped:
         console.print(f"left out (too big for the pool): {', '.join(result.skipped)}")
     if json_path is not None:

@@ -140,6 +140,12 @@ def print_report(report: dict) -> None:  # type: ignore[type-arg]
             "yes" if report["within_target"][key] else "NO",
         )
     console.print(table)
+    labels = {"no_background": "as if the machine were idle otherwise",
+              "engines_only": "the calibrated engines alone (no stack)"}
+    for name, ratios in report.get("variants", {}).items():
+        cells = ", ".join(f"{k.removesuffix('_ms')} {'-' if v is None else f'{v:.2f}'}"
+                          for k, v in ratios.items())
+        console.print(f"sim/live, {labels.get(name, name)}: {cells}")
     phases = Table(title="where the time went (ms): live / sim")
     for col in ("phase", "mean", "median", "p99"):
         phases.add_column(col, justify="left" if col == "phase" else "right")

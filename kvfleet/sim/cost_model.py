@@ -20,7 +20,7 @@ from pathlib import Path
 
 from kvfleet.services.worker.core.step_cost import ModelStepCost
 from kvfleet.sim.presets import GpuSpec, ModelShape
-from kvfleet.sim.step_model import StepModel, StepShape
+from kvfleet.sim.step_model import FitReport, StepModel, StepShape
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,8 @@ class Calibration:
     step_overhead_s: float | None = None
     source: str = ""
     step_model: StepModel | None = None
+    #: the step model was fitted to CPU seconds (an idle machine's wall time), not wall time
+    cpu_time: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,10 +300,12 @@ def _fit_steps(steps: object, cost: CostModel, source: str) -> Calibration:
     return Calibration(scale, overhead, source)
 
 
-def step_shapes(steps: object, source: str) -> tuple[list[StepShape], list[float]]:
-    """Shapes and times of measured steps (the ``steps`` list of a calibration file). Steps
-    of one ``scenario`` (repeats of one point) count once, at their mean time: on a busy
-    machine a step's time has a long tail, and latencies add up means."""
+def step_shapes(
+    steps: object, source: str, key: str = "time_s"
+) -> tuple[list[StepShape], list[float]]:
+    """Shapes and times (``key``: ``time_s`` or ``cpu_s``) of measured steps (the ``steps``
+    list of a calibration file). Steps of one ``scenario`` (repeats of one point) count once,
+    at their mean time: a step's time has a long tail, and latencies add up means."""
     if not isinstance(steps, list) or not steps:
         raise ValueError(f"calibration {source}: 'steps' must be a non-empty list")
     shapes: list[StepShape] = []
@@ -317,9 +321,9 @@ def step_shapes(steps: object, source: str) -> tuple[list[StepShape], list[float
                 raise ValueError("needs num_tokens >= 1, num_seqs >= 1, kv_tokens >= num_tokens")
             shapes.append(StepShape(n, b, kv, pairs, int(s.get("max_q", -(-n // b))),
                                     int(s.get("max_kv", math.ceil(kv / b)))))
-            times.append(float(s["time_s"]))
+            times.append(float(s[key]))
             if not math.isfinite(times[-1]) or times[-1] <= 0:
-                raise ValueError("time_s must be > 0")
+                raise ValueError(f"{key} must be > 0")
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"calibration {source}: step {i}: {exc}") from exc
         groups.setdefault(str(s.get("scenario", f"#{i}")), []).append(i)
@@ -328,10 +332,20 @@ def step_shapes(steps: object, source: str) -> tuple[list[StepShape], list[float
     return [shapes[i] for i in firsts], [mean[i] for i in firsts]
 
 
-def _fit_linear(steps: object, source: str) -> Calibration:
-    shapes, times = step_shapes(steps, source)
+def fit_step_model(steps: object, source: str) -> tuple[StepModel, FitReport, bool]:
+    """A step model fitted to the CPU time of the steps when every step has one (what the
+    sweep records), else to their wall time; and whether it was CPU time."""
+    cpu = isinstance(steps, list) and all(
+        isinstance(s, dict) and isinstance(s.get("cpu_s"), int | float) and s["cpu_s"] > 0
+        for s in steps)
+    shapes, times = step_shapes(steps, source, "cpu_s" if cpu else "time_s")
     model, report = StepModel.fit(shapes, times)
-    log.info("calibration %s: step model fitted to %d steps, relative error rms %.1f%%, "
-             "max %.1f%%", source, report.num_samples, 100 * report.rms_relative_error,
-             100 * report.max_relative_error)
-    return Calibration(source=source, step_model=model)
+    return model, report, cpu
+
+
+def _fit_linear(steps: object, source: str) -> Calibration:
+    model, report, cpu = fit_step_model(steps, source)
+    log.info("calibration %s: step model fitted to %d steps' %s time, relative error rms "
+             "%.1f%%, max %.1f%%", source, report.num_samples, "CPU" if cpu else "wall",
+             100 * report.rms_relative_error, 100 * report.max_relative_error)
+    return Calibration(source=source, step_model=model, cpu_time=cpu)

@@ -221,6 +221,8 @@ def run_fidelity(opts: FidelityOptions, say: Callable[[str], None] = print) -> d
     shape = model_shape(model)
     base = CostModel(gpu_preset("CPU"), shape)
     calib = load_calibration(calibration_path, base)
+    if calib.cpu_time:  # fitted to CPU seconds: what the engine takes with a core to itself
+        calibration_share = 1.0
     cost = CostModel(gpu_preset("CPU"), shape, calibration=calib)
 
     # 2. the live stack
@@ -287,6 +289,17 @@ def run_fidelity(opts: FidelityOptions, say: Callable[[str], None] = print) -> d
 
     live_summary = live_run["summary"]
     report.update(compare(live_summary, sim_summary))
+    # What each part of the model contributes: the same simulation without the machine's
+    # background (an idle machine), and with the calibrated engines alone (no stack at all).
+    variants = {
+        "no_background": replace(overheads, background_threads=0.0, background_series=()),
+        "engines_only": None,
+    }
+    report["variants"] = {}
+    for name, variant in variants.items():
+        r = Simulator(config, specs, workers=views, slos=slos, overheads=variant,
+                      cost=cost).run()
+        report["variants"][name] = compare(live_summary, summarize(r, slos))["sim_over_live"]
     report["live"] = {k: live_summary.get(k) for k in (*METRICS, "completed", "failed",
                                                        "duration", "output_throughput")}
     report["sim"] = {k: sim_summary.get(k) for k in (*METRICS, "completed", "failed",

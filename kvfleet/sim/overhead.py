@@ -22,8 +22,9 @@ calibrated time divided by the share of a core each worker thread gets while it 
     share = min(1, cpu_cores / (busy workers x worker_threads + stack_cores + background_threads))
 
 and multiplied by ``calibration_share``, the share the engine had while its step times were
-measured (its CPU time over wall time: 1 on an idle machine); ``step_extra_s`` is divided by
-the share alone. ``stack_cores`` is what the
+measured (1 for a step model fitted to CPU time, as ``kvfleet bench engine --sweep``'s is; a
+wall-time calibration taken on a busy machine has less); ``step_extra_s`` is divided by the
+share alone. ``stack_cores`` is what the
 gateway, scheduler, planner, Redis and the client use on average; ``background_threads`` the
 other runnable threads on a shared machine (``kvfleet.load.machine`` measures both). A run of
 decode steps in progress is cut at its next step when the number of busy workers changes.

@@ -33,7 +33,7 @@ def test_the_sweep_measures_the_shapes_it_sets_up_and_leaves_the_engine_as_it_wa
     mixed = by["mixed b=3 ctx=40 n=24"][0]
     assert (mixed.num_seqs, mixed.num_tokens, mixed.max_q, mixed.max_kv) == (3, 26, 24, 41)
     assert by["prefill 3x8"][0].num_tokens == 24
-    assert all(s.time_s > 0 for s in result.steps)
+    assert all(s.time_s > 0 and 0 < s.cpu_s for s in result.steps)
     assert eng.policy is policy and eng.pool.num_free_pages == free
     assert not eng.has_unfinished()
     # the engine still serves
@@ -57,6 +57,6 @@ def test_bench_engine_sweep_writes_a_calibration_the_simulator_reads(tmp_path):
     assert data["fit"] == "linear" and data["model"] == TINY and data["steps"]
     assert data["fit_report"]["num_points"] >= 4
     calib = load_calibration(out, CostModel(gpu_preset("CPU"), model_preset("SmolLM2-135M")))
-    assert calib.step_model is not None and calib.step_model.step_s is not None
+    assert calib.step_model is not None and calib.cpu_time  # fitted to the steps' CPU time
     bad = CliRunner().invoke(app, ["bench", "engine", "--sweep", "--sweep-batches", "x"])
     assert bad.exit_code == 2 and "integers" in bad.output

@@ -86,9 +86,17 @@ def test_load_calibration_fits_a_step_model_to_a_sweep(tmp_path):
     path.write_text(json.dumps({"fit": "linear", "steps": steps}))
     cost = CostModel(gpu_preset("CPU"), model_preset("SmolLM2-135M"))
     calib = load_calibration(path, cost)
-    assert calib.step_model is not None
+    assert calib.step_model is not None and not calib.cpu_time
     for s in sample_shapes(20, seed=5):
         assert calib.step_model.step_s(s) == pytest.approx(truth.step_s(s), rel=1e-6)
+    # with every step's CPU time (a busy machine's wall times are longer), that is fitted
+    for s in steps:
+        s["cpu_s"], s["time_s"] = s["time_s"], 3 * s["time_s"]
+    path.write_text(json.dumps({"fit": "linear", "steps": steps}))
+    calib = load_calibration(path, cost)
+    assert calib.cpu_time and calib.step_model is not None
+    assert calib.step_model.step_s(shape := sample_shapes(1, seed=9)[0]) == \
+        pytest.approx(truth.step_s(shape), rel=1e-6)
     for bad, message in (({"fit": "cubic", "steps": steps}, "unknown fit"),
                          ({"fit": "linear", "steps": []}, "non-empty"),
                          ({"fit": "linear", "steps": [{"num_tokens": 0, "time_s": 1}]}, "step 0"),

@@ -8,8 +8,11 @@ decode batch with one long sequence among short ones. Sequences that need KV alr
 written come in through the engine's own import path (the migration format) with zeroed KV,
 so no prefill has to run first: step times do not depend on KV values.
 
-Every step records its shape as the batch policy planned it (wrapped to watch) and its
-time; ``kvfleet.sim.cost_model.load_calibration`` fits the simulator's step model to them.
+Every step records its shape as the batch policy planned it (wrapped to watch), its wall
+time and the CPU time the engine spent on it (the stepping thread's, with one torch thread;
+the process's otherwise): on a busy machine the wall time says as much about the other work
+there as about the engine, the CPU time does not. ``kvfleet.sim.cost_model.load_calibration``
+fits the simulator's step model to them.
 Step times change whenever the engine does, so they are measured when needed, never kept.
 """
 
@@ -75,6 +78,7 @@ class StepSample:
     max_q: int
     max_kv: int
     time_s: float
+    cpu_s: float = 0.0
 
 
 @dataclass
@@ -178,10 +182,11 @@ class _Bench:
 
     # ----- timing -----
     def step(self, scenario: str, out: list[StepSample]) -> None:
-        t0 = time.perf_counter()
+        clock = time.thread_time if torch.get_num_threads() == 1 else time.process_time
+        t0, c0 = time.perf_counter(), clock()
         self.eng.step()
         self.eng.occupancy()
-        dt = time.perf_counter() - t0
+        dt, cpu = time.perf_counter() - t0, clock() - c0
         assert self.watch.last is not None
         view, plan = self.watch.last
         self.watch.last = None
@@ -192,7 +197,7 @@ class _Bench:
         out.append(StepSample(
             scenario, sum(n for _, n in chunks), len(chunks), sum(c + n for c, n in chunks),
             sum(n * c + n * (n + 1) / 2 for c, n in chunks), max(n for _, n in chunks),
-            max(c + n for c, n in chunks), dt,
+            max(c + n for c, n in chunks), dt, cpu,
         ))
 
     def drain(self) -> None:
