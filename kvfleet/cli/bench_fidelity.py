@@ -78,7 +78,7 @@ def register(app: typer.Typer) -> None:
         sweep_batches: Annotated[str | None, typer.Option(help="Sweep batch sizes (default: from the workload).")] = None,
         sweep_contexts: Annotated[str | None, typer.Option(help="Sweep KV lengths (default: from the workload).")] = None,
         sweep_chunks: Annotated[str | None, typer.Option(help="Sweep prefill chunks (default: up to the token budget).")] = None,
-        sweep_repeats: Annotated[int, typer.Option(min=1, help="Sweep repeats per point.")] = 3,
+        sweep_repeats: Annotated[int, typer.Option(min=1, help="Sweep repeats per point.")] = 2,
         gateway_iterations: Annotated[int, typer.Option(min=1, help="Requests per hop measurement.")] = 8,
         drain_timeout: Annotated[float, typer.Option(help="Seconds to wait for the live run's stragglers.")] = 900.0,
         out: Annotated[Path | None, typer.Option(help="Folder for the calibration, hops, both runs' results.")] = None,

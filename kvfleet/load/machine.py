@@ -114,6 +114,21 @@ class MachineLoad:
                 "cpu_s": dict(self.cpu_s)}
 
 
+def background_weight(load: MachineLoad, name: str, threads: float = 1.0) -> float:
+    """How hard one runnable background thread competes with a busy one, from a measurement
+    in which process ``name`` kept ``threads`` threads busy: it got ``cpu / wall`` cores
+    where fair sharing among ``threads + w x background`` would give ``cores / (...)``.
+    Runnable threads that are not all CPU-bound, or that share a scheduling group, weigh
+    less than 1. 1 when the measurement says nothing (an idle machine)."""
+    cpu = load.cpu_s.get(name, 0.0)
+    if load.wall_s <= 0 or cpu <= 0 or load.background < 0.5:
+        return 1.0
+    share = cpu / load.wall_s / threads  # of a core, per thread
+    if share >= 0.9 * min(1.0, load.cores / threads):
+        return 1.0  # not limited by the background
+    return min(2.0, max(0.1, (load.cores / share - threads) / load.background))
+
+
 class MachineSampler:
     """``with MachineSampler({"gateway": pid, ...}) as s: ...``; then ``s.load``."""
 

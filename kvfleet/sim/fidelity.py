@@ -61,7 +61,7 @@ class FidelityOptions(WorkloadOptions):
     sweep_batches: tuple[int, ...] | None = Field(None, description="sweep batch sizes")
     sweep_contexts: tuple[int, ...] | None = Field(None, description="sweep KV lengths")
     sweep_chunks: tuple[int, ...] | None = Field(None, description="sweep prefill chunks")
-    sweep_repeats: int = Field(3, ge=1, description="sweep repeats per point")
+    sweep_repeats: int = Field(2, ge=1, description="sweep repeats per point")
     sweep_memory_bytes: int = Field(2_500_000_000, ge=1 << 24,
                                     description="the calibration engine's budget")
     gateway_iterations: int = Field(8, ge=1, description="requests per hop measurement")
@@ -194,12 +194,12 @@ def run_fidelity(opts: FidelityOptions, say: Callable[[str], None] = print) -> d
                                  max_num_batched_tokens=es.max_num_batched_tokens,
                                  max_num_seqs=es.max_num_seqs, num_threads=es.num_threads))
     engine.load_model(model)
-    calibration_share = 1.0
+    calibration_share = weight = 1.0
     if opts.calibration is not None:
         calibration_path = opts.calibration
         say(f"calibration: {calibration_path}")
     else:
-        from kvfleet.load.machine import MachineSampler
+        from kvfleet.load.machine import MachineSampler, background_weight
         from kvfleet.services.worker.engine.step_sweep import sweep_on
 
         grid = default_grid(opts, specs)
@@ -209,6 +209,8 @@ def run_fidelity(opts: FidelityOptions, say: Callable[[str], None] = print) -> d
             sweep = sweep_on(engine, model, grid, progress=lambda m: say(f"  {m}"))
         report["machine_sweep"] = sampler.load.to_dict()
         threads = float(es.num_threads or 1)
+        # how hard the machine's other runnable threads competed with the sweep's
+        weight = background_weight(sampler.load, "calibration", threads)
         cpu = sampler.load.cpu_s["calibration"]
         if sampler.load.wall_s > 0 and cpu > 0:
             calibration_share = min(1.0, max(0.01, cpu / sampler.load.wall_s / threads))
@@ -253,15 +255,17 @@ def run_fidelity(opts: FidelityOptions, say: Callable[[str], None] = print) -> d
     machine = live_run["machine"]
     report["machine_live"] = machine.to_dict()
     # the machine as it was during the live run: the stack's other processes' CPU, and
-    # what else ran there (other people's work on a shared machine), second by second
+    # what else ran there (other people's work on a shared machine), second by second,
+    # weighed as it competed with the sweep
     t0 = live_run["t0_wall"]
     overheads = replace(
         live["overheads"], cpu_cores=float(machine.cores),
         worker_threads=float(es.num_threads or 1),
         stack_cores=machine.cores_used([n for n in machine.cpu_s if not n.startswith("worker-")]),
-        background_threads=machine.background, calibration_share=calibration_share,
-        background_series=tuple(machine.background_series(t0)),
+        background_threads=weight * machine.background, calibration_share=calibration_share,
+        background_series=tuple((t, weight * b) for t, b in machine.background_series(t0)),
     )
+    report["background_weight"] = weight
     report["overheads"] = overheads.to_dict()
     report["live_steps"] = step_check(live_run["steps"], calib.step_model, overheads)
     report["hops_ms"] = live.get("hops_ms")

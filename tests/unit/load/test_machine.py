@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from kvfleet.load.machine import MachineLoad, MachineSampler, cpu_cores
+from kvfleet.load.machine import MachineLoad, MachineSampler, background_weight, cpu_cores
 
 pytestmark = pytest.mark.unit
 
@@ -24,3 +24,13 @@ def test_the_sampler_sees_our_cpu_time_and_the_machine():
 def test_background_in_windows():
     load = MachineLoad(samples=[(100.0, 5, 1), (100.4, 3, 1), (101.2, 9, 2), (103.5, 2, 2)])
     assert load.background_series(t0=99.0) == [(1.0, 3.0), (2.0, 7.0), (4.0, 0.0)]
+
+
+def test_how_hard_the_background_competes():
+    # one busy thread got a quarter of 2 cores beside 10 runnable threads: fair sharing
+    # among 1 + w x 10 gives 2 / 8 when w = 0.7
+    busy = MachineLoad(wall_s=100.0, cpu_s={"sweep": 25.0}, runnable=11.0, ours=1.0, cores=2)
+    assert background_weight(busy, "sweep") == pytest.approx(0.7)
+    idle = MachineLoad(wall_s=100.0, cpu_s={"sweep": 99.0}, runnable=1.2, ours=1.0, cores=2)
+    assert background_weight(idle, "sweep") == 1.0
+    assert background_weight(MachineLoad(), "sweep") == 1.0

@@ -218,7 +218,7 @@ def _points(grid: SweepGrid, budget: int, max_seqs: int, context: int) -> Iterab
             if n <= budget and c + n < context and c + n <= grid.max_kv_tokens:
                 for _ in range(grid.repeats):
                     yield f"prefill n={n} ctx={c}", [(c, n)], 1
-    for b in ok_batches[1:]:
+    for b in ok_batches[1::2]:
         n = budget // b
         for size in sorted({min(n, k) for k in grid.prefill_batch_chunks}):
             if size >= 1 and b * size * size <= grid.max_padded_pairs:
