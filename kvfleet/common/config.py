@@ -149,6 +149,75 @@ class EngineSettings(BaseModel):
     )
 
 
+class PipelineSettings(BaseModel):
+    """How a worker serves as a stage of a pipeline group (KunServe)."""
+
+    link_bytes_per_s: float = Field(
+        default=1e9, gt=0,
+        description="Bandwidth to the other members, for choosing between sending a "
+        "request's KV and recomputing it when a group forms or dissolves.",
+    )
+    link_latency_s: float = Field(default=1e-4, ge=0, description="Latency of that link.")
+    prefill_tokens_per_s: float = Field(
+        default=2000.0, gt=0,
+        description="Prefill throughput a recompute runs at (the other side of that choice).",
+    )
+    min_micro_batch_tokens: int = Field(
+        default=64, ge=1,
+        description="A step is split into micro-batches (one per stage at most) of at least "
+        "this many tokens; smaller steps run whole.",
+    )
+    keepalive_s: float = Field(
+        default=5.0, gt=0, description="An idle first stage sends an empty step this often."
+    )
+    timeout_s: float = Field(
+        default=120.0, gt=0,
+        description="A stage waiting longer than this on another takes the group as broken "
+        "(each member then reloads its layers and serves alone).",
+    )
+
+
+class OverloadSettings(BaseModel):
+    """When the planner's overload policy drops and restores layers (KunServe)."""
+
+    overload_ratio: float = Field(
+        default=1.0, gt=0, description="KV demand above this share of capacity is overload."
+    )
+    overload_hold_s: float = Field(
+        default=1.0, ge=0, description="Overload must last this long before layers drop."
+    )
+    restore_ratio: float = Field(
+        default=0.6, gt=0,
+        description="A group is restored when demand stays below this share of the capacity "
+        "the fleet would have without it ...",
+    )
+    restore_hold_s: float = Field(default=5.0, ge=0, description="... for this long.")
+    cooldown_s: float = Field(
+        default=2.0, ge=0, description="No new action for a model this soon after the last."
+    )
+    max_group_size: int = Field(default=4, ge=2, le=64, description="Most workers in a group.")
+    min_micro_batch_tokens: int = Field(
+        default=64, ge=1, description="Micro-batch size the groups formed are told to use."
+    )
+    head_cost_layers: float = Field(
+        default=0.0, ge=0,
+        description="The LM head's compute in decoder layers, when balancing stages.",
+    )
+    interval_s: float = Field(default=0.25, gt=0, description="How often the policy runs.")
+    timeout_s: float = Field(
+        default=600.0, gt=0, description="Deadline of one drop or restore (RPC to the leader)."
+    )
+
+    def thresholds(self):  # type: ignore[no-untyped-def]
+        from kvfleet.services.planner.core.overload import OverloadThresholds
+
+        return OverloadThresholds(
+            self.overload_ratio, self.overload_hold_s, self.restore_ratio, self.restore_hold_s,
+            self.cooldown_s, self.max_group_size, self.min_micro_batch_tokens,
+            self.head_cost_layers,
+        )
+
+
 class GatewaySettings(ServiceSettings):
     section: ClassVar[str] = "gateway"
     model_config = SettingsConfigDict(
@@ -328,6 +397,10 @@ class PlannerSettings(ServiceSettings):
         description="model -> [requests/s, mean prompt tokens, mean output tokens]: the load a "
         "placement starts from (before any is measured).",
     )
+    overload: OverloadSettings = Field(
+        default_factory=lambda: OverloadSettings(),
+        description="The overload policy's thresholds (layer drops and restores).",
+    )
 
 
 class WorkerSettings(ServiceSettings):
@@ -377,6 +450,14 @@ class WorkerSettings(ServiceSettings):
     )
     transfer_timeout_s: float = Field(
         default=60.0, gt=0, description="Process group/transfer timeout."
+    )
+    node: str = Field(
+        default="", description="The machine it runs on (workers of one node share the "
+        "fastest links); empty: its advertised host.",
+    )
+    pipeline: PipelineSettings = Field(
+        default_factory=lambda: PipelineSettings(),
+        description="Serving as a stage of a pipeline group.",
     )
 
 

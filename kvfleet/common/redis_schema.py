@@ -14,7 +14,7 @@ prefix ``kvfleet:v<SCHEMA_VERSION>:`` so two schema versions never collide.
 | ``tokens:{rid}`` | stream | :class:`TokenEntry` per output token, the last one with ``f`` |
 | ``active`` | sorted set | unfinished request ids, scored by arrival time |
 | ``workers`` | hash | worker id -> :class:`WorkerInfo` JSON (registry; survives death) |
-| ``worker:{id}:hb`` | string with TTL | :class:`Occupancy` JSON; absent = dead |
+| ``worker:{id}:hb`` | string with TTL | :class:`Occupancy` JSON (incl. layer ranges and pipeline groups); absent = dead |
 | ``worker:{id}:requests`` | set | request ids assigned to the worker and not finished |
 | ``draining`` | set | worker ids the scheduler must not dispatch to |
 | ``schedulers`` | sorted set | scheduler consumer names scored by their last tick (liveness) |
@@ -39,6 +39,7 @@ from kvfleet.services.scheduler.core.admission import (
     DEFAULT_MAX_QUEUED_TOKENS,
 )
 from kvfleet.services.scheduler.core.occupancy import OccupancyReport, SeqReport
+from kvfleet.services.scheduler.core.stages import ModelShapeView, StageView
 
 SCHEMA_VERSION = 1
 PREFIX = f"kvfleet:v{SCHEMA_VERSION}:"
@@ -348,11 +349,21 @@ class Occupancy:
     boot_id: str = ""
     intake_seq: int = 0
     seqs: tuple[SeqReport, ...] = ()
+    page_size_bytes: int = 0
+    layers: dict[str, tuple[int, int]] = field(default_factory=dict)  # layer range per model
+    shapes: dict[str, ModelShapeView] = field(default_factory=dict)  # bytes per layer etc.
+    groups: dict[str, StageView] = field(default_factory=dict)  # pipeline groups it is in
+    node: str = ""
 
     def to_json(self) -> str:
         d = asdict(self)
         d["models"] = list(self.models)
         d["seqs"] = [[getattr(s, f) for f in _SEQ_FIELDS] for s in self.seqs]
+        d["layers"] = {m: list(r) for m, r in self.layers.items()}
+        d["shapes"] = {m: s.to_list() for m, s in self.shapes.items()}
+        d["groups"] = {m: {"group_id": g.group_id, "rank": g.rank, "members": list(g.members),
+                           "ranges": [list(r) for r in g.ranges]}
+                       for m, g in self.groups.items()}
         return json.dumps({"v": SCHEMA_VERSION, **d})
 
     @classmethod
@@ -361,6 +372,13 @@ class Occupancy:
         d.pop("v")
         d["models"] = tuple(d["models"])
         d["seqs"] = tuple(SeqReport(*s) for s in d.get("seqs", ()))
+        d["layers"] = {m: (int(r[0]), int(r[1])) for m, r in d.get("layers", {}).items()}
+        d["shapes"] = {m: ModelShapeView(*s) for m, s in d.get("shapes", {}).items()}
+        d["groups"] = {
+            m: StageView(g["group_id"], int(g["rank"]), tuple(g["members"]),
+                         tuple((int(a), int(b)) for a, b in g["ranges"]))
+            for m, g in d.get("groups", {}).items()
+        }
         return cls(**d)
 
     def report(self) -> OccupancyReport:
@@ -369,6 +387,8 @@ class Occupancy:
             self.worker_id, self.models, self.num_total_pages, self.num_free_pages,
             self.num_reserved_pages, self.num_queued_pages, dict(self.tokens_per_page),
             self.num_running, self.num_waiting, self.boot_id, self.intake_seq, self.seqs,
+            self.page_size_bytes, dict(self.layers), dict(self.shapes), dict(self.groups),
+            self.node,
         )
 
 
@@ -424,7 +444,8 @@ class ModelInfo:
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    kind: str  # assign, requeue, migrate, worker_dead, plan, load, unload, cancel, drain
+    kind: str  # assign, requeue, migrate, worker_dead, plan, load, unload, cancel, drain,
+    # drop, restore (pipeline groups)
     ts: float
     data: dict[str, Any] = field(default_factory=dict)
 

@@ -60,6 +60,9 @@ class EngineRunner:
         self.info: rs.WorkerInfo | None = None  # registry entry, renewed with each heartbeat
         self.boot_id = secrets.token_hex(6)
         self.num_steps = 0
+        self.node = ""  # reported in heartbeats (workers of one node share fast links)
+        #: while leading a pipeline group: an idle engine steps the group this often
+        self.keepalive_s: float | None = None
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn`` on the engine thread."""
@@ -85,7 +88,8 @@ class EngineRunner:
             occ.num_total_pages, occ.num_free_pages,
             occ.num_reserved_pages, dict(occ.tokens_per_page), occ.num_running, occ.num_waiting,
             self.loading, time.time(), occ.num_queued_pages, self.boot_id, occ.intake_seq,
-            occ.seqs,
+            occ.seqs, occ.page_size_bytes, dict(occ.layers), dict(occ.shapes), dict(occ.groups),
+            self.node,
         )
 
     async def write_occupancy(self, force: bool) -> None:
@@ -105,7 +109,7 @@ class EngineRunner:
             if not self.engine.has_unfinished():
                 self._wake.clear()
                 if not self.engine.has_unfinished():
-                    await self._wake.wait()
+                    await self._idle()
                     continue
             async with self.step_lock:
                 try:
@@ -119,6 +123,19 @@ class EngineRunner:
                     # the next step runs while these tokens go to Redis; writes stay in order
                     self._write = asyncio.create_task(self._publish_after(self._write, events))
             await self.write_occupancy(force=False)
+
+    async def _idle(self) -> None:
+        """Wait for work; a pipeline group's first stage keeps its group alive meanwhile."""
+        if self.keepalive_s is None or self.engine.pipeline is None:
+            await self._wake.wait()
+            return
+        try:
+            await asyncio.wait_for(self._wake.wait(), self.keepalive_s)
+        except TimeoutError:
+            pipeline = self.engine.pipeline
+            if pipeline is not None:
+                async with self.step_lock:
+                    await self.call(pipeline.keepalive)
 
     async def flush(self) -> None:
         """Wait until every token produced so far is in Redis."""

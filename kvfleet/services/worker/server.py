@@ -81,6 +81,7 @@ async def start(settings: WorkerSettings) -> RunningWorker:
     store = RedisStore.for_service(settings)
     runner = EngineRunner(engine, store, settings.worker_id, settings.heartbeat_ttl_s,
                           settings.occupancy_min_s)
+    runner.node = settings.node or settings.advertise_host or settings.host
     backend = settings.transfer_backend
     if backend == "auto":
         backend = "nccl" if es.device.startswith("cuda") else "gloo"

@@ -22,8 +22,10 @@ from kvfleet.services.worker.convert import engine_request
 from kvfleet.services.worker.engine import (
     EngineInputError,
     ModelNotFoundError,
+    PartialModelError,
     SequenceExport,
 )
+from kvfleet.services.worker.pipeline_member import PipelineMember
 from kvfleet.services.worker.runner import EngineRunner
 from kvfleet.services.worker.transfer import PairGroups, recv_payload, send_payload
 from kvfleet.services.worker.transfer.channel import PayloadRefused
@@ -41,6 +43,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         self._transfer = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="transfer")
         self._pair_locks: dict[str, asyncio.Lock] = {}
         self._load_lock = asyncio.Lock()
+        self.pipeline = PipelineMember(runner, settings, groups.backend)
 
     @property
     def _wire_device(self) -> str:
@@ -75,7 +78,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         try:
             req = engine_request(request)
             intake_seq = await self.runner.add(req, owner[1])
-        except ModelNotFoundError as e:
+        except (ModelNotFoundError, PartialModelError) as e:  # the scheduler keeps it queued
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
         except (EngineInputError, SloError) as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
@@ -259,6 +262,56 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot take ownership: {e}")
         num_tokens = int(tensors[0].shape[2]) if tensors and tensors[0].dim() >= 3 else 0
         return worker_pb2.ReceiveSequenceResponse(num_tokens=num_tokens)
+
+    # ---------------------------------------------------------------- pipeline groups
+    async def DropLayers(self, request, context):  # noqa: N802
+        async def join(address: str, msg: worker_pb2.JoinPipelineRequest):  # type: ignore[no-untyped-def]
+            stub = worker_pb2_grpc.WorkerStub(self._pool.get(address))
+            return await stub.JoinPipeline(msg, timeout=self.settings.pipeline.timeout_s)
+
+        try:
+            return await self.pipeline.drop(request, join)
+        except EngineInputError as e:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        except grpc.aio.AioRpcError as e:
+            await context.abort(grpc.StatusCode.ABORTED, f"a member failed: {e.details()}")
+        except Exception as e:  # noqa: BLE001 (a rendezvous or transfer failure)
+            log.exception("DropLayers failed")
+            await context.abort(grpc.StatusCode.ABORTED, f"forming the group failed: {e}")
+
+    async def JoinPipeline(self, request, context):  # noqa: N802
+        try:
+            return await self.pipeline.join(request)
+        except EngineInputError as e:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        except Exception as e:  # noqa: BLE001
+            log.exception("JoinPipeline failed")
+            await context.abort(grpc.StatusCode.ABORTED, f"joining the group failed: {e}")
+
+    async def PrefetchLayers(self, request, context):  # noqa: N802
+        try:
+            return await self.pipeline.prefetch(request.model)
+        except EngineInputError as e:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+
+    async def RestoreLayers(self, request, context):  # noqa: N802
+        async def prefetch(worker_id: str, model: str):  # type: ignore[no-untyped-def]
+            address = await self.runner.store.worker_address(worker_id)
+            if address is None:
+                raise EngineInputError(f"member {worker_id} is not registered")
+            stub = worker_pb2_grpc.WorkerStub(self._pool.get(address))
+            return await stub.PrefetchLayers(worker_pb2.PrefetchLayersRequest(model=model),
+                                             timeout=self.settings.pipeline.timeout_s)
+
+        try:
+            return await self.pipeline.restore(request, prefetch)
+        except EngineInputError as e:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        except grpc.aio.AioRpcError as e:
+            await context.abort(grpc.StatusCode.ABORTED, f"a member failed: {e.details()}")
+        except Exception as e:  # noqa: BLE001
+            log.exception("RestoreLayers failed")
+            await context.abort(grpc.StatusCode.ABORTED, f"restoring failed: {e}")
 
     async def close(self) -> None:
         await self._pool.close()

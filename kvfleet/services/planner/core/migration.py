@@ -72,12 +72,17 @@ def migration_views(
     decoding requests not already moving."""
     views = []
     for r in reports:
+        # A pipeline group's requests hold KV on every stage: they do not move one by one,
+        # and a worker holding a stage of a model takes no request of it.
+        piped = r.pipelined_models
+        models = tuple(m for m in r.serving_models if m not in piped)
         movable = sorted(
-            (s for s in r.seqs if s.decoding and s.request_id not in inflight),
+            (s for s in r.seqs
+             if s.decoding and s.request_id not in inflight and s.model in models),
             key=lambda s: (-s.arrival_s, s.request_id),
         )[:max_candidates]
         views.append(MigrationWorkerView(
-            r.worker_id, r.models, r.num_total_pages, r.num_free_pages - r.num_reserved_pages,
+            r.worker_id, models, r.num_total_pages, r.num_free_pages - r.num_reserved_pages,
             r.num_queued_pages,
             tuple(MigrationCandidate(s.request_id, s.model, s.num_pages, s.arrival_s)
                   for s in movable),

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from kvfleet.services.scheduler.core.stages import ModelShapeView, StageView, serving_models
 from kvfleet.services.scheduler.core.types import WorkerView
 
 
@@ -50,6 +51,23 @@ class OccupancyReport:
     boot_id: str = ""
     intake_seq: int = 0  # requests the worker has accepted since it started
     seqs: tuple[SeqReport, ...] = ()
+    page_size_bytes: int = 0
+    layers: dict[str, tuple[int, int]] = field(default_factory=dict)  # range held per model
+    shapes: dict[str, ModelShapeView] = field(default_factory=dict)
+    groups: dict[str, StageView] = field(default_factory=dict)  # pipeline groups it is in
+    node: str = ""  # workers of one node share its fastest links
+
+    @property
+    def serving_models(self) -> tuple[str, ...]:
+        """Models it takes requests for (not those it holds only a stage of)."""
+        if not self.layers and not self.groups:
+            return self.models
+        return serving_models(self.models, self.layers, self.shapes, self.groups)
+
+    @property
+    def pipelined_models(self) -> tuple[str, ...]:
+        """Models it serves as the leader of a pipeline group."""
+        return tuple(m for m, g in self.groups.items() if g.rank == 0)
 
     @property
     def num_available_pages(self) -> int:
@@ -93,7 +111,7 @@ def worker_view(
     promised = unreflected(pending, report)
     return WorkerView(
         worker_id=report.worker_id,
-        models=report.models,
+        models=report.serving_models,
         num_total_pages=report.num_total_pages,
         num_free_pages=report.num_available_pages - sum(p.num_pages for p in promised),
         tokens_per_page=dict(report.tokens_per_page),

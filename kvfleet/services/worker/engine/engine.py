@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -35,6 +36,7 @@ from kvfleet.services.worker.engine.kv_pool import PagePool
 from kvfleet.services.worker.engine.layers import drop_layers, restore_layers
 from kvfleet.services.worker.engine.loaded_model import (
     LoadedModel,
+    model_shape,
     weights_bytes,
     workspace_bytes,
 )
@@ -50,6 +52,7 @@ from kvfleet.services.worker.engine.types import (
     ModelNotFoundError,
     Occupancy,
     OutOfMemoryBudgetError,
+    PartialModelError,
     SequenceExport,
     TokenEvent,
     WeightsEntry,
@@ -100,6 +103,10 @@ class Engine:
         self.step_timer = StepTimer()
         self._fixed_costs = dict(step_costs) if step_costs is not None else None
         self._first_token_s: dict[str, float] = {}
+        # A pipeline group this engine is a stage of (engine/pipeline_group.py): its spec,
+        # and while it leads the group, the leader's step (``step`` delegates to it).
+        self.stage_spec: Any = None
+        self.pipeline: Any = None
 
     # ------------------------------------------------------------------ memory
     def _budget(self, config: EngineConfig) -> int:
@@ -279,8 +286,15 @@ class Engine:
         intake sequence number: every occupancy snapshot with ``intake_seq`` at least this
         one counts the request."""
         m = self.validate(req)
-        if not (m.stage.is_first and m.stage.is_last):
-            raise EngineInputError(
+        spec = self.stage_spec
+        if spec is not None and spec.model == req.model:
+            if not spec.is_leader:
+                raise PartialModelError(
+                    f"this engine is stage {spec.rank} of pipeline group {spec.group_id}; "
+                    f"requests for {req.model!r} go to its first stage {spec.members[0]}"
+                )
+        elif not (m.stage.is_first and m.stage.is_last):
+            raise PartialModelError(
                 f"this engine holds only layers [{m.stage.first}, {m.stage.last}) of "
                 f"{req.model!r}; serve it through a pipeline of stages"
             )
@@ -310,6 +324,8 @@ class Engine:
     # ------------------------------------------------------------------ stepping
     def step(self) -> list[TokenEvent]:
         with self._lock:
+            if self.pipeline is not None:
+                return self.pipeline.step()  # type: ignore[no-any-return]
             events, self._pending_events = self._pending_events, []
             events.extend(self._drain_inbox())
             if not self._running and not self._waiting:
@@ -517,7 +533,11 @@ class Engine:
         return min(self._reserved_pages, self.pool.num_free_pages)
 
     def occupancy(self) -> Occupancy:
-        """A snapshot for the heartbeat. Call it from the thread that steps the engine."""
+        """A snapshot for the heartbeat (waits for a step in progress to end)."""
+        with self._lock:
+            return self._occupancy()
+
+    def _occupancy(self) -> Occupancy:
         with self._inbox_lock:
             inbox = list(self._inbox)
             intake_seq = self._intake_seq
@@ -530,10 +550,20 @@ class Engine:
             -(-(len(r.prompt_token_ids) + len(r.output_token_ids)) // tpp[r.model])
             for r in inbox if r.model in tpp
         )
+        total, free = self.pool.num_pages, self.pool.num_free_pages
+        seqs = (*self._running, *self._waiting)
+        groups = {}
+        spec = self.stage_spec
+        if spec is not None:
+            groups[spec.model] = spec.view()
+            if self.pipeline is not None:
+                total, free = self.pipeline.group_pages()
+            elif not spec.is_leader:  # a stage's shadows are the leader's requests
+                seqs = tuple(s for s in seqs if s.model != spec.model)
         return Occupancy(
-            num_total_pages=self.pool.num_pages,
-            num_free_pages=self.pool.num_free_pages,
-            num_reserved_pages=self.num_reserved_pages,
+            num_total_pages=total,
+            num_free_pages=free,
+            num_reserved_pages=min(self._reserved_pages, free),
             tokens_per_page=tpp,
             num_running=len(self._running),
             num_waiting=len(self._waiting) + len(inbox),
@@ -543,8 +573,12 @@ class Engine:
             seqs=tuple(
                 SeqReport(s.seq_id, s.model, len(s.pages), s.num_tokens, s.num_computed,
                           s.num_output_tokens, s.req.arrival_s, s.req.predicted_output_tokens)
-                for s in (*self._running, *self._waiting)
+                for s in seqs
             ),
+            page_size_bytes=self.config.page_size_bytes,
+            layers={n: (m.stage.first, m.stage.last) for n, m in self._models.items()},
+            shapes={n: model_shape(m.spec, self.dtype) for n, m in self._models.items()},
+            groups=groups,
         )
 
     def accounting(self) -> Accounting:

@@ -9,6 +9,7 @@ import torch
 from kvfleet.common.models.sources import ModelSource
 from kvfleet.common.models.spec import ModelSpec
 from kvfleet.common.models.tokenizer import Tokenizer
+from kvfleet.services.scheduler.core.stages import ModelShapeView
 from kvfleet.services.worker.engine.kv_pool import KvLayout
 from kvfleet.services.worker.engine.model import ModelStage
 
@@ -39,3 +40,20 @@ def workspace_bytes(spec: ModelSpec, max_tokens: int, max_seqs: int, dtype: torc
     per_token = 4 * spec.hidden_size + 2 * qkv + 3 * spec.intermediate_size
     rope = 2 * spec.max_context_tokens * spec.head_dim
     return (max_tokens * per_token + rope) * elt + max_seqs * spec.vocab_size * 4
+
+
+def model_shape(spec: ModelSpec, dtype: torch.dtype) -> ModelShapeView:
+    """What the planner needs to know of a model's memory: bytes per layer and per end, and
+    KV bytes per token and layer."""
+    elt = torch.empty((), dtype=dtype).element_size()
+    n = spec.num_layers
+    layer = spec.layer_param_count()
+    if n >= 2:
+        first = spec.param_count(0, 1) - layer
+        last = spec.param_count(n - 1, n) - layer
+    else:
+        first = spec.vocab_size * spec.hidden_size
+        last = spec.param_count(0, 1) - layer - first
+    shared = first + last + n * layer - spec.param_count(0, n)
+    return ModelShapeView(n, layer * elt, first * elt, last * elt,
+                          spec.kv_bytes_per_token(1, elt), shared * elt)

@@ -11,6 +11,7 @@ from kvfleet.common.models.errors import UnknownModelError
 from kvfleet.common.sampling import SamplingParams
 from kvfleet.common.slo import ServiceLevel
 from kvfleet.services.scheduler.core.occupancy import SeqReport
+from kvfleet.services.scheduler.core.stages import ModelShapeView, StageView
 
 
 class EngineInputError(ValueError):
@@ -23,6 +24,11 @@ class ModelNotFoundError(EngineInputError, UnknownModelError):
 
 class OutOfMemoryBudgetError(EngineInputError):
     """The model (or layer range) does not fit the engine's memory budget."""
+
+
+class PartialModelError(EngineInputError):
+    """The engine holds only part of the model (a pipeline stage): the request belongs to
+    the group's first stage. Not the request's fault: it can be sent elsewhere."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +71,10 @@ class Occupancy:
     num_queued_pages: int = 0  # pages the waiting requests need to start
     intake_seq: int = 0  # requests accepted so far (add_request calls that succeeded)
     seqs: tuple[SeqReport, ...] = ()
+    page_size_bytes: int = 0
+    layers: dict[str, tuple[int, int]] = field(default_factory=dict)  # range held per model
+    shapes: dict[str, ModelShapeView] = field(default_factory=dict)
+    groups: dict[str, StageView] = field(default_factory=dict)  # pipeline groups it is in
 
 
 @dataclass(frozen=True, slots=True)

@@ -114,3 +114,107 @@ class ReceiveSequenceResponse(_message.Message):
     NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
     num_tokens: int
     def __init__(self, num_tokens: _Optional[int] = ...) -> None: ...
+
+class PipelineStage(_message.Message):
+    __slots__ = ("worker_id", "address", "first_layer", "last_layer")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    FIRST_LAYER_FIELD_NUMBER: _ClassVar[int]
+    LAST_LAYER_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    address: str
+    first_layer: int
+    last_layer: int
+    def __init__(self, worker_id: _Optional[str] = ..., address: _Optional[str] = ..., first_layer: _Optional[int] = ..., last_layer: _Optional[int] = ...) -> None: ...
+
+class DropLayersRequest(_message.Message):
+    __slots__ = ("group_id", "model", "stages", "tokens_per_page", "min_micro_batch_tokens")
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    STAGES_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_PAGE_FIELD_NUMBER: _ClassVar[int]
+    MIN_MICRO_BATCH_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    group_id: str
+    model: str
+    stages: _containers.RepeatedCompositeFieldContainer[PipelineStage]
+    tokens_per_page: int
+    min_micro_batch_tokens: int
+    def __init__(self, group_id: _Optional[str] = ..., model: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[PipelineStage, _Mapping]]] = ..., tokens_per_page: _Optional[int] = ..., min_micro_batch_tokens: _Optional[int] = ...) -> None: ...
+
+class RegroupStats(_message.Message):
+    __slots__ = ("worker_id", "num_sent", "num_recomputed", "bytes_sent", "exchange_s", "relayout_s", "reload_s", "num_moved")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    NUM_SENT_FIELD_NUMBER: _ClassVar[int]
+    NUM_RECOMPUTED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_SENT_FIELD_NUMBER: _ClassVar[int]
+    EXCHANGE_S_FIELD_NUMBER: _ClassVar[int]
+    RELAYOUT_S_FIELD_NUMBER: _ClassVar[int]
+    RELOAD_S_FIELD_NUMBER: _ClassVar[int]
+    NUM_MOVED_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    num_sent: int
+    num_recomputed: int
+    bytes_sent: int
+    exchange_s: float
+    relayout_s: float
+    reload_s: float
+    num_moved: int
+    def __init__(self, worker_id: _Optional[str] = ..., num_sent: _Optional[int] = ..., num_recomputed: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., exchange_s: _Optional[float] = ..., relayout_s: _Optional[float] = ..., reload_s: _Optional[float] = ..., num_moved: _Optional[int] = ...) -> None: ...
+
+class DropLayersResponse(_message.Message):
+    __slots__ = ("duration_s", "stages")
+    DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    STAGES_FIELD_NUMBER: _ClassVar[int]
+    duration_s: float
+    stages: _containers.RepeatedCompositeFieldContainer[RegroupStats]
+    def __init__(self, duration_s: _Optional[float] = ..., stages: _Optional[_Iterable[_Union[RegroupStats, _Mapping]]] = ...) -> None: ...
+
+class JoinPipelineRequest(_message.Message):
+    __slots__ = ("group", "rank", "store_host", "store_port")
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    STORE_HOST_FIELD_NUMBER: _ClassVar[int]
+    STORE_PORT_FIELD_NUMBER: _ClassVar[int]
+    group: DropLayersRequest
+    rank: int
+    store_host: str
+    store_port: int
+    def __init__(self, group: _Optional[_Union[DropLayersRequest, _Mapping]] = ..., rank: _Optional[int] = ..., store_host: _Optional[str] = ..., store_port: _Optional[int] = ...) -> None: ...
+
+class JoinPipelineResponse(_message.Message):
+    __slots__ = ("stats",)
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    stats: RegroupStats
+    def __init__(self, stats: _Optional[_Union[RegroupStats, _Mapping]] = ...) -> None: ...
+
+class PrefetchLayersRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class PrefetchLayersResponse(_message.Message):
+    __slots__ = ("reload_s", "num_bytes")
+    RELOAD_S_FIELD_NUMBER: _ClassVar[int]
+    NUM_BYTES_FIELD_NUMBER: _ClassVar[int]
+    reload_s: float
+    num_bytes: int
+    def __init__(self, reload_s: _Optional[float] = ..., num_bytes: _Optional[int] = ...) -> None: ...
+
+class RestoreLayersRequest(_message.Message):
+    __slots__ = ("model", "group_id")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    group_id: str
+    def __init__(self, model: _Optional[str] = ..., group_id: _Optional[str] = ...) -> None: ...
+
+class RestoreLayersResponse(_message.Message):
+    __slots__ = ("duration_s", "reload_s", "stages")
+    DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    RELOAD_S_FIELD_NUMBER: _ClassVar[int]
+    STAGES_FIELD_NUMBER: _ClassVar[int]
+    duration_s: float
+    reload_s: float
+    stages: _containers.RepeatedCompositeFieldContainer[RegroupStats]
+    def __init__(self, duration_s: _Optional[float] = ..., reload_s: _Optional[float] = ..., stages: _Optional[_Iterable[_Union[RegroupStats, _Mapping]]] = ...) -> None: ...

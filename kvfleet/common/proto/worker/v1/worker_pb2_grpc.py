@@ -65,6 +65,26 @@ class WorkerStub:
                 request_serializer=kvfleet_dot_worker_dot_v1_dot_worker__pb2.ReceiveSequenceRequest.SerializeToString,
                 response_deserializer=kvfleet_dot_worker_dot_v1_dot_worker__pb2.ReceiveSequenceResponse.FromString,
                 _registered_method=True)
+        self.DropLayers = channel.unary_unary(
+                '/kvfleet.worker.v1.Worker/DropLayers',
+                request_serializer=kvfleet_dot_worker_dot_v1_dot_worker__pb2.DropLayersRequest.SerializeToString,
+                response_deserializer=kvfleet_dot_worker_dot_v1_dot_worker__pb2.DropLayersResponse.FromString,
+                _registered_method=True)
+        self.JoinPipeline = channel.unary_unary(
+                '/kvfleet.worker.v1.Worker/JoinPipeline',
+                request_serializer=kvfleet_dot_worker_dot_v1_dot_worker__pb2.JoinPipelineRequest.SerializeToString,
+                response_deserializer=kvfleet_dot_worker_dot_v1_dot_worker__pb2.JoinPipelineResponse.FromString,
+                _registered_method=True)
+        self.PrefetchLayers = channel.unary_unary(
+                '/kvfleet.worker.v1.Worker/PrefetchLayers',
+                request_serializer=kvfleet_dot_worker_dot_v1_dot_worker__pb2.PrefetchLayersRequest.SerializeToString,
+                response_deserializer=kvfleet_dot_worker_dot_v1_dot_worker__pb2.PrefetchLayersResponse.FromString,
+                _registered_method=True)
+        self.RestoreLayers = channel.unary_unary(
+                '/kvfleet.worker.v1.Worker/RestoreLayers',
+                request_serializer=kvfleet_dot_worker_dot_v1_dot_worker__pb2.RestoreLayersRequest.SerializeToString,
+                response_deserializer=kvfleet_dot_worker_dot_v1_dot_worker__pb2.RestoreLayersResponse.FromString,
+                _registered_method=True)
 
 
 class WorkerServicer:
@@ -109,6 +129,37 @@ class WorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DropLayers(self, request, context):
+        """Pipeline groups (KunServe). On the group's first stage: form the group (each member
+        keeps its layer range, the dropped weights become KV pages) and serve it as a pipeline.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def JoinPipeline(self, request, context):
+        """Called by a group's first stage on each other member: join its process group, exchange
+        the KV of the requests in flight, drop layers and run this stage.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PrefetchLayers(self, request, context):
+        """Read the layers this worker lacks into host memory, in the background.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestoreLayers(self, request, context):
+        """On a group's first stage: reload the layers, move requests back and dissolve the group
+        (on a worker outside a group: reload its dropped layers).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -141,6 +192,26 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.ReceiveSequence,
                     request_deserializer=kvfleet_dot_worker_dot_v1_dot_worker__pb2.ReceiveSequenceRequest.FromString,
                     response_serializer=kvfleet_dot_worker_dot_v1_dot_worker__pb2.ReceiveSequenceResponse.SerializeToString,
+            ),
+            'DropLayers': grpc.unary_unary_rpc_method_handler(
+                    servicer.DropLayers,
+                    request_deserializer=kvfleet_dot_worker_dot_v1_dot_worker__pb2.DropLayersRequest.FromString,
+                    response_serializer=kvfleet_dot_worker_dot_v1_dot_worker__pb2.DropLayersResponse.SerializeToString,
+            ),
+            'JoinPipeline': grpc.unary_unary_rpc_method_handler(
+                    servicer.JoinPipeline,
+                    request_deserializer=kvfleet_dot_worker_dot_v1_dot_worker__pb2.JoinPipelineRequest.FromString,
+                    response_serializer=kvfleet_dot_worker_dot_v1_dot_worker__pb2.JoinPipelineResponse.SerializeToString,
+            ),
+            'PrefetchLayers': grpc.unary_unary_rpc_method_handler(
+                    servicer.PrefetchLayers,
+                    request_deserializer=kvfleet_dot_worker_dot_v1_dot_worker__pb2.PrefetchLayersRequest.FromString,
+                    response_serializer=kvfleet_dot_worker_dot_v1_dot_worker__pb2.PrefetchLayersResponse.SerializeToString,
+            ),
+            'RestoreLayers': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestoreLayers,
+                    request_deserializer=kvfleet_dot_worker_dot_v1_dot_worker__pb2.RestoreLayersRequest.FromString,
+                    response_serializer=kvfleet_dot_worker_dot_v1_dot_worker__pb2.RestoreLayersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -305,6 +376,114 @@ class Worker:
             '/kvfleet.worker.v1.Worker/ReceiveSequence',
             kvfleet_dot_worker_dot_v1_dot_worker__pb2.ReceiveSequenceRequest.SerializeToString,
             kvfleet_dot_worker_dot_v1_dot_worker__pb2.ReceiveSequenceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DropLayers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvfleet.worker.v1.Worker/DropLayers',
+            kvfleet_dot_worker_dot_v1_dot_worker__pb2.DropLayersRequest.SerializeToString,
+            kvfleet_dot_worker_dot_v1_dot_worker__pb2.DropLayersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def JoinPipeline(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvfleet.worker.v1.Worker/JoinPipeline',
+            kvfleet_dot_worker_dot_v1_dot_worker__pb2.JoinPipelineRequest.SerializeToString,
+            kvfleet_dot_worker_dot_v1_dot_worker__pb2.JoinPipelineResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PrefetchLayers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvfleet.worker.v1.Worker/PrefetchLayers',
+            kvfleet_dot_worker_dot_v1_dot_worker__pb2.PrefetchLayersRequest.SerializeToString,
+            kvfleet_dot_worker_dot_v1_dot_worker__pb2.PrefetchLayersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestoreLayers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvfleet.worker.v1.Worker/RestoreLayers',
+            kvfleet_dot_worker_dot_v1_dot_worker__pb2.RestoreLayersRequest.SerializeToString,
+            kvfleet_dot_worker_dot_v1_dot_worker__pb2.RestoreLayersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,359 @@
+"""A model served by a pipeline group of engines on different workers, in lockstep.
+
+The first stage (the leader) owns the group's requests: its batch policy plans each step
+over its queues, with the free pages of the tightest stage (every request takes the same
+number of pages on every stage: the group shares one tokens-per-page). It sends the step's
+header down the pipeline (what changed since the last step: requests admitted and finished,
+tokens appended, preemptions, the chunks and their micro-batches), then each micro-batch's
+hidden states; every other stage applies the same header to its own pages, runs its layers
+on each micro-batch as it arrives and passes the result on. The last stage samples (each
+request's generator lives there) and returns the tokens to the leader, which appends them,
+checks stop conditions and emits the events. The other stages hold *shadow* sequences:
+pages, computed counts and tokens, no events.
+
+Micro-batches let stage k run micro-batch j while stage k-1 runs micro-batch j+1; the split
+(``split_micro_batches``) balances prefill tokens and leaves small decode steps whole.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from kvfleet.common.sampling import SamplingParams
+from kvfleet.common.slo import ServiceLevel
+from kvfleet.services.scheduler.core.stages import StageView
+from kvfleet.services.worker.core.batch_policy import Chunk, StepPlan
+from kvfleet.services.worker.core.pipeline_policy import split_micro_batches
+from kvfleet.services.worker.engine.batch_builder import build_batch
+from kvfleet.services.worker.engine.sampler import sample
+from kvfleet.services.worker.engine.sequence import Sequence
+from kvfleet.services.worker.engine.stage_link import SendHandle, StageLink
+from kvfleet.services.worker.engine.types import EngineInputError, EngineRequest, TokenEvent
+
+log = logging.getLogger(__name__)
+
+STEP = "step"
+DISSOLVE = "dissolve"
+STOP = "stop"
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSpec:
+    """A pipeline group as each member knows it."""
+
+    group_id: str
+    model: str
+    members: tuple[str, ...]  # worker ids, stage order; members[0] leads
+    ranges: tuple[tuple[int, int], ...]
+    tokens_per_page: int
+    rank: int
+    min_micro_batch_tokens: int = 64
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.members)
+
+    @property
+    def is_leader(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_last(self) -> bool:
+        return self.rank == self.num_stages - 1
+
+    @property
+    def layers(self) -> tuple[int, int]:
+        return self.ranges[self.rank]
+
+    def with_rank(self, rank: int) -> GroupSpec:
+        return dataclasses.replace(self, rank=rank)
+
+    def view(self) -> StageView:
+        return StageView(self.group_id, self.rank, self.members, self.ranges)
+
+    def validate(self, num_layers: int) -> None:
+        if len(self.members) < 2 or len(self.members) != len(self.ranges):
+            raise EngineInputError("a pipeline group needs two or more members, one range each")
+        if len(set(self.members)) != len(self.members):
+            raise EngineInputError("a worker appears twice in the group")
+        if not 0 <= self.rank < len(self.members):
+            raise EngineInputError(f"rank {self.rank} is outside the group")
+        if (self.ranges[0][0] != 0 or self.ranges[-1][1] != num_layers
+                or any(a[1] != b[0] for a, b in zip(self.ranges, self.ranges[1:], strict=False))
+                or any(a >= b for a, b in self.ranges)):
+            raise EngineInputError(
+                f"ranges {list(self.ranges)} do not cover the {num_layers} layers in order")
+        if self.tokens_per_page < 1:
+            raise EngineInputError("tokens_per_page must be >= 1")
+
+
+# ----------------------------------------------------------------- sequences on the wire
+def seq_meta(seq: Sequence) -> dict[str, Any]:
+    """A sequence's request and progress as JSON (no KV)."""
+    rng = None
+    if seq.generator is not None:
+        rng = base64.b64encode(seq.generator.get_state().numpy().tobytes()).decode()
+    return {
+        "request_id": seq.seq_id,
+        "model": seq.model,
+        "arrival_s": seq.req.arrival_s,
+        "slo": seq.req.slo.to_dict(),
+        "predicted_output_tokens": seq.req.predicted_output_tokens,
+        "prompt_token_ids": seq.tokens[: seq.num_prompt_tokens],
+        "output_token_ids": seq.tokens[seq.num_prompt_tokens:],
+        "sampling": seq.sampling.to_dict(),
+        "rng_state": rng,
+        "text": seq.text,
+        "num_emitted_chars": seq.num_emitted_chars,
+        "num_computed": seq.num_computed,
+    }
+
+
+def request_of(meta: dict[str, Any]) -> EngineRequest:
+    return EngineRequest(
+        meta["request_id"], meta["model"], tuple(meta["prompt_token_ids"]),
+        SamplingParams.from_dict(meta["sampling"]), tuple(meta["output_token_ids"]),
+        float(meta["arrival_s"]), ServiceLevel.from_dict(meta.get("slo")),
+        meta.get("predicted_output_tokens"),
+    )
+
+
+def set_rng(seq: Sequence, rng_state: str | None) -> None:
+    if rng_state is not None and seq.generator is not None:
+        raw = base64.b64decode(rng_state)
+        seq.generator.set_state(torch.frombuffer(bytearray(raw), dtype=torch.uint8))
+
+
+def seq_from_meta(eng: Any, meta: dict[str, Any], primary: bool) -> Sequence:
+    """A sequence rebuilt from ``seq_meta`` (no pages, nothing computed); a primary one keeps
+    the detokenized text, a shadow needs only tokens and the generator."""
+    m = eng.model(meta["model"])
+    seq = Sequence(request_of(meta), eng._next_order(), m.tokenizer, m.spec.max_context_tokens)
+    if primary:
+        seq.text = meta["text"]
+        seq.num_emitted_chars = int(meta["num_emitted_chars"])
+    set_rng(seq, meta.get("rng_state"))
+    return seq
+
+
+# ----------------------------------------------------------------- the step, both sides
+def _apply_header(eng: Any, header: dict[str, Any], shadows: bool) -> list[tuple[Sequence, int]]:
+    """Bring this stage's sequences to the leader's state and allocate the step's pages."""
+    for rid in header.get("finished", ()):
+        seq = eng._seqs.get(rid)
+        if seq is not None:
+            eng._finish(seq, "pipeline")
+    for rid, toks in header.get("updates", ()):
+        seq = eng._seqs.get(rid)
+        if seq is not None:
+            seq.tokens.extend(toks)
+    for meta in header.get("admitted", ()):
+        seq = seq_from_meta(eng, meta, primary=not shadows)
+        eng._seqs[seq.seq_id] = seq
+        eng._waiting.append(seq)
+    for rid in header.get("preempt", ()):
+        eng.preempt(eng._seqs[rid])
+    plan = StepPlan(tuple(Chunk(rid, int(n)) for rid, n in header.get("chunks", ())), ())
+    return eng._apply_plan(plan).get(header["model"], [])
+
+
+def _forward(eng: Any, model: str, items: list[tuple[Sequence, int]],
+             hidden: torch.Tensor | None) -> torch.Tensor:
+    m = eng.model(model)
+    batch = build_batch(items, m.layout.tokens_per_page, eng.device)
+    if hidden is not None:
+        hidden = hidden.to(eng.device)
+    return m.stage.forward(eng.pool.view(m.layout), batch, hidden)
+
+
+class PipelineLeader:
+    """The first stage's side: plans, runs layers [0, a), collects tokens, emits events.
+    ``Engine.step`` delegates here while the engine leads a group."""
+
+    def __init__(self, eng: Any, spec: GroupSpec, link: StageLink,
+                 follower_pages: list[int]) -> None:
+        self.eng = eng
+        self.spec = spec
+        self.link = link
+        self.follower_pages = follower_pages  # each other stage's pool, in pages
+        self.known: dict[str, int] = {}  # request -> tokens the other stages know of it
+        self.num_steps = 0
+        self.last_step_s = 0.0
+        #: called (under the engine lock) when a step fails: the group is broken
+        self.on_failure: Callable[[Exception], None] | None = None
+
+    # what the scheduler and the batch policy see: the tightest stage
+    def group_pages(self) -> tuple[int, int]:
+        """(total, free) pages of the group: each request takes as many on every stage."""
+        eng = self.eng
+        used = sum(len(s.pages) for s in eng._seqs.values())
+        total = min([eng.pool.num_pages, *self.follower_pages])
+        free = min([eng.pool.num_free_pages, *(p - used for p in self.follower_pages)])
+        return total, max(free, 0)
+
+    def adopt(self, seqs: list[Sequence]) -> None:
+        """Sequences every stage already holds (from the group's KV exchange)."""
+        for s in seqs:
+            self.known[s.seq_id] = s.num_tokens
+
+    def _header(self) -> dict[str, Any]:
+        eng = self.eng
+        current = eng._seqs
+        finished = [rid for rid in self.known if rid not in current]
+        for rid in finished:
+            del self.known[rid]
+        updates = []
+        admitted = []
+        for rid, seq in current.items():
+            n = self.known.get(rid)
+            if n is None:
+                admitted.append(seq_meta(seq))
+            elif n < seq.num_tokens:
+                updates.append([rid, seq.tokens[n:]])
+            self.known[rid] = seq.num_tokens
+        return {"kind": STEP, "model": self.spec.model, "finished": finished,
+                "updates": updates, "admitted": admitted}
+
+    def step(self) -> list[TokenEvent]:
+        try:
+            events = self._step()
+            if not self.eng._seqs and self.known:
+                self._step()  # tell the others the last requests finished (frees their pages)
+        except Exception as e:
+            if self.on_failure is None:
+                raise
+            log.exception("group %s: pipeline step failed", self.spec.group_id)
+            self.on_failure(e)
+            events, self.eng._pending_events = self.eng._pending_events, []
+        return events
+
+    def keepalive(self) -> None:
+        """An empty step while idle: the other stages' receives stay within their timeout."""
+        with self.eng._lock:
+            if self.eng.pipeline is not self:
+                return
+            try:
+                self._step(force=True)
+            except Exception as e:
+                if self.on_failure is None:
+                    raise
+                log.exception("group %s: pipeline keepalive failed", self.spec.group_id)
+                self.on_failure(e)
+
+    def _step(self, force: bool = False) -> list[TokenEvent]:
+        eng = self.eng
+        events, eng._pending_events = eng._pending_events, []
+        events.extend(eng._drain_inbox())
+        header = self._header()
+        idle = not eng._running and not eng._waiting
+        if idle and not (force or header["finished"] or header["updates"] or header["admitted"]):
+            return events
+        plan = StepPlan(())
+        if not idle:
+            view = eng._view()
+            view = dataclasses.replace(view, num_free_pages=self.group_pages()[1])
+            plan = eng.policy.plan(view, eng.clock.now_s())
+        t0 = time.perf_counter()
+        items = eng._apply_plan(plan).get(self.spec.model, [])
+        micro = split_micro_batches([n for _, n in items], self.spec.num_stages,
+                                    self.spec.min_micro_batch_tokens)
+        header.update(preempt=list(plan.preempt),
+                      chunks=[[s.seq_id, n] for s, n in items],
+                      micro=[list(mb) for mb in micro])
+        handles: list[SendHandle] = [self.link.send(1, header)]
+        for mb in micro:
+            hidden = _forward(eng, self.spec.model, [items[i] for i in mb], None)
+            handles.append(self.link.send(1, {}, [hidden]))
+        reply, _ = self.link.recv(self.spec.num_stages - 1)
+        for h in handles:
+            h.wait()
+        self.num_steps += 1
+        self.last_step_s = time.perf_counter() - t0
+        if reply.get("error"):
+            raise RuntimeError(f"stage failed: {reply['error']}")
+        events.extend(self._postprocess(items, reply["tokens"]))
+        return events
+
+    def _postprocess(self, items: list[tuple[Sequence, int]],
+                     tokens: dict[str, int]) -> list[TokenEvent]:
+        eng = self.eng
+        m = eng.model(self.spec.model)
+        events: list[TokenEvent] = []
+        now_s = eng.clock.now_s()
+        for seq, n in items:
+            seq.num_computed += n
+            if seq.num_computed != seq.num_tokens:
+                continue
+            tok = int(tokens[seq.seq_id])
+            delta = seq.append(tok, m.eos_ids)
+            events.append(TokenEvent(seq.seq_id, tok, delta, seq.num_output_tokens - 1,
+                                     seq.finish_reason, now_s))
+            if seq.finish_reason is not None:
+                eng._finish(seq, seq.finish_reason)
+        return events
+
+    def send_control(self, kind: str, **data: Any) -> None:
+        """Send a control header (dissolve, stop) down the pipeline."""
+        header = self._header()
+        header.update(kind=kind, **data)
+        self.link.send(1, header).wait()
+
+
+class PipelineFollower:
+    """A later stage's side: applies each header, runs its layers on each micro-batch, passes
+    hidden states on (or, as the last stage, samples and returns the tokens)."""
+
+    def __init__(self, eng: Any, spec: GroupSpec, link: StageLink) -> None:
+        self.eng = eng
+        self.spec = spec
+        self.link = link
+        self.num_steps = 0
+
+    def serve(self) -> dict[str, Any]:
+        """Run steps until a control header arrives; returns it (already passed on)."""
+        spec = self.spec
+        while True:
+            header, _ = self.link.recv(spec.rank - 1)
+            handles: list[SendHandle] = []
+            if not spec.is_last:
+                handles.append(self.link.send(spec.rank + 1, header))
+            if header["kind"] != STEP:
+                for h in handles:
+                    h.wait()
+                with self.eng._lock:
+                    _apply_header(self.eng, header, shadows=True)
+                return header
+            handles.extend(self._step(header))
+            for h in handles:
+                h.wait()
+            self.num_steps += 1
+
+    def _step(self, header: dict[str, Any]) -> list[SendHandle]:
+        spec, eng = self.spec, self.eng
+        handles: list[SendHandle] = []
+        tokens: dict[str, int] = {}
+        with eng._lock:
+            items = _apply_header(eng, header, shadows=True)
+            for mb in header["micro"]:
+                _, tensors = self.link.recv(spec.rank - 1)
+                part = [items[i] for i in mb]
+                out = _forward(eng, spec.model, part, tensors[0])
+                if not spec.is_last:
+                    handles.append(self.link.send(spec.rank + 1, {}, [out]))
+                    continue
+                sampled = [s for s, n in part if s.num_computed + n == s.num_tokens]
+                for s, tok in zip(sampled, sample(out, sampled), strict=True):
+                    tokens[s.seq_id] = tok
+            for seq, n in items:
+                seq.num_computed += n
+        if spec.is_last:
+            handles.append(self.link.send(0, {"tokens": tokens}))
+        return handles

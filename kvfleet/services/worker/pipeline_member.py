@@ -1,0 +1,301 @@
+"""A worker's part in pipeline groups (KunServe): forming, serving and dissolving them.
+
+Forming (``DropLayers`` on the first stage): the first stage hosts the group's store and
+calls ``JoinPipeline`` on every other member; all of them form one process group, stop their
+step loops (holding the runner's step lock, after their tokens are in Redis) and run the KV
+exchange and layer drop (``engine/regroup.py``). The first stage then steps the group from
+its runner (``Engine.step`` delegates to the ``PipelineLeader``); every other member runs its
+stage in a thread of its own (``PipelineFollower.serve``). Requests that change owner move
+in Redis too.
+
+Dissolving (``RestoreLayers`` on the first stage): every member reads its missing layers in
+the background (``PrefetchLayers``) while the group serves; then the first stage sends the
+dissolve header down the pipeline at a step boundary and every member rebuilds its requests
+with the whole model. A member that loses the group (a peer died or timed out) reloads its
+layers and serves alone; the first stage recomputes its requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from typing import Any
+
+from kvfleet.common.config import WorkerSettings
+from kvfleet.common.proto.worker.v1 import worker_pb2
+from kvfleet.services.worker.core.pipeline_policy import ExchangeCosts
+from kvfleet.services.worker.engine import EngineInputError
+from kvfleet.services.worker.engine.pipeline_group import (
+    DISSOLVE,
+    GroupSpec,
+    PipelineFollower,
+    PipelineLeader,
+)
+from kvfleet.services.worker.engine.regroup import (
+    Prefetched,
+    RegroupResult,
+    abandon_group,
+    dissolve_group,
+    join_group,
+    prefetch,
+)
+from kvfleet.services.worker.runner import EngineRunner
+from kvfleet.services.worker.transfer.pipeline_channel import (
+    GroupChannel,
+    form_channel,
+    host_store,
+    join_store,
+)
+
+log = logging.getLogger(__name__)
+
+
+def group_spec(msg: worker_pb2.DropLayersRequest, rank: int, default_micro: int) -> GroupSpec:
+    return GroupSpec(
+        msg.group_id, msg.model, tuple(s.worker_id for s in msg.stages),
+        tuple((s.first_layer, s.last_layer) for s in msg.stages), msg.tokens_per_page, rank,
+        msg.min_micro_batch_tokens or default_micro,
+    )
+
+
+def stats_pb(worker_id: str, res: RegroupResult | dict[str, Any]) -> worker_pb2.RegroupStats:
+    d = res.stats() if isinstance(res, RegroupResult) else res
+    return worker_pb2.RegroupStats(
+        worker_id=worker_id, num_sent=d["num_sent"], num_recomputed=d["num_recomputed"],
+        bytes_sent=d["bytes_sent"], exchange_s=d["exchange_s"], relayout_s=d["relayout_s"],
+        reload_s=d["reload_s"], num_moved=d["num_moved"])
+
+
+class PipelineMember:
+    def __init__(self, runner: EngineRunner, settings: WorkerSettings, backend: str) -> None:
+        self.runner = runner
+        self.settings = settings
+        self.backend = backend
+        p = settings.pipeline
+        self.costs = ExchangeCosts(p.link_bytes_per_s, p.link_latency_s, p.prefill_tokens_per_s)
+        self.spec: GroupSpec | None = None
+        self.channel: GroupChannel | None = None
+        self.prefetched: Prefetched | None = None
+        self._store: Any = None
+        self._store_port = 0
+        self._thread: threading.Thread | None = None
+        self._busy = asyncio.Lock()  # one regroup at a time
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def worker_id(self) -> str:
+        return self.settings.worker_id
+
+    @property
+    def engine(self) -> Any:
+        return self.runner.engine
+
+    def _device(self) -> str:
+        return self.settings.engine.device
+
+    async def _thread_call(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.to_thread(fn, *args)
+
+    def _check_free(self, model: str) -> None:
+        if self.spec is not None or self.engine.stage_spec is not None:
+            raise EngineInputError(f"{self.worker_id} is already in a pipeline group")
+        if model not in self.engine.models():
+            raise EngineInputError(f"{model!r} is not loaded on {self.worker_id}")
+
+    # ------------------------------------------------------------ forming
+    async def drop(self, msg: worker_pb2.DropLayersRequest,
+                   join_call: Any) -> worker_pb2.DropLayersResponse:
+        """On the first stage: form the group; ``join_call(address, JoinPipelineRequest)``
+        reaches another member."""
+        t0 = time.monotonic()
+        async with self._busy:
+            if not msg.stages or msg.stages[0].worker_id != self.worker_id:
+                raise EngineInputError(f"DropLayers goes to the group's first stage, not "
+                                       f"{self.worker_id}")
+            spec = group_spec(msg, 0, self.settings.pipeline.min_micro_batch_tokens)
+            self._check_free(spec.model)
+            spec.validate(self.engine.model(spec.model).spec.num_layers)
+            if self._store is None:
+                self._store, self._store_port = await self._thread_call(
+                    host_store, self.settings.transfer_host, self.settings.pipeline.timeout_s)
+            calls = [
+                asyncio.ensure_future(join_call(s.address, worker_pb2.JoinPipelineRequest(
+                    group=msg, rank=k, store_host=self.settings.transfer_host,
+                    store_port=self._store_port)))
+                for k, s in enumerate(msg.stages) if k > 0
+            ]
+            try:
+                channel = await self._thread_call(
+                    form_channel, spec.group_id, 0, spec.num_stages, self._store, self.backend,
+                    self.settings.pipeline.timeout_s, self._device())
+                res = await self._join(spec, channel)
+            except BaseException:
+                for c in calls:
+                    c.cancel()
+                raise
+            replies = await asyncio.gather(*calls)
+            leader = PipelineLeader(self.engine, spec, channel, res.follower_pages)
+            leader.adopt(self.engine.sequences(spec.model))
+            leader.on_failure = self._leader_failed
+            self.engine.pipeline = leader
+            self.spec, self.channel = spec, channel
+            self.runner.keepalive_s = self.settings.pipeline.keepalive_s
+            self.runner.running.update(res.moved_in)
+            self.runner.migrated.difference_update(res.moved_in)
+            self.runner.wake()
+            await self.runner.refresh_occupancy()
+        log.info("group %s: formed with %s in %.2fs", spec.group_id, list(spec.members),
+                 time.monotonic() - t0)
+        return worker_pb2.DropLayersResponse(
+            duration_s=time.monotonic() - t0,
+            stages=[stats_pb(self.worker_id, res), *(r.stats for r in replies)])
+
+    async def _join(self, spec: GroupSpec, channel: GroupChannel) -> RegroupResult:
+        async with self.runner.step_lock:
+            await self.runner.flush()
+            try:
+                res: RegroupResult = await self.runner.call(
+                    join_group, self.engine, spec, channel, self.costs)
+            except Exception:
+                self.engine.stage_spec = None
+                raise
+        return res
+
+    async def join(self, msg: worker_pb2.JoinPipelineRequest) -> worker_pb2.JoinPipelineResponse:
+        """On another member: join the first stage's group and run this stage."""
+        async with self._busy:
+            spec = group_spec(msg.group, msg.rank, self.settings.pipeline.min_micro_batch_tokens)
+            if spec.members[spec.rank] != self.worker_id:
+                raise EngineInputError(f"rank {spec.rank} of the group is not {self.worker_id}")
+            self._check_free(spec.model)
+            timeout = self.settings.pipeline.timeout_s
+            store = await self._thread_call(join_store, msg.store_host, msg.store_port, timeout)
+            channel = await self._thread_call(
+                form_channel, spec.group_id, spec.rank, spec.num_stages, store, self.backend,
+                timeout, self._device())
+            res = await self._join(spec, channel)
+            self.spec, self.channel = spec, channel
+            for rid, owner in res.moved_out:
+                self.runner.migrated.add(rid)
+                self.runner.running.discard(rid)
+                await self.runner.store.move_request(rid, self.worker_id, owner)
+            self._loop = asyncio.get_running_loop()
+            self._thread = threading.Thread(
+                target=self._serve, args=(spec, channel), name=f"stage-{spec.group_id}",
+                daemon=True)
+            self._thread.start()
+            await self.runner.refresh_occupancy()
+        return worker_pb2.JoinPipelineResponse(stats=stats_pb(self.worker_id, res))
+
+    # ------------------------------------------------------------ serving (other stages)
+    def _serve(self, spec: GroupSpec, channel: GroupChannel) -> None:
+        moved: list[str] = []
+        try:
+            header = PipelineFollower(self.engine, spec, channel).serve()
+            if header["kind"] == DISSOLVE:
+                pre = self.prefetched or prefetch(self.engine, spec.model)
+                res = dissolve_group(self.engine, spec, channel, self.costs, pre)
+                moved = res.moved_in
+        except Exception:
+            log.exception("group %s: stage %d lost the group; serving alone", spec.group_id,
+                          spec.rank)
+            try:
+                abandon_group(self.engine, spec.model)
+            except Exception:
+                log.exception("group %s: reloading the layers failed", spec.group_id)
+        assert self._loop is not None
+        asyncio.run_coroutine_threadsafe(self._after_serve(moved), self._loop)
+
+    async def _after_serve(self, moved_in: list[str]) -> None:
+        self.spec = self.channel = None
+        self.prefetched = None
+        self.runner.running.update(moved_in)
+        self.runner.migrated.difference_update(moved_in)
+        self.runner.wake()
+        await self.runner.refresh_occupancy()
+
+    def _leader_failed(self, error: Exception) -> None:
+        """In the engine thread, under the engine lock: the group is broken."""
+        spec = self.spec
+        if spec is None:
+            return
+        abandon_group(self.engine, spec.model)
+        self.spec = self.channel = None
+        self.runner.keepalive_s = None
+
+    # ------------------------------------------------------------ dissolving
+    async def prefetch(self, model: str) -> worker_pb2.PrefetchLayersResponse:
+        """Read the missing layers into host memory (the group keeps serving)."""
+        if model not in self.engine.models():
+            raise EngineInputError(f"{model!r} is not loaded on {self.worker_id}")
+        pre: Prefetched = await self._thread_call(prefetch, self.engine, model)
+        self.prefetched = pre
+        return worker_pb2.PrefetchLayersResponse(reload_s=pre.reload_s, num_bytes=pre.num_bytes)
+
+    async def restore(self, msg: worker_pb2.RestoreLayersRequest,
+                      prefetch_call: Any) -> worker_pb2.RestoreLayersResponse:
+        """On the first stage: reload everywhere, then dissolve. ``prefetch_call(worker_id,
+        model)`` reaches another member. On a worker outside any group: reload its layers."""
+        t0 = time.monotonic()
+        async with self._busy:
+            spec = self.spec
+            if spec is None or spec.model != msg.model:
+                return await self._restore_alone(msg.model, t0)
+            if msg.group_id and msg.group_id != spec.group_id:
+                raise EngineInputError(f"{self.worker_id} leads {spec.group_id}, not "
+                                       f"{msg.group_id}")
+            if not spec.is_leader:
+                raise EngineInputError(f"RestoreLayers goes to the first stage of "
+                                       f"{spec.group_id}, {spec.members[0]}")
+            replies = await asyncio.gather(
+                self.prefetch(spec.model),
+                *(prefetch_call(w, spec.model) for w in spec.members[1:]))
+            reload_s = max(r.reload_s for r in replies)
+            pre = self.prefetched
+            assert pre is not None and self.channel is not None
+            channel = self.channel
+            async with self.runner.step_lock:
+                await self.runner.flush()
+                res: RegroupResult = await self.runner.call(self._dissolve, spec, channel, pre)
+            for rid, home in res.moved_out:
+                self.runner.migrated.add(rid)
+                self.runner.running.discard(rid)
+                await self.runner.store.move_request(rid, self.worker_id, home)
+            self.spec = self.channel = None
+            self.prefetched = None
+            self.runner.keepalive_s = None
+            self.runner.wake()
+            await self.runner.refresh_occupancy()
+        log.info("group %s: dissolved in %.2fs (reload %.2fs in the background)",
+                 spec.group_id, time.monotonic() - t0, reload_s)
+        return worker_pb2.RestoreLayersResponse(
+            duration_s=time.monotonic() - t0, reload_s=reload_s,
+            stages=[stats_pb(self.worker_id, res),
+                    *(stats_pb(w, d) for w, d in zip(spec.members[1:], res.members,
+                                                     strict=True))])
+
+    def _dissolve(self, spec: GroupSpec, channel: GroupChannel,
+                  pre: Prefetched) -> RegroupResult:
+        eng = self.engine
+        with eng._lock:
+            leader = eng.pipeline
+            if leader is None:
+                raise EngineInputError(f"group {spec.group_id} is no longer served here")
+            leader.send_control(DISSOLVE)
+            return dissolve_group(eng, spec, channel, self.costs, pre)
+
+    async def _restore_alone(self, model: str, t0: float) -> worker_pb2.RestoreLayersResponse:
+        eng = self.engine
+        if model not in eng.models():
+            raise EngineInputError(f"{model!r} is not loaded on {self.worker_id}")
+        if eng.stage_spec is not None:
+            raise EngineInputError(f"{self.worker_id} is a later stage of group "
+                                   f"{eng.stage_spec.group_id}: restore it on its first stage")
+        async with self.runner.step_lock:
+            await self.runner.flush()
+            await self.runner.call(eng.restore_layers, model)
+        await self.runner.refresh_occupancy()
+        self.runner.wake()
+        return worker_pb2.RestoreLayersResponse(duration_s=time.monotonic() - t0)
