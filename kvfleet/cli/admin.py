@@ -92,7 +92,7 @@ async def _workers_table():  # type: ignore[no-untyped-def]
             wid,
             info.address,
             state,
-            ", ".join(occ.models) if occ else "-",
+            ", ".join(_held(occ, m) for m in occ.models) if occ else "-",
             f"{occ.num_free_pages}/{occ.num_total_pages}" if occ else "-",
             str(occ.num_reserved_pages) if occ else "-",
             str(occ.num_queued_pages) if occ else "-",
@@ -141,6 +141,40 @@ def _kv_usage_table(workers: dict[str, Any]):  # type: ignore[no-untyped-def]
             {w: occ for w, (_info, occ) in workers.items()}):
         share = f"{100.0 * pages / total:.1f}%" if total else "-"
         t.add_row(wid, m, str(pages), share, str(tpp) if tpp else "", str(holding), str(waiting))
+def _held(occ: Any, model: str) -> str:
+    """A model as held: whole, or its layer range (and pipeline stage)."""
+    rng = occ.layers.get(model)
+    shape = occ.shapes.get(model)
+    text = model
+    if rng is not None and shape is not None and tuple(rng) != (0, shape.num_layers):
+        text += f" [{rng[0]}, {rng[1]})"
+    group = occ.groups.get(model)
+    if group is not None:
+        text += f" stage {group.rank}/{group.num_stages} of {group.group_id}"
+    return text
+
+
+async def _groups_table():  # type: ignore[no-untyped-def]
+    from rich.table import Table
+
+    store = _store()
+    try:
+        workers = await store.workers()
+    finally:
+        await store.close()
+    t = Table(title="pipeline groups")
+    for col in ("group", "model", "stages (worker: layers)", "tokens/page", "pages free/total"):
+        t.add_column(col)
+    for _wid, (_info, occ) in sorted(workers.items()):
+        if occ is None:
+            continue
+        for model, g in sorted(occ.groups.items()):
+            if g.rank != 0:
+                continue
+            stages = ", ".join(f"{w}: [{a}, {b})" for w, (a, b) in zip(g.members, g.ranges,
+                                                                         strict=True))
+            t.add_row(g.group_id, model, stages, str(occ.tokens_per_page.get(model, "-")),
+                      f"{occ.num_free_pages}/{occ.num_total_pages}")
     return t
 
 
@@ -240,7 +274,7 @@ def status(events: int = typer.Option(10, min=0, help="Recent events to show."))
             ev = Table(title="recent events")
             for col in ("time", "kind", "data"):
                 ev.add_column(col)
-            for e in await store.events(events):
+            for e in (await store.events(events)) if events else ():
                 ev.add_row(
                     time.strftime("%H:%M:%S", time.localtime(e.ts)),
                     e.kind,
@@ -255,6 +289,9 @@ def status(events: int = typer.Option(10, min=0, help="Recent events to show."))
     console.print(f"plan: v{p.version}" if p else "plan: none")
     console.print(asyncio.run(_workers_table()))
     console.print(usage)
+    groups = asyncio.run(_groups_table())
+    if groups.row_count:
+        console.print(groups)
     console.print(q)
     if events:
         console.print(ev)
@@ -328,3 +365,135 @@ def drain(
         typer.echo(f"drain failed: {e.code().name}: {e.details()}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"{worker_id}: {'undrained' if undo else 'draining'}, {r.num_running} running")
+
+
+async def _live_workers() -> dict[str, Any]:
+    store = _store()
+    try:
+        return {w: (info, occ) for w, (info, occ) in (await store.workers()).items()
+                if occ is not None}
+    finally:
+        await store.close()
+
+
+@app.command()
+def drop(
+    model: Annotated[str, typer.Argument(help="The model whose replicas form the group.")],
+    workers: Annotated[str, typer.Option(
+        "--workers", help="Comma list of workers holding the whole model, first stage first.")],
+    ranges: Annotated[str | None, typer.Option(
+        help="Layer ranges per worker, e.g. 0:15,15:30 (default: balanced).")] = None,
+    micro_batch_tokens: Annotated[int, typer.Option(
+        help="Smallest micro-batch (0: the workers' setting).")] = 0,
+    timeout_s: Annotated[float, typer.Option(help="Deadline of the drop.")] = 600.0,
+) -> None:
+    """Form a pipeline group by hand: each worker keeps a layer range of MODEL (the freed
+    weights become KV pages) and the group serves it as a pipeline."""
+    import grpc
+
+    from kvfleet.common.worker_client import WorkerClient
+    from kvfleet.services.planner.core.drop_plan import balanced_ranges
+    from kvfleet.services.planner.core.overload import LayerAction, StagePlan
+    from kvfleet.services.planner.layer_actions import run_drop
+
+    ids = [w.strip() for w in workers.split(",") if w.strip()]
+    live = asyncio.run(_live_workers())
+    missing = [w for w in ids if w not in live]
+    if missing or len(ids) < 2:
+        typer.echo(f"error: need two or more live workers; unknown or dead: {missing}", err=True)
+        raise typer.Exit(2)
+    occ = live[ids[0]][1]
+    shape = occ.shapes.get(model)
+    if shape is None:
+        typer.echo(f"error: {ids[0]} does not hold {model!r}", err=True)
+        raise typer.Exit(2)
+    if ranges:
+        try:
+            rs_ = [tuple(int(x) for x in r.split(":")) for r in ranges.split(",")]
+        except ValueError:
+            typer.echo("error: --ranges looks like 0:15,15:30", err=True)
+            raise typer.Exit(2) from None
+    else:
+        rs_ = list(balanced_ranges(shape.num_layers, len(ids)))
+    if len(rs_) != len(ids) or any(len(r) != 2 for r in rs_):
+        typer.echo("error: give one range per worker", err=True)
+        raise typer.Exit(2)
+    widest = max(b - a for a, b in rs_)
+    tpp = shape.tokens_per_page(occ.page_size_bytes, widest)
+    group_id = f"{model}/manual-{int(time.time())}"
+
+    action = LayerAction("drop", model, group_id,
+                         tuple(StagePlan(w, a, b) for w, (a, b) in zip(ids, rs_, strict=True)),
+                         tpp, "by hand")
+
+    async def run() -> Any:
+        client = WorkerClient(timeout_s)
+        store = _store()
+        try:
+            return await run_drop(store, client, action, {w: live[w][0].address for w in ids},
+                                  micro_batch_tokens, timeout_s)
+        finally:
+            await client.close()
+            await store.close()
+
+    try:
+        r = asyncio.run(run())
+    except grpc.aio.AioRpcError as e:
+        typer.echo(f"drop failed: {e.code().name}: {e.details()}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"group {group_id} formed in {r.duration_s:.2f}s: " + ", ".join(
+        f"{w} [{a}, {b})" for w, (a, b) in zip(ids, rs_, strict=True)))
+    for s in r.stages:
+        typer.echo(f"  {s.worker_id}: sent {s.num_sent} requests' KV ({s.bytes_sent} bytes) "
+                   f"in {s.exchange_s:.3f}s, recomputed {s.num_recomputed}, relayout "
+                   f"{s.relayout_s:.3f}s")
+
+
+@app.command()
+def restore(
+    model: Annotated[str, typer.Argument(help="The model to restore.")],
+    group: Annotated[str | None, typer.Option(help="The group (default: every group of it).")]
+    = None,
+    worker: Annotated[str | None, typer.Option(
+        help="A worker outside any group whose dropped layers to reload.")] = None,
+    timeout_s: Annotated[float, typer.Option(help="Deadline of each restore.")] = 600.0,
+) -> None:
+    """Reload a model's dropped layers: its pipeline groups dissolve and their requests
+    continue on the members."""
+    import grpc
+
+    from kvfleet.common.worker_client import WorkerClient
+
+    live = asyncio.run(_live_workers())
+    targets: list[tuple[str, str]] = []  # (worker, group id)
+    if worker:
+        if worker not in live:
+            typer.echo(f"error: {worker} is not live", err=True)
+            raise typer.Exit(2)
+        targets.append((worker, ""))
+    for wid, (_info, occ) in sorted(live.items()):
+        g = occ.groups.get(model)
+        if g is not None and g.rank == 0 and (group is None or g.group_id == group):
+            targets.append((wid, g.group_id))
+    if not targets:
+        typer.echo(f"nothing to restore for {model!r}")
+        raise typer.Exit(1)
+
+    async def run(address: str, gid: str) -> Any:
+        client = WorkerClient(timeout_s)
+        try:
+            return await client.restore_layers(address, model, gid, timeout_s)
+        finally:
+            await client.close()
+
+    for wid, gid in targets:
+        try:
+            r = asyncio.run(run(live[wid][0].address, gid))
+        except grpc.aio.AioRpcError as e:
+            typer.echo(f"restore failed on {wid}: {e.code().name}: {e.details()}", err=True)
+            raise typer.Exit(1) from None
+        typer.echo(f"{gid or wid}: restored in {r.duration_s:.2f}s (reload {r.reload_s:.2f}s)")
+        for s in r.stages:
+            typer.echo(f"  {s.worker_id}: sent {s.num_sent} requests' KV ({s.bytes_sent} "
+                       f"bytes) in {s.exchange_s:.3f}s, recomputed {s.num_recomputed}, "
+                       f"{s.num_moved} moved")

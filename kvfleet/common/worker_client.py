@@ -1,5 +1,5 @@
 """Calls to workers from the scheduler (assign, migrate) and the planner (load, unload,
-migrate)."""
+migrate, drop and restore layers)."""
 
 from __future__ import annotations
 
@@ -50,6 +50,29 @@ class WorkerClient:
     ) -> worker_pb2.UnloadResponse:
         return await self._stub(address).Unload(
             worker_pb2.UnloadRequest(model=model, drain=drain), timeout=timeout_s)
+
+    async def drop_layers(
+        self, address: str, group_id: str, model: str,
+        stages: list[tuple[str, str, int, int]], tokens_per_page: int,
+        min_micro_batch_tokens: int, timeout_s: float,
+    ) -> worker_pb2.DropLayersResponse:
+        """Form a pipeline group on its first stage (``address``); ``stages`` are
+        (worker id, address, first layer, last layer) in pipeline order."""
+        return await self._stub(address).DropLayers(
+            worker_pb2.DropLayersRequest(
+                group_id=group_id, model=model, tokens_per_page=tokens_per_page,
+                min_micro_batch_tokens=min_micro_batch_tokens,
+                stages=[worker_pb2.PipelineStage(worker_id=w, address=a, first_layer=f,
+                                                 last_layer=last)
+                        for w, a, f, last in stages]),
+            timeout=timeout_s,
+        )
+
+    async def restore_layers(
+        self, address: str, model: str, group_id: str, timeout_s: float
+    ) -> worker_pb2.RestoreLayersResponse:
+        return await self._stub(address).RestoreLayers(
+            worker_pb2.RestoreLayersRequest(model=model, group_id=group_id), timeout=timeout_s)
 
     async def forget(self, address: str) -> None:
         """Drop the channel to a worker that failed (the next call reconnects)."""

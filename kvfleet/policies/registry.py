@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from kvfleet.policies import baselines, ecoserve, seallm
+from kvfleet.policies import baselines, ecoserve, kunserve, seallm
 from kvfleet.policies.policy_set import PolicySet
 
 POLICY_SETS: dict[str, PolicySet] = {}
@@ -45,3 +45,4 @@ def policy_set(name: str) -> PolicySet:
 register(baselines.SETS)
 register(ecoserve.SETS)
 register(seallm.SETS)
+register(kunserve.SETS)

@@ -15,6 +15,7 @@ from kvfleet.common.proto.planner.v1 import planner_pb2, planner_pb2_grpc
 from kvfleet.common.redis_store import RedisStore
 from kvfleet.policies import policy_set
 from kvfleet.services.planner.migrator import Migrator
+from kvfleet.services.planner.overloader import Overloader
 from kvfleet.services.planner.reconciler import Reconciler
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class RunningPlanner:
     reconciler: Reconciler
     migrator: Migrator
     tasks: list[asyncio.Task[None]]
+    overloader: Overloader | None = None
 
     def addresses(self) -> dict[str, str]:
         return {"grpc": self.grpc.address}
@@ -57,6 +59,8 @@ class RunningPlanner:
                 await task
         await self.grpc.stop()
         await self.migrator.close()
+        if self.overloader is not None:
+            await self.overloader.close()
         await self.reconciler.close()
         await self.reconciler.store.close()
 
@@ -103,5 +107,12 @@ async def start(settings: PlannerSettings) -> RunningPlanner:
         tasks.append(asyncio.create_task(
             _every("migration tick", settings.migration_interval_s, migrator.tick),
             name="planner-migrate"))
+    overloader = None
+    overload = policy_set(settings.policy).overload()
+    if overload.name != "none":
+        overloader = Overloader(store, overload, settings.overload)
+        tasks.append(asyncio.create_task(
+            _every("overload tick", settings.overload.interval_s, overloader.tick),
+            name="planner-overload"))
     log.info("planner on %s, policy %s", running.address, settings.policy)
-    return RunningPlanner(running, rc, migrator, tasks)
+    return RunningPlanner(running, rc, migrator, tasks, overloader)
