@@ -21,6 +21,7 @@ from kvfleet.load.slo import SloSet
 from kvfleet.policies import PolicySet, policy_set
 from kvfleet.services.gateway.core.length_predictor import LengthQuery, make_predictor
 from kvfleet.services.planner.core.migration import MigrationOrder, migration_views
+from kvfleet.services.planner.core.overload import FleetLoad, overload_views
 from kvfleet.services.planner.core.types import ModelLoad, Plan
 from kvfleet.services.scheduler.core.admission import QueueBound, QueueDepth
 from kvfleet.services.scheduler.core.dispatch import decide
@@ -35,7 +36,9 @@ from kvfleet.sim.fleet import (
     migration_link,
     reference_costs,
 )
+from kvfleet.sim.groups import GroupKeeper
 from kvfleet.sim.overhead import StackOverheads, load_overheads
+from kvfleet.sim.presets import link_preset
 from kvfleet.sim.seq import SimSeq
 from kvfleet.sim.worker import SharedCpu, SimWorker
 
@@ -43,6 +46,7 @@ log = logging.getLogger(__name__)
 
 (_WORKER, _DISPATCH, _MIGRATE, _ARRIVE_MIGRATED, _SAMPLE, _REPLAN, _LOADED, _QUEUE, _ASSIGN,
  _HEARTBEAT, _CPU) = range(11)
+_OVERLOAD, _RESUME, _RELOADED = 11, 12, 13  # pipeline groups (kvfleet/sim/groups.py)
 INF = float("inf")
 
 FLEET_COLUMNS = (
@@ -81,6 +85,7 @@ class SimResult:
     workers: list[SimWorker] = field(repr=False)
     replacements: list[tuple[float, int, int]] = field(default_factory=list)  # (t, loads, unloads)
     relay_s: float = 0.0  # added to every token's time at the client (StackOverheads)
+    layer_actions: list[dict[str, object]] = field(default_factory=list)  # drops, restores
 
     @property
     def events_per_s(self) -> float:
@@ -154,6 +159,16 @@ class Simulator:
         self.dispatch = self.policies.dispatch()
         self.migration = self.policies.migration()
         self.link = migration_link(config)
+        self.overload = self.policies.overload()
+        self.overload.configure(config.overload.thresholds())
+        self.keeper: GroupKeeper | None = None
+        if self.overload.name != "none":
+            self.keeper = GroupKeeper(
+                self.workers, link_preset(config.intra_node_link), self.link,
+                link_preset(config.reload_link), config.overload.min_micro_batch_tokens,
+                self._push_worker, lambda w, t: self._push(t, _RESUME, w),
+                lambda g, t: self._push(t, _RELOADED, g),
+            )
         served = sorted({m for w in self.workers for m in w.models})
         if self.placement is not None:
             served = sorted(set(config.models))
@@ -234,6 +249,8 @@ class Simulator:
             self._push(self.config.migration_interval_s, _MIGRATE)
         if self.placement is not None:
             self._push(self.config.replan_interval_s, _REPLAN)
+        if self.keeper is not None:
+            self._push(self.config.overload.interval_s, _OVERLOAD)
         i = 0
         events = 0
         now = 0.0
@@ -271,6 +288,8 @@ class Simulator:
                 self._push_worker(worker, t_next)
                 if worker.started_loads:
                     self._start_loads(worker, now)
+                if self.keeper is not None and worker.frozen:
+                    self.keeper.check(now)
                 if self.check_invariants:
                     worker.check()
                 if finished:
@@ -323,6 +342,19 @@ class Simulator:
                     self._push(now + self.config.replan_interval_s, _REPLAN)
             elif kind == _LOADED:
                 self._loaded(a, b, now)  # type: ignore[arg-type]
+            elif kind == _OVERLOAD:
+                self._overload(now)
+                if self._num_done < n:
+                    self._push(now + self.config.overload.interval_s, _OVERLOAD)
+            elif kind == _RESUME:
+                resumed: SimWorker = a  # type: ignore[assignment]
+                self._push_worker(resumed, resumed.resume(now))
+                if self._pending and self._dispatch_at == INF:
+                    self._dispatch_at = now + interval
+                    self._push(self._dispatch_at, _DISPATCH)
+            elif kind == _RELOADED:
+                assert self.keeper is not None
+                self.keeper.reloaded(a, now)  # type: ignore[arg-type]
         if self._num_done < n:
             for seq in seqs:
                 if not seq.done:
@@ -337,6 +369,7 @@ class Simulator:
             sum(w.num_plans for w in self.workers), sum(w.num_steps for w in self.workers),
             self._num_migrations, now, self.workers, self.replacements,
             self.overheads.relay_s if self.overheads is not None else 0.0,
+            list(self.keeper.actions) if self.keeper is not None else [],
         )
         log.info("simulated %d requests to t=%.1fs: %d events in %.1fs wall, %.1fs CPU "
                  "(%.0f events/s)", n, now, events, wall, result.cpu_s, result.events_per_s)
@@ -507,12 +540,25 @@ class Simulator:
             self._dispatch_at = now + self.config.dispatch_interval_s
             self._push(self._dispatch_at, _DISPATCH)
 
+    # ----- overload (layer drops and restores) -----
+    def _overload(self, now: float) -> None:
+        assert self.keeper is not None
+        views = overload_views([w._snapshot() for w in self.workers], self.keeper.busy())
+        queued = {m: d.tokens for m, d in self._depth.items() if d.tokens > 0}
+        for action in self.overload.decide(FleetLoad(tuple(views), queued), now):
+            self.keeper.start(action, now)
+
     # ----- fleet time series -----
     def _sample(self, now: float) -> None:
         active = used = total = waiting = running = 0
+        leaders = {w.worker_id: w for w in self.workers}
         for w in self.workers:
-            if w.running or w.waiting:
+            group = next(iter(w.groups.values()), None)
+            lead = leaders[group.leader_id] if group is not None else w
+            if lead.running or lead.waiting:
                 active += 1
+            if group is not None and group.rank > 0:
+                continue  # a later stage's pages are counted through its group's leader
             used += w.total_pages - w.free_pages
             total += w.total_pages
             waiting += len(w.waiting)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, field_validator
 
+from kvfleet.common.config import OverloadSettings
 from kvfleet.policies import PolicySet, policy_names
 from kvfleet.services.planner.core.policy import static_plan
 from kvfleet.services.planner.core.seallm_placement import GpuPool, min_degree, workers_for
@@ -20,6 +21,7 @@ from kvfleet.services.scheduler.core.admission import (
 from kvfleet.services.scheduler.core.types import WorkerView
 from kvfleet.services.worker.core.step_cost import ModelStepCost
 from kvfleet.sim.cost_model import CostModel, load_calibration
+from kvfleet.sim.groups import shape_view
 from kvfleet.sim.presets import GiB, gpu_preset, link_preset, model_preset
 from kvfleet.sim.worker import SimWorker, WorkerConfig
 
@@ -95,6 +97,16 @@ class SimConfig(BaseModel):
         default=16e9, gt=0.0,
         description="How fast a worker loads a model's weights (host to GPU) on re-placement.",
     )
+    gpus_per_node: int = Field(default=8, ge=1, description="GPUs per machine (node).")
+    intra_node_link: str = Field(
+        default="nvlink", description="Link preset between workers of one node (KV exchange "
+        "and activations of a pipeline group on one node).")
+    reload_link: str = Field(
+        default="pcie", description="Link preset a dropped layer is reloaded over (from host "
+        "memory).")
+    overload: OverloadSettings = Field(
+        default_factory=lambda: OverloadSettings(),
+        description="The overload policy's thresholds (the planner's `overload` settings).")
 
     @field_validator("policy")
     @classmethod
@@ -199,7 +211,8 @@ def build_placed_fleet(
         costs_all = {m: cost_model(config, m, d) for m in shapes}
         wcfg = WorkerConfig(wspec.worker_id, models, int(pages),
                             {m: tpp_all[m] for m in models}, config.token_budget,
-                            config.max_num_seqs, config.worker_queue_fraction, d)
+                            config.max_num_seqs, config.worker_queue_fraction,
+                            fast_forward=config.fast_forward, parallel_degree=d)
         worker = SimWorker(i, wcfg, {m: costs_all[m] for m in models}, policies.batch())
         worker.catalog(costs_all, tpp_all, {m: shapes[m].weight_bytes for m in shapes},
                        page_bytes)
@@ -246,10 +259,15 @@ def build_fleet(config: SimConfig, policies: PolicySet) -> list[SimWorker]:
         if pages <= 0:
             raise ValueError(f"{', '.join(models)} leaves no KV memory on {tp}x {gpu.name}")
         tpp = {m: page_bytes // shapes[m].kv_bytes_per_token for m in models}
+        node = f"node{(i * tp) // max(config.gpus_per_node, tp)}"
         wcfg = WorkerConfig(wspec.worker_id, models, int(pages), tpp,
                             config.token_budget, config.max_num_seqs, config.worker_queue_fraction,
-                            config.fast_forward)
-        workers.append(SimWorker(i, wcfg, {m: costs[m] for m in models}, policies.batch()))
+                            fast_forward=config.fast_forward, page_size_bytes=int(page_bytes),
+                            node=node)
+        worker = SimWorker(i, wcfg, {m: costs[m] for m in models}, policies.batch())
+        worker.shapes = {m: shape_view(shapes[m]) for m in models}
+        worker._publish(0.0)
+        workers.append(worker)
     log.info("fleet: %d workers of %dx %s, models %s, %d pages each (%d tokens/page)",
              num_workers, tp, gpu.name, names, workers[0].total_pages,
              next(iter(workers[0].tpp.values())))
@@ -278,8 +296,13 @@ def build_workers_like(
         tpp = {m: v.tokens_per_page.get(m, config.page_tokens) for m in v.models}
         wcfg = WorkerConfig(v.worker_id, v.models, v.num_total_pages, tpp,
                             config.token_budget, config.max_num_seqs, config.worker_queue_fraction,
-                            config.fast_forward)
-        workers.append(SimWorker(i, wcfg, dict.fromkeys(v.models, cost), policies.batch()))
+                            fast_forward=config.fast_forward,
+                            page_size_bytes=max(tpp.values()) * shape.kv_bytes_per_token,
+                            node="node0")
+        worker = SimWorker(i, wcfg, dict.fromkeys(v.models, cost), policies.batch())
+        worker.shapes = dict.fromkeys(v.models, shape_view(shape))
+        worker._publish(0.0)
+        workers.append(worker)
     return workers
 
 

@@ -25,6 +25,7 @@ from kvfleet.services.scheduler.core.occupancy import (
     unreflected,
     worker_view,
 )
+from kvfleet.services.scheduler.core.stages import ModelShapeView, StageView
 from kvfleet.services.scheduler.core.types import WorkerView
 from kvfleet.services.worker.core.batch_policy import BatchPolicy, EngineView, StepPlan
 from kvfleet.sim.cost_model import CostModel, DecodeRun
@@ -49,6 +50,8 @@ class WorkerConfig:
     queue_fraction: float = 1.0  # the scheduler's queue allowance for this worker
     fast_forward: bool = True  # run unchanged decode batches as one event (off: step by step)
     parallel_degree: int = 1  # GPUs the worker spans
+    page_size_bytes: int = 0  # bytes of one page (tokens per page x a model's KV per token)
+    node: str = ""  # workers of one node share its fastest links
 
 
 class SimWorker:
@@ -103,7 +106,6 @@ class SimWorker:
         self.intake_seq = 0
         self._queued_pages = 0  # pages the waiting sequences need (all hold none)
         self.pending: list[PendingAssignment] = []
-        self.published = self._snapshot()
         self.num_steps = 0
         self.num_plans = 0
         self.busy_s = 0.0
@@ -116,6 +118,14 @@ class SimWorker:
         self._published_s = -INF
         self._held: OccupancyReport | None = None
         self.cpu: SharedCpu | None = None  # cores shared with the other workers (CPU fleets)
+        # Pipeline groups (kvfleet/sim/groups.py): what it holds of each model, the group it
+        # is a stage of, and whether it stops at its next step boundary (to regroup).
+        self.layers: dict[str, tuple[int, int]] = {}
+        self.shapes: dict[str, ModelShapeView] = {}
+        self.groups: dict[str, StageView] = {}
+        self.freezing = False
+        self.frozen = False
+        self.published = self._snapshot()
 
     # ----- what the scheduler and planner see -----
     def _invalidate(self) -> None:
@@ -129,7 +139,8 @@ class SimWorker:
         show yet, through the same ``worker_view`` as the live scheduler."""
         if self._view is None:
             self._view = worker_view(
-                self.published, self.pending, queue_fraction=self.config.queue_fraction
+                self.published, self.pending, queue_fraction=self.config.queue_fraction,
+                draining=self.frozen or self.freezing,  # stopping to regroup: no new requests
             )
         return self._view
 
@@ -141,7 +152,8 @@ class SimWorker:
             self.worker_id, models, self.total_pages, self.free_pages,
             min(self.policy_reserved_pages, self.free_pages), self._queued_pages, self.tpp,
             len(self.running), len(self.waiting), "sim",
-            self.intake_seq,
+            self.intake_seq, (), self.config.page_size_bytes, self.layers, self.shapes,
+            self.groups, self.config.node,
         )
 
     def _publish(self, now: float) -> None:
@@ -181,6 +193,7 @@ class SimWorker:
             snap.worker_id, snap.models, snap.num_total_pages, snap.num_free_pages,
             snap.num_reserved_pages, snap.num_queued_pages, snap.tokens_per_page,
             snap.num_running, snap.num_waiting, snap.boot_id, snap.intake_seq, seqs,
+            snap.page_size_bytes, snap.layers, snap.shapes, snap.groups, snap.node,
         )
 
     @property
@@ -366,7 +379,28 @@ class SimWorker:
         if self._loading or self.draining:
             self._placement_step()
         self._publish(now)
+        if self.freezing:  # it stops here: its group is being formed or dissolved
+            self.freezing = False
+            self.frozen = True
+            self.busy = False
+            return None
         return self._plan(now)
+
+    def request_freeze(self, now: float) -> float | None:
+        """Stop at the next step boundary (cutting a run of decode steps short); an idle
+        worker stops at once. Returns a new wake-up time, as ``enqueue`` does."""
+        self._invalidate()
+        if not self.busy:
+            self.frozen = True
+            return None
+        self.freezing = True
+        return self._wake(now)
+
+    def resume(self, now: float) -> float | None:
+        """Step again after a freeze."""
+        self.frozen = self.freezing = False
+        self._invalidate()
+        return self._wake(now)
 
     def _finish_step(self, now: float, finished: list[SimSeq]) -> None:
         done = False

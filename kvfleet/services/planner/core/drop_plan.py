@@ -127,6 +127,15 @@ def assign_stages(
     order: list[DropCandidate | None] = [None] * len(ranges)
     for k, m in zip(stages, pool_desc, strict=True):
         order[k] = m
+    # members with equal pools are interchangeable: keep them in node, id order by stage
+    by_pool: dict[int, list[int]] = {}
+    for k, m in enumerate(order):
+        assert m is not None
+        by_pool.setdefault(m.num_total_pages, []).append(k)
+    for ks in by_pool.values():
+        same = sorted((order[k] for k in ks), key=lambda m: (m.node, m.worker_id))  # type: ignore[union-attr]
+        for k, m in zip(ks, same, strict=True):
+            order[k] = m
     return tuple(m for m in order if m is not None)
 
 
