@@ -391,6 +391,7 @@ def drop(
     weights become KV pages) and the group serves it as a pipeline."""
     import grpc
 
+    from kvfleet.common.fleet_auth import FleetSecurity
     from kvfleet.common.worker_client import WorkerClient
     from kvfleet.services.planner.core.drop_plan import balanced_ranges
     from kvfleet.services.planner.core.overload import LayerAction, StagePlan
@@ -427,7 +428,7 @@ def drop(
                          tpp, "by hand")
 
     async def run() -> Any:
-        client = WorkerClient(timeout_s)
+        client = WorkerClient(timeout_s, FleetSecurity(_state.get("fleet_token") or ""))
         store = _store()
         try:
             return await run_drop(store, client, action, {w: live[w][0].address for w in ids},
@@ -462,6 +463,7 @@ def restore(
     continue on the members."""
     import grpc
 
+    from kvfleet.common.fleet_auth import FleetSecurity
     from kvfleet.common.worker_client import WorkerClient
 
     live = asyncio.run(_live_workers())
@@ -480,7 +482,7 @@ def restore(
         raise typer.Exit(1)
 
     async def run(address: str, gid: str) -> Any:
-        client = WorkerClient(timeout_s)
+        client = WorkerClient(timeout_s, FleetSecurity(_state.get("fleet_token") or ""))
         try:
             return await client.restore_layers(address, model, gid, timeout_s)
         finally:

@@ -92,7 +92,7 @@ def manual_stack(tmp_path):
 
 
 async def _burst(stack, requests, tag: str):
-    async with GatewayClient(stack.grpc_address) as client:
+    async with GatewayClient(stack.grpc_address, stack.secrets.api_key) as client:
         return await asyncio.gather(*(
             client.generate(TINY, request_id=f"{tag}{i}", prompt_token_ids=_prompt(i, n),
                             params=sampling(**_params(m, seed)))
@@ -111,7 +111,7 @@ async def _pools_empty(store):
 
 async def test_burst_drops_layers_serves_as_a_pipeline_and_restores(kunserve_stack):
     refs = await asyncio.to_thread(_references, BURST)
-    store = RedisStore.from_url(kunserve_stack.redis.url)
+    store = RedisStore.from_url(kunserve_stack.redis_admin_url)
     try:
         outs = await _burst(kunserve_stack, BURST, "burst")
         assert [o.token_ids for o in outs] == refs  # KunServe changes timing, never text
@@ -137,9 +137,9 @@ async def test_burst_drops_layers_serves_as_a_pipeline_and_restores(kunserve_sta
 async def test_drop_and_restore_by_hand_while_requests_decode(manual_stack):
     small = [(30, 120, None), (20, 120, 7), (45, 120, None), (25, 120, 9)]
     refs = await asyncio.to_thread(_references, small)
-    store = RedisStore.from_url(manual_stack.redis.url)
+    store = RedisStore.from_url(manual_stack.redis_admin_url)
     cli = CliRunner()
-    base = ["admin", "--redis-url", manual_stack.redis.url]
+    base = ["admin", "--run-dir", str(manual_stack.run_dir)]
     try:
         await until(lambda: _pools_empty(store), timeout_s=60)
         task = asyncio.create_task(_burst(manual_stack, small, "hand"))

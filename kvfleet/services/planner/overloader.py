@@ -15,6 +15,7 @@ import grpc
 
 from kvfleet.common.clock import Clock, WallClock
 from kvfleet.common.config import OverloadSettings
+from kvfleet.common.fleet_auth import FleetSecurity
 from kvfleet.common.redis_store import RedisStore
 from kvfleet.common.worker_client import WorkerClient
 from kvfleet.services.planner.core.overload import (
@@ -30,13 +31,13 @@ log = logging.getLogger(__name__)
 
 class Overloader:
     def __init__(self, store: RedisStore, policy: OverloadPolicy, settings: OverloadSettings,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, security: FleetSecurity | None = None) -> None:
         self.store = store
         self.policy = policy
         self.settings = settings
         self.clock = clock or WallClock()
         policy.configure(settings.thresholds())
-        self.workers = WorkerClient(settings.timeout_s)
+        self.workers = WorkerClient(settings.timeout_s, security)
         self.inflight: dict[str, tuple[asyncio.Task[None], frozenset[str]]] = {}
         self.num_drops = 0
         self.num_restores = 0

@@ -110,7 +110,7 @@ async def start(settings: PlannerSettings) -> RunningPlanner:
     overloader = None
     overload = policy_set(settings.policy).overload()
     if overload.name != "none":
-        overloader = Overloader(store, overload, settings.overload)
+        overloader = Overloader(store, overload, settings.overload, security=security)
         tasks.append(asyncio.create_task(
             _every("overload tick", settings.overload.interval_s, overloader.tick),
             name="planner-overload"))

@@ -1,12 +1,15 @@
 """A worker's part in pipeline groups (KunServe): forming, serving and dissolving them.
 
-Forming (``DropLayers`` on the first stage): the first stage hosts the group's store and
-calls ``JoinPipeline`` on every other member; all of them form one process group, stop their
-step loops (holding the runner's step lock, after their tokens are in Redis) and run the KV
-exchange and layer drop (``engine/regroup.py``). The first stage then steps the group from
-its runner (``Engine.step`` delegates to the ``PipelineLeader``); every other member runs its
-stage in a thread of its own (``PipelineFollower.serve``). Requests that change owner move
-in Redis too.
+Forming (``DropLayers`` on the first stage): the first stage calls ``JoinPipeline`` on every
+other member (live registered workers only, at their registered addresses); all of them form
+one process group through the first stage's registered transfer store under an unguessable
+name, stop their step loops (holding the runner's step lock, after their tokens are in
+Redis) and run the KV exchange and layer drop (``engine/regroup.py``). The first stage then
+steps the group from its runner (``Engine.step`` delegates to the ``PipelineLeader``); every
+other member runs its stage in a thread of its own (``PipelineFollower.serve``).
+
+A request that changes owner moves in Redis under a new lease, taken by its new owner
+before that owner steps again, so the old owner's writes for it are refused from then on.
 
 Dissolving (``RestoreLayers`` on the first stage): every member reads its missing layers in
 the background (``PrefetchLayers``) while the group serves; then the first stage sends the
@@ -19,8 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from kvfleet.common.config import WorkerSettings
@@ -42,10 +47,10 @@ from kvfleet.services.worker.engine.regroup import (
     prefetch,
 )
 from kvfleet.services.worker.runner import EngineRunner
+from kvfleet.services.worker.transfer.pair_groups import PairGroups
 from kvfleet.services.worker.transfer.pipeline_channel import (
     GroupChannel,
     form_channel,
-    host_store,
     join_store,
 )
 
@@ -68,18 +73,22 @@ def stats_pb(worker_id: str, res: RegroupResult | dict[str, Any]) -> worker_pb2.
         reload_s=d["reload_s"], num_moved=d["num_moved"])
 
 
+LiveWorker = Callable[[str], Awaitable[Any]]  # worker id -> its registry entry, if live
+
+
 class PipelineMember:
-    def __init__(self, runner: EngineRunner, settings: WorkerSettings, backend: str) -> None:
+    def __init__(self, runner: EngineRunner, settings: WorkerSettings, pairs: PairGroups,
+                 live_worker: LiveWorker) -> None:
         self.runner = runner
         self.settings = settings
-        self.backend = backend
+        self.pairs = pairs
+        self.backend = pairs.backend
+        self.live_worker = live_worker
         p = settings.pipeline
         self.costs = ExchangeCosts(p.link_bytes_per_s, p.link_latency_s, p.prefill_tokens_per_s)
         self.spec: GroupSpec | None = None
         self.channel: GroupChannel | None = None
         self.prefetched: Prefetched | None = None
-        self._store: Any = None
-        self._store_port = 0
         self._thread: threading.Thread | None = None
         self._busy = asyncio.Lock()  # one regroup at a time
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -117,33 +126,34 @@ class PipelineMember:
             spec = group_spec(msg, 0, self.settings.pipeline.min_micro_batch_tokens)
             self._check_free(spec.model)
             spec.validate(self.engine.model(spec.model).spec.num_layers)
-            if self._store is None:
-                self._store, self._store_port = await self._thread_call(
-                    host_store, self.settings.transfer_host, self.settings.pipeline.timeout_s)
+            addresses = {}
+            for stage in msg.stages[1:]:  # live workers of this fleet, at their addresses
+                info = await self.live_worker(stage.worker_id)
+                if info is None:
+                    raise EngineInputError(f"{stage.worker_id!r} is not a live worker")
+                if stage.address and stage.address != info.address:
+                    raise EngineInputError(f"worker {stage.worker_id} is registered at "
+                                           f"{info.address}, not {stage.address[:100]}")
+                addresses[stage.worker_id] = info.address
+            rendezvous = f"pipeline/{spec.group_id}/{secrets.token_hex(8)}"
             calls = [
-                asyncio.ensure_future(join_call(s.address, worker_pb2.JoinPipelineRequest(
+                asyncio.ensure_future(join_call(addresses[s.worker_id], worker_pb2.JoinPipelineRequest(
                     group=msg, rank=k, store_host=self.settings.transfer_host,
-                    store_port=self._store_port)))
+                    store_port=self.pairs.store_port, rendezvous=rendezvous)))
                 for k, s in enumerate(msg.stages) if k > 0
             ]
             try:
                 channel = await self._thread_call(
-                    form_channel, spec.group_id, 0, spec.num_stages, self._store, self.backend,
-                    self.settings.pipeline.timeout_s, self._device())
-                res = await self._join(spec, channel)
+                    form_channel, rendezvous, 0, spec.num_stages, self.pairs.store,
+                    self.backend, self.settings.pipeline.timeout_s, self._device())
+                res = await self._join(spec, channel, self._take_moved_in)
             except BaseException:
                 for c in calls:
                     c.cancel()
                 raise
             replies = await asyncio.gather(*calls)
-            leader = PipelineLeader(self.engine, spec, channel, res.follower_pages)
-            leader.adopt(self.engine.sequences(spec.model))
-            leader.on_failure = self._leader_failed
-            self.engine.pipeline = leader
             self.spec, self.channel = spec, channel
             self.runner.keepalive_s = self.settings.pipeline.keepalive_s
-            self.runner.running.update(res.moved_in)
-            self.runner.migrated.difference_update(res.moved_in)
             self.runner.wake()
             await self.runner.refresh_occupancy()
         log.info("group %s: formed with %s in %.2fs", spec.group_id, list(spec.members),
@@ -152,7 +162,10 @@ class PipelineMember:
             duration_s=time.monotonic() - t0,
             stages=[stats_pb(self.worker_id, res), *(r.stats for r in replies)])
 
-    async def _join(self, spec: GroupSpec, channel: GroupChannel) -> RegroupResult:
+    async def _join(self, spec: GroupSpec, channel: GroupChannel,
+                    after: Callable[[GroupSpec, GroupChannel, RegroupResult], Awaitable[None]],
+                    ) -> RegroupResult:
+        """Join with the step loop stopped; ``after`` runs before it steps again."""
         async with self.runner.step_lock:
             await self.runner.flush()
             try:
@@ -161,7 +174,38 @@ class PipelineMember:
             except Exception:
                 self.engine.stage_spec = None
                 raise
+            await after(spec, channel, res)
         return res
+
+    async def _take_moved_in(self, spec: GroupSpec, channel: GroupChannel,
+                             res: RegroupResult) -> None:
+        """The first stage: own the group's requests (new leases) and lead its steps."""
+        for rid, src in res.moved_in:
+            self._own(rid, await self.runner.store.move_request(rid, src, self.worker_id))
+        leader = PipelineLeader(self.engine, spec, channel, res.follower_pages)
+        leader.adopt(self.engine.sequences(spec.model))
+        leader.on_failure = self._leader_failed
+        self.engine.pipeline = leader
+
+    async def _give_moved_out(self, spec: GroupSpec, channel: GroupChannel,
+                              res: RegroupResult) -> None:
+        """Another stage: its requests belong to the first stage now (which takes their
+        leases); nothing more is written for them here."""
+        for rid, _owner in res.moved_out:
+            self._disown(rid)
+
+    def _own(self, rid: str, lease: int) -> None:
+        r = self.runner
+        r.leases[rid] = lease
+        r.running.add(rid)
+        r.migrated.discard(rid)
+        r.fenced.discard(rid)
+
+    def _disown(self, rid: str) -> None:
+        r = self.runner
+        r.migrated.add(rid)
+        r.running.discard(rid)
+        r.leases.pop(rid, None)
 
     async def join(self, msg: worker_pb2.JoinPipelineRequest) -> worker_pb2.JoinPipelineResponse:
         """On another member: join the first stage's group and run this stage."""
@@ -170,17 +214,23 @@ class PipelineMember:
             if spec.members[spec.rank] != self.worker_id:
                 raise EngineInputError(f"rank {spec.rank} of the group is not {self.worker_id}")
             self._check_free(spec.model)
+            # The first stage is a live worker of this fleet; the group forms through its
+            # registered transfer store, nothing else.
+            leader = await self.live_worker(spec.members[0])
+            endpoint = f"{msg.store_host}:{msg.store_port}"
+            if leader is None or not leader.transfer_address or \
+                    endpoint != leader.transfer_address:
+                raise EngineInputError(f"{spec.members[0]!r} is not a live worker with the "
+                                       f"transfer store {endpoint[:100]}")
+            if not msg.rendezvous.startswith(f"pipeline/{spec.group_id}/"):
+                raise EngineInputError("the group's rendezvous name is malformed")
             timeout = self.settings.pipeline.timeout_s
             store = await self._thread_call(join_store, msg.store_host, msg.store_port, timeout)
             channel = await self._thread_call(
-                form_channel, spec.group_id, spec.rank, spec.num_stages, store, self.backend,
+                form_channel, msg.rendezvous, spec.rank, spec.num_stages, store, self.backend,
                 timeout, self._device())
-            res = await self._join(spec, channel)
+            res = await self._join(spec, channel, self._give_moved_out)
             self.spec, self.channel = spec, channel
-            for rid, owner in res.moved_out:
-                self.runner.migrated.add(rid)
-                self.runner.running.discard(rid)
-                await self.runner.store.move_request(rid, self.worker_id, owner)
             self._loop = asyncio.get_running_loop()
             self._thread = threading.Thread(
                 target=self._serve, args=(spec, channel), name=f"stage-{spec.group_id}",
@@ -191,11 +241,17 @@ class PipelineMember:
 
     # ------------------------------------------------------------ serving (other stages)
     def _serve(self, spec: GroupSpec, channel: GroupChannel) -> None:
-        moved: list[str] = []
+        loop = self._loop
+        assert loop is not None
+        moved: list[tuple[str, str]] = []
+        paused = False
         try:
             header = PipelineFollower(self.engine, spec, channel).serve()
             if header["kind"] == DISSOLVE:
                 pre = self.prefetched or prefetch(self.engine, spec.model)
+                # requests homed here must not step before their leases are ours
+                asyncio.run_coroutine_threadsafe(self._pause(), loop).result()
+                paused = True
                 res = dissolve_group(self.engine, spec, channel, self.costs, pre)
                 moved = res.moved_in
         except Exception:
@@ -205,14 +261,21 @@ class PipelineMember:
                 abandon_group(self.engine, spec.model)
             except Exception:
                 log.exception("group %s: reloading the layers failed", spec.group_id)
-        assert self._loop is not None
-        asyncio.run_coroutine_threadsafe(self._after_serve(moved), self._loop)
+        asyncio.run_coroutine_threadsafe(self._after_serve(moved, paused), loop)
 
-    async def _after_serve(self, moved_in: list[str]) -> None:
+    async def _pause(self) -> None:
+        await self.runner.step_lock.acquire()
+        await self.runner.flush()
+
+    async def _after_serve(self, moved_in: list[tuple[str, str]], paused: bool) -> None:
+        try:
+            for rid, src in moved_in:
+                self._own(rid, await self.runner.store.move_request(rid, src, self.worker_id))
+        finally:
+            if paused:
+                self.runner.step_lock.release()
         self.spec = self.channel = None
         self.prefetched = None
-        self.runner.running.update(moved_in)
-        self.runner.migrated.difference_update(moved_in)
         self.runner.wake()
         await self.runner.refresh_occupancy()
 
@@ -259,10 +322,8 @@ class PipelineMember:
             async with self.runner.step_lock:
                 await self.runner.flush()
                 res: RegroupResult = await self.runner.call(self._dissolve, spec, channel, pre)
-            for rid, home in res.moved_out:
-                self.runner.migrated.add(rid)
-                self.runner.running.discard(rid)
-                await self.runner.store.move_request(rid, self.worker_id, home)
+                for rid, _home in res.moved_out:  # their homes take their leases
+                    self._disown(rid)
             self.spec = self.channel = None
             self.prefetched = None
             self.runner.keepalive_s = None

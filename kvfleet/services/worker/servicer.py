@@ -43,7 +43,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         self._transfer = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="transfer")
         self._pair_locks: dict[str, asyncio.Lock] = {}
         self._load_lock = asyncio.Lock()
-        self.pipeline = PipelineMember(runner, settings, groups.backend)
+        self.pipeline = PipelineMember(runner, settings, groups, self._live_worker)
 
     @property
     def _wire_device(self) -> str:
@@ -296,10 +296,10 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
 
     async def RestoreLayers(self, request, context):  # noqa: N802
         async def prefetch(worker_id: str, model: str):  # type: ignore[no-untyped-def]
-            address = await self.runner.store.worker_address(worker_id)
-            if address is None:
-                raise EngineInputError(f"member {worker_id} is not registered")
-            stub = worker_pb2_grpc.WorkerStub(self._pool.get(address))
+            info = await self._live_worker(worker_id)
+            if info is None:
+                raise EngineInputError(f"member {worker_id} is not a live worker")
+            stub = worker_pb2_grpc.WorkerStub(self._pool.get(info.address))
             return await stub.PrefetchLayers(worker_pb2.PrefetchLayersRequest(model=model),
                                              timeout=self.settings.pipeline.timeout_s)
 

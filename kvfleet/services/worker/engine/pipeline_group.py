@@ -6,8 +6,8 @@ number of pages on every stage: the group shares one tokens-per-page). It sends 
 header down the pipeline (what changed since the last step: requests admitted and finished,
 tokens appended, preemptions, the chunks and their micro-batches), then each micro-batch's
 hidden states; every other stage applies the same header to its own pages, runs its layers
-on each micro-batch as it arrives and passes the result on. The last stage samples (each
-request's generator lives there) and returns the tokens to the leader, which appends them,
+on each micro-batch as it arrives and passes the result on. The last stage samples (with each
+request's seed, as one engine would) and returns the tokens to the leader, which appends them,
 checks stop conditions and emits the events. The other stages hold *shadow* sequences:
 pages, computed counts and tokens, no events.
 
@@ -17,7 +17,6 @@ Micro-batches let stage k run micro-batch j while stage k-1 runs micro-batch j+1
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import logging
 import time
@@ -97,10 +96,9 @@ class GroupSpec:
 
 # ----------------------------------------------------------------- sequences on the wire
 def seq_meta(seq: Sequence) -> dict[str, Any]:
-    """A sequence's request and progress as JSON (no KV)."""
-    rng = None
-    if seq.generator is not None:
-        rng = base64.b64encode(seq.generator.get_state().numpy().tobytes()).decode()
+    """A sequence's request and progress as JSON (no KV). Sampling is a function of the seed
+    and the output index, so the seed is all the last stage needs to sample as one engine
+    would."""
     return {
         "request_id": seq.seq_id,
         "model": seq.model,
@@ -110,7 +108,7 @@ def seq_meta(seq: Sequence) -> dict[str, Any]:
         "prompt_token_ids": seq.tokens[: seq.num_prompt_tokens],
         "output_token_ids": seq.tokens[seq.num_prompt_tokens:],
         "sampling": seq.sampling.to_dict(),
-        "rng_state": rng,
+        "seed": seq.seed,
         "text": seq.text,
         "num_emitted_chars": seq.num_emitted_chars,
         "num_computed": seq.num_computed,
@@ -126,21 +124,14 @@ def request_of(meta: dict[str, Any]) -> EngineRequest:
     )
 
 
-def set_rng(seq: Sequence, rng_state: str | None) -> None:
-    if rng_state is not None and seq.generator is not None:
-        raw = base64.b64decode(rng_state)
-        seq.generator.set_state(torch.frombuffer(bytearray(raw), dtype=torch.uint8))
-
-
 def seq_from_meta(eng: Any, meta: dict[str, Any], primary: bool) -> Sequence:
     """A sequence rebuilt from ``seq_meta`` (no pages, nothing computed); a primary one keeps
-    the detokenized text, a shadow needs only tokens and the generator."""
+    the detokenized text, a shadow needs only tokens and the seed."""
     m = eng.model(meta["model"])
     seq = Sequence(request_of(meta), eng._next_order(), m.tokenizer, m.spec.max_context_tokens)
     if primary:
-        seq.text = meta["text"]
-        seq.num_emitted_chars = int(meta["num_emitted_chars"])
-    set_rng(seq, meta.get("rng_state"))
+        seq.restore_text(meta["text"], int(meta["num_emitted_chars"]))
+    seq.seed = int(meta["seed"])
     return seq
 
 

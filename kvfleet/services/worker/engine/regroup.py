@@ -40,12 +40,7 @@ from kvfleet.services.worker.engine.kv_pool import KvLayout
 from kvfleet.services.worker.engine.loaded_model import LoadedModel
 from kvfleet.services.worker.engine.migration import read_kv, write_kv
 from kvfleet.services.worker.engine.model import ModelStage
-from kvfleet.services.worker.engine.pipeline_group import (
-    GroupSpec,
-    seq_from_meta,
-    seq_meta,
-    set_rng,
-)
+from kvfleet.services.worker.engine.pipeline_group import GroupSpec, seq_from_meta, seq_meta
 from kvfleet.services.worker.engine.sequence import Sequence
 from kvfleet.services.worker.engine.stage_link import SendHandle, StageLink
 from kvfleet.services.worker.engine.types import EngineInputError
@@ -57,7 +52,7 @@ log = logging.getLogger(__name__)
 class RegroupResult:
     """What one member did, for its runner (ownership) and for the planner's report."""
 
-    moved_in: list[str] = field(default_factory=list)  # requests it now owns
+    moved_in: list[tuple[str, str]] = field(default_factory=list)  # (request, its owner before)
     moved_out: list[tuple[str, str]] = field(default_factory=list)  # (request, new owner)
     num_sent: int = 0  # requests whose KV it sent
     num_recomputed: int = 0  # requests it will recompute, or whose KV it dropped
@@ -273,8 +268,8 @@ def join_group(eng: Any, spec: GroupSpec, link: StageLink, costs: ExchangeCosts)
     t1 = time.perf_counter()
     with eng._lock:
         _rebuild(eng, m, m.stage.narrow(a, b), layout, keep)
-        imported: list[Sequence] = []
-        for _sender, (meta, tensors) in sorted(received.items()):
+        imported: list[tuple[Sequence, int]] = []
+        for sender, (meta, tensors) in sorted(received.items()):
             for entry in meta.get("seqs", ()):
                 seq = seq_from_meta(eng, entry, primary=spec.is_leader)
                 _add(eng, seq)
@@ -286,13 +281,13 @@ def join_group(eng: Any, spec: GroupSpec, link: StageLink, costs: ExchangeCosts)
                         seq.pages = pages
                         write_kv(eng.pool, m, pages, tensors[idx])
                         seq.num_computed = n
-                imported.append(seq)
+                imported.append((seq, sender))
         _settle(eng, eng.sequences(spec.model))
         with eng._inbox_lock:
             if spec.is_leader:
-                for s in imported:
+                for s, _ in imported:
                     eng._live.add(s.seq_id)
-                res.moved_in = [s.seq_id for s in imported]
+                res.moved_in = [(s.seq_id, spec.members[k]) for s, k in imported]
             else:
                 for s in own:
                     eng._live.discard(s.seq_id)
@@ -388,8 +383,7 @@ def dissolve_group(eng: Any, spec: GroupSpec, link: StageLink, costs: ExchangeCo
                         mine[rid] = read_kv(eng.pool, m, s.pages, 0, s.num_computed)
                     continue
                 meta = seq_meta(s) if spec.is_leader else {
-                    "request_id": rid, "rng_state": seq_meta(s)["rng_state"],
-                    "num_computed": s.num_computed}
+                    "request_id": rid, "num_computed": s.num_computed}
                 if send_kv:
                     meta["kv"] = len(tensors)
                     tensors.append(read_kv(eng.pool, m, s.pages, 0, s.num_computed))
@@ -427,19 +421,21 @@ def dissolve_group(eng: Any, spec: GroupSpec, link: StageLink, costs: ExchangeCo
                                       dim=0)
             else:
                 res.num_recomputed += int(s.num_computed > 0)
-            last = spec.num_stages - 1
-            # the last stage sampled: its generator is the one that continues
-            rng = (seq_meta(s)["rng_state"] if spec.rank == last
-                   else metas[rid][last].get("rng_state"))
             if not spec.is_leader:  # the shadow becomes the request: the leader's state
                 primary = seq_from_meta(eng, metas[rid][0], primary=True)
                 primary.num_computed = s.num_computed
                 _remove(eng, s)
                 _add(eng, primary)
                 seqs[rid] = primary
-                res.moved_in.append(rid)
-            set_rng(seqs[rid], rng)
+                res.moved_in.append((rid, spec.members[0]))
         del pieces
+        # Give the pool's pages back first, then install the reloaded weights: the weights
+        # and the pool never exceed the budget together.
+        for s in eng.sequences(spec.model):
+            if s.pages:
+                eng.pool.free(s.pages)
+                s.pages = []
+        eng.resize_pool(room)
         stage = _install(eng, m, pre)
         layout = eng.pool.layout_for(num_layers, m.spec.num_kv_heads, m.spec.head_dim)
         eng.stage_spec = None
@@ -451,7 +447,7 @@ def dissolve_group(eng: Any, spec: GroupSpec, link: StageLink, costs: ExchangeCo
             m.tokenizer = load_tokenizer(spec.model)
         _settle(eng, eng.sequences(spec.model))
         with eng._inbox_lock:
-            for rid in res.moved_in:
+            for rid, _ in res.moved_in:
                 eng._live.add(rid)
     res.relayout_s = time.perf_counter() - t1
     if spec.is_leader:

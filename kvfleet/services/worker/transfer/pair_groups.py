@@ -50,6 +50,11 @@ class PairGroups:
         self._counter = itertools.count(1)
         self._lock = threading.Lock()
 
+    @property
+    def store(self) -> dist.TCPStore:
+        """This worker's store (pipeline groups it leads form through it too)."""
+        return self._store
+
     def outgoing(self, peer_id: str) -> tuple[PairGroup, bool]:
         """The group to send to ``peer_id`` on, and whether it still has to be formed."""
         with self._lock:

@@ -170,16 +170,18 @@ class DropLayersResponse(_message.Message):
     def __init__(self, duration_s: _Optional[float] = ..., stages: _Optional[_Iterable[_Union[RegroupStats, _Mapping]]] = ...) -> None: ...
 
 class JoinPipelineRequest(_message.Message):
-    __slots__ = ("group", "rank", "store_host", "store_port")
+    __slots__ = ("group", "rank", "store_host", "store_port", "rendezvous")
     GROUP_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     STORE_HOST_FIELD_NUMBER: _ClassVar[int]
     STORE_PORT_FIELD_NUMBER: _ClassVar[int]
+    RENDEZVOUS_FIELD_NUMBER: _ClassVar[int]
     group: DropLayersRequest
     rank: int
     store_host: str
     store_port: int
-    def __init__(self, group: _Optional[_Union[DropLayersRequest, _Mapping]] = ..., rank: _Optional[int] = ..., store_host: _Optional[str] = ..., store_port: _Optional[int] = ...) -> None: ...
+    rendezvous: str
+    def __init__(self, group: _Optional[_Union[DropLayersRequest, _Mapping]] = ..., rank: _Optional[int] = ..., store_host: _Optional[str] = ..., store_port: _Optional[int] = ..., rendezvous: _Optional[str] = ...) -> None: ...
 
 class JoinPipelineResponse(_message.Message):
     __slots__ = ("stats",)
