@@ -1,9 +1,9 @@
 """KunServe live: two workers whose KV a burst overflows. Under `--policy kunserve` the
 planner sees the overload, the replicas drop complementary layers and serve as a pipeline
-(two worker processes, one persistent torch.distributed group), then restore once the burst
-has passed; every request finishes once, with the plain engine's output, greedy or seeded.
-A drop and a restore by hand (`kvfleet admin drop|restore`) while requests decode keep them
-too, and return every page."""
+(two worker processes, one persistent torch.distributed group, micro-batches), then restore
+once the burst has passed; every request finishes once, with the plain engine's output,
+greedy or seeded. A drop and a restore by hand (`kvfleet admin drop|restore`) while requests
+decode keep them too, and return every page."""
 
 import asyncio
 
@@ -61,32 +61,23 @@ def _memory_for(pages: int) -> int:
     return acc.weights_bytes + acc.workspace_bytes + pages * PAGE
 
 
-def _fleet(policy: str) -> FleetConfig:
+@pytest.fixture(scope="module")
+def kunserve_stack(tmp_path_factory):
     memory = _memory_for(PAGES)
-    return FleetConfig(
-        policy=policy,
+    fleet = FleetConfig(
+        policy="kunserve",
         models=[ModelConfig(name=TINY)],
         workers=[WorkerConfig(id="w0", memory_bytes=memory),
                  WorkerConfig(id="w1", memory_bytes=memory)],
         http_port=0, grpc_port=0,
         engine=EngineSettings(num_threads=1, max_num_seqs=32, page_size_bytes=PAGE),
+        # Quick to act; a group is restored only once demand is far below what the workers
+        # hold alone (so a group formed by hand stays while its requests run).
         planner={"overload": {"overload_hold_s": 0.3, "restore_hold_s": 1.0,
-                              "cooldown_s": 0.5, "interval_s": 0.1,
+                              "restore_ratio": 0.2, "cooldown_s": 0.5, "interval_s": 0.1,
                               "min_micro_batch_tokens": 16}},
     )
-
-
-@pytest.fixture
-def kunserve_stack(tmp_path):
-    stack = launch(_fleet("kunserve"), tmp_path / "stack", timeout_s=300)
-    yield stack
-    stack.stop()
-
-
-@pytest.fixture
-def manual_stack(tmp_path):
-    """The vLLM policy set: the planner leaves layers alone; an operator drops them."""
-    stack = launch(_fleet("vllm"), tmp_path / "stack", timeout_s=300)
+    stack = launch(fleet, tmp_path_factory.mktemp("kunserve"), timeout_s=300)
     yield stack
     stack.stop()
 
@@ -134,15 +125,15 @@ async def test_burst_drops_layers_serves_as_a_pipeline_and_restores(kunserve_sta
         await store.close()
 
 
-async def test_drop_and_restore_by_hand_while_requests_decode(manual_stack):
-    small = [(30, 120, None), (20, 120, 7), (45, 120, None), (25, 120, 9)]
+async def test_drop_and_restore_by_hand_while_requests_decode(kunserve_stack):
+    small = [(30, 200, None), (20, 200, 7), (45, 200, None), (25, 200, 9)]
     refs = await asyncio.to_thread(_references, small)
-    store = RedisStore.from_url(manual_stack.redis_admin_url)
+    store = RedisStore.from_url(kunserve_stack.redis_admin_url)
     cli = CliRunner()
-    base = ["admin", "--run-dir", str(manual_stack.run_dir)]
+    base = ["admin", "--run-dir", str(kunserve_stack.run_dir)]
     try:
         await until(lambda: _pools_empty(store), timeout_s=60)
-        task = asyncio.create_task(_burst(manual_stack, small, "hand"))
+        task = asyncio.create_task(_burst(kunserve_stack, small, "hand"))
 
         async def decoding():
             recs = [await store.get_request(f"hand{i}") for i in range(len(small))]
