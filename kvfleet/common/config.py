@@ -181,7 +181,12 @@ class OverloadSettings(BaseModel):
     """When the planner's overload policy drops and restores layers (KunServe)."""
 
     overload_ratio: float = Field(
-        default=1.0, gt=0, description="KV demand above this share of capacity is overload."
+        default=1.0, gt=0, description="KV demand above this share of capacity is overload ..."
+    )
+    min_held_ratio: float = Field(
+        default=0.9, ge=0, le=1,
+        description="... while the pools hold at least this share (a queue behind free pages "
+        "waits for compute, which dropping layers would not add).",
     )
     overload_hold_s: float = Field(
         default=1.0, ge=0, description="Overload must last this long before layers drop."
@@ -212,7 +217,8 @@ class OverloadSettings(BaseModel):
         from kvfleet.services.planner.core.overload import OverloadThresholds
 
         return OverloadThresholds(
-            self.overload_ratio, self.overload_hold_s, self.restore_ratio, self.restore_hold_s,
+            self.overload_ratio, self.min_held_ratio, self.overload_hold_s, self.restore_ratio,
+            self.restore_hold_s,
             self.cooldown_s, self.max_group_size, self.min_micro_batch_tokens,
             self.head_cost_layers,
         )

@@ -3,8 +3,10 @@ pipeline groups that cover the deficit, and restore them once the burst has pass
 
 Per model, *demand* is the tokens its workers hold, have reserved and have queued, plus the
 prompt tokens waiting in the scheduler's queue; *capacity* is the tokens their pools hold (a
-group counts once, through its leader's pooled report). Demand above ``overload_ratio`` of
-capacity for ``overload_hold_s`` drops layers: ``plan_drops`` forms groups from the replicas
+group counts once, through its leader's pooled report). It is a KV overload when demand is
+above ``overload_ratio`` of capacity while the pools are full (held and reserved tokens at
+least ``min_held_ratio`` of capacity): a queue behind free pages waits for compute, which
+dropping layers would not add. An overload lasting ``overload_hold_s`` drops layers: ``plan_drops`` forms groups from the replicas
 still holding the whole model until their gain covers the deficit. A group is restored when
 demand stays below ``restore_ratio`` of the capacity the fleet would have after restoring it
 for ``restore_hold_s``. After any action a model waits ``cooldown_s``, and nothing is decided
@@ -32,6 +34,11 @@ class ModelLoadView:
     model: str
     demand_tokens: int
     capacity_tokens: int
+    held_tokens: int = 0
+
+    @property
+    def held_ratio(self) -> float:
+        return self.held_tokens / self.capacity_tokens if self.capacity_tokens > 0 else 0.0
 
     @property
     def ratio(self) -> float:
@@ -42,14 +49,15 @@ class ModelLoadView:
 
 def model_load(fleet: FleetLoad, model: str) -> ModelLoadView:
     demand = fleet.queued_tokens.get(model, 0)
-    capacity = 0
+    capacity = held = 0
     for w in fleet.workers:
         if not w.counts_for(model):
             continue
         tpp = w.tokens_per_page.get(model, 0)
         demand += w.num_demand_pages * tpp
+        held += w.num_held_pages * tpp
         capacity += w.num_total_pages * tpp
-    return ModelLoadView(model, demand, capacity)
+    return ModelLoadView(model, demand, capacity, held)
 
 
 def restored_tokens(fleet: FleetLoad, model: str, group_id: str) -> tuple[int, int]:
@@ -96,7 +104,7 @@ class KunServeOverloadPolicy:
             groups = sorted({w.groups[model].group_id for w in workers if model in w.groups})
             live_groups.update(groups)
             load = model_load(fleet, model)
-            if load.ratio > self.t.overload_ratio:
+            if load.ratio > self.t.overload_ratio and load.held_ratio >= self.t.min_held_ratio:
                 self._over_since.setdefault(model, now_s)
             else:
                 self._over_since.pop(model, None)
@@ -146,7 +154,8 @@ class KunServeOverloadPolicy:
                                                               strict=True)),
                 plan.tokens_per_page,
                 f"demand {load.demand_tokens} > {self.t.overload_ratio:g} x capacity "
-                f"{load.capacity_tokens} tokens for {now_s - since:.1f}s; gain "
+                f"{load.capacity_tokens} tokens ({load.held_ratio:.0%} held) for "
+                f"{now_s - since:.1f}s; gain "
                 f"{plan.gain_tokens}",
             ))
         if actions:

@@ -43,6 +43,11 @@ class OverloadWorkerView:
     busy: bool = False  # a drop or restore involving it is in flight
 
     @property
+    def num_held_pages(self) -> int:
+        """Pages held or reserved: what the pool cannot give to a waiting request."""
+        return self.num_total_pages - self.num_free_pages + self.num_reserved_pages
+
+    @property
     def num_demand_pages(self) -> int:
         """Pages held, reserved, and needed by the queue."""
         used = self.num_total_pages - self.num_free_pages
@@ -108,7 +113,8 @@ class LayerAction:
 class OverloadThresholds:
     """When an overload policy acts (the planner's ``overload`` settings)."""
 
-    overload_ratio: float = 1.0  # demand / capacity above this is overload
+    overload_ratio: float = 1.0  # demand / capacity above this is overload ...
+    min_held_ratio: float = 0.9  # ... while the pools hold at least this share of capacity
     overload_hold_s: float = 1.0  # ... for this long before layers are dropped
     restore_ratio: float = 0.6  # demand / capacity-after-restore below this ...
     restore_hold_s: float = 5.0  # ... for this long before a group is restored
