@@ -383,8 +383,6 @@ def drop(
         "--workers", help="Comma list of workers holding the whole model, first stage first.")],
     ranges: Annotated[str | None, typer.Option(
         help="Layer ranges per worker, e.g. 0:15,15:30 (default: balanced).")] = None,
-    micro_batch_tokens: Annotated[int, typer.Option(
-        help="Smallest micro-batch (0: the workers' setting).")] = 0,
     timeout_s: Annotated[float, typer.Option(help="Deadline of the drop.")] = 600.0,
 ) -> None:
     """Form a pipeline group by hand: each worker keeps a layer range of MODEL (the freed
@@ -432,7 +430,7 @@ def drop(
         store = _store()
         try:
             return await run_drop(store, client, action, {w: live[w][0].address for w in ids},
-                                  micro_batch_tokens, timeout_s)
+                                  timeout_s)
         finally:
             await client.close()
             await store.close()

@@ -162,11 +162,6 @@ class PipelineSettings(BaseModel):
         default=2000.0, gt=0,
         description="Prefill throughput a recompute runs at (the other side of that choice).",
     )
-    min_micro_batch_tokens: int = Field(
-        default=64, ge=1,
-        description="A step is split into micro-batches (one per stage at most) of at least "
-        "this many tokens; smaller steps run whole.",
-    )
     keepalive_s: float = Field(
         default=5.0, gt=0, description="An idle first stage sends an empty step this often."
     )
@@ -201,9 +196,6 @@ class OverloadSettings(BaseModel):
         default=2.0, ge=0, description="No new action for a model this soon after the last."
     )
     max_group_size: int = Field(default=4, ge=2, le=64, description="Most workers in a group.")
-    min_micro_batch_tokens: int = Field(
-        default=64, ge=1, description="Micro-batch size the groups formed are told to use."
-    )
     head_cost_layers: float = Field(
         default=0.0, ge=0,
         description="The LM head's compute in decoder layers, when balancing stages.",
@@ -219,8 +211,7 @@ class OverloadSettings(BaseModel):
         return OverloadThresholds(
             self.overload_ratio, self.min_held_ratio, self.overload_hold_s, self.restore_ratio,
             self.restore_hold_s,
-            self.cooldown_s, self.max_group_size, self.min_micro_batch_tokens,
-            self.head_cost_layers,
+            self.cooldown_s, self.max_group_size, self.head_cost_layers,
         )
 
 

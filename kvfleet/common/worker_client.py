@@ -53,15 +53,13 @@ class WorkerClient:
 
     async def drop_layers(
         self, address: str, group_id: str, model: str,
-        stages: list[tuple[str, str, int, int]], tokens_per_page: int,
-        min_micro_batch_tokens: int, timeout_s: float,
+        stages: list[tuple[str, str, int, int]], tokens_per_page: int, timeout_s: float,
     ) -> worker_pb2.DropLayersResponse:
         """Form a pipeline group on its first stage (``address``); ``stages`` are
         (worker id, address, first layer, last layer) in pipeline order."""
         return await self._stub(address).DropLayers(
             worker_pb2.DropLayersRequest(
                 group_id=group_id, model=model, tokens_per_page=tokens_per_page,
-                min_micro_batch_tokens=min_micro_batch_tokens,
                 stages=[worker_pb2.PipelineStage(worker_id=w, address=a, first_layer=f,
                                                  last_layer=last)
                         for w, a, f, last in stages]),

@@ -165,8 +165,7 @@ class Simulator:
         if self.overload.name != "none":
             self.keeper = GroupKeeper(
                 self.workers, link_preset(config.intra_node_link), self.link,
-                link_preset(config.reload_link), config.overload.min_micro_batch_tokens,
-                self._push_worker, lambda w, t: self._push(t, _RESUME, w),
+                link_preset(config.reload_link), self._push_worker, lambda w, t: self._push(t, _RESUME, w),
                 lambda g, t: self._push(t, _RELOADED, g),
             )
         served = sorted({m for w in self.workers for m in w.models})

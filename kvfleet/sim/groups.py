@@ -14,12 +14,10 @@ The overload policy's actions are carried out as on the live fleet, at step boun
   (``assign_homes``) with its KV slices (or is recomputed), and the members step alone again
   with their own pools and cost models once the exchange is over.
 
-``PipelineCost`` is a step-time model of ``g`` stages: a step's tokens are split into ``m``
-micro-batches (``split_micro_batches``, as the live pipeline does), each stage runs its share
-of the layers on each micro-batch, and activations cross the link between stages; the step
-takes ``(m + g - 1)`` slots of the slowest stage's micro-batch time plus a hop (pipeline fill
-and drain: the bubbles). Weights are read once per micro-batch, so small decode steps run
-whole.
+``PipelineCost`` is a step-time model of ``g`` stages with one micro-batch in flight per
+stage, as the live group runs them: a round of lanes through the stages, the stages
+overlapping across lanes, activation hops between stages, bubbles when there are fewer
+requests than stages.
 """
 
 from __future__ import annotations
@@ -37,7 +35,6 @@ from kvfleet.services.worker.core.pipeline_policy import (
     ExchangeCosts,
     assign_homes,
     kv_move,
-    split_micro_batches,
 )
 from kvfleet.sim.cost_model import CostModel, DecodeRun, StepCost
 from kvfleet.sim.presets import LinkSpec, ModelShape
@@ -58,10 +55,19 @@ def shape_view(shape: ModelShape) -> ModelShapeView:
 
 
 class PipelineCost:
-    """Step times of a model served by ``len(ranges)`` stages of one kind of worker."""
+    """Step times of a model served by ``len(ranges)`` stages of one kind of worker.
 
-    def __init__(self, base: CostModel, ranges: tuple[tuple[int, int], ...], link: LinkSpec,
-                 min_micro_batch_tokens: int) -> None:
+    The live group keeps one micro-batch in flight per stage (``lane_limits``), so a step of
+    the group (every request one chunk further) is a round of ``K = min(g, requests)`` lanes
+    through ``g`` stages: each stage runs each lane's micro-batch (its share ``f`` of the
+    layers' FLOPs; its weights, and the lane's KV, read once per micro-batch), and a lane
+    needs every stage in turn plus a hop of its activations between stages. The round takes
+    ``g`` lane-stage times (the stages overlap across lanes; with fewer lanes than stages the
+    rest are bubbles).
+    """
+
+    def __init__(self, base: CostModel, ranges: tuple[tuple[int, int], ...],
+                 link: LinkSpec) -> None:
         self.base = base
         self.model = base.model
         self.tp = base.tp
@@ -69,35 +75,25 @@ class PipelineCost:
         self.num_stages = len(ranges)
         self.frac = max(b - a for a, b in ranges) / base.model.num_layers  # slowest stage
         self.link = link
-        self.min_tokens = min_micro_batch_tokens
         self.hidden_bytes = base.model.hidden_size * base.model.dtype_bytes
         self._weights_s = base._weights / base.bytes_per_s
 
-    def micro_batches(self, num_tokens: int, num_seqs: int) -> int:
-        """How many micro-batches the live pipeline would split a step into (chunks of
-        equal size: the count is what the time depends on)."""
-        if num_seqs <= 0:
-            return 1
-        each = max(1, num_tokens // num_seqs)
-        return len(split_micro_batches([each] * num_seqs, self.num_stages, self.min_tokens))
-
-    def _slots(self, m: int) -> int:
-        return m + self.num_stages - 1
+    def lanes(self, num_seqs: int) -> int:
+        """Micro-batches a round runs (one lane per stage, one request at least each)."""
+        return max(1, min(self.num_stages, num_seqs))
 
     def _hop_s(self, tokens_per_micro_batch: float) -> float:
         return self.link.latency_s + tokens_per_micro_batch * self.hidden_bytes / self.link.bytes_per_s
 
     def step_cost(self, num_tokens: int, attn_pairs: float, kv_read_tokens: float,
                   num_seqs: int) -> StepCost:
-        m = self.micro_batches(num_tokens, num_seqs)
+        k = self.lanes(num_seqs)
         full = self.base.step_cost(num_tokens, attn_pairs, kv_read_tokens, num_seqs)
-        slots = self._slots(m)
-        f = self.frac
-        compute = slots * f * full.compute_s / m
-        memory = slots * f * (self._weights_s + (full.memory_s - self._weights_s) / m)
-        overhead = slots * (self.base.step_overhead_s
-                            + self.base.seq_overhead_s * num_seqs / m
-                            + self._hop_s(num_tokens / m))
+        g, f = self.num_stages, self.frac
+        compute = g * f * full.compute_s / k
+        memory = g * f * (self._weights_s + (full.memory_s - self._weights_s) / k)
+        overhead = g * (self.base.step_overhead_s + self.base.seq_overhead_s * num_seqs / k
+                        + self._hop_s(num_tokens / k))
         return StepCost(compute, memory, overhead)
 
     def step_s(self, num_tokens: int, attn_pairs: float, kv_read_tokens: float,
@@ -110,14 +106,14 @@ class PipelineCost:
 
     def decode_run(self, batch: int, context_tokens: int) -> DecodeRun:
         run = self.base.decode_run(batch, context_tokens)
-        m = self.micro_batches(batch, batch)
-        k = self._slots(m) * self.frac
+        k = self.lanes(batch)
+        gf = self.num_stages * self.frac
         w = self._weights_s
-        overhead = self._slots(m) * (self.base.step_overhead_s
-                                     + self.base.seq_overhead_s * batch / m
-                                     + self._hop_s(batch / m))
-        return DecodeRun(k * run.c0 / m, k * run.c1 / m, k * (w + (run.m0 - w) / m),
-                         k * run.m1 / m, overhead)
+        overhead = self.num_stages * (self.base.step_overhead_s
+                                      + self.base.seq_overhead_s * batch / k
+                                      + self._hop_s(batch / k))
+        return DecodeRun(gf * run.c0 / k, gf * run.c1 / k, gf * (w + (run.m0 - w) / k),
+                         gf * run.m1 / k, overhead)
 
 
 @dataclass
@@ -156,7 +152,6 @@ class GroupKeeper:
     intra_link: LinkSpec
     inter_link: LinkSpec
     reload_link: LinkSpec
-    min_micro_batch_tokens: int
     push_worker: Callable[[SimWorker, float | None], None]
     push_resume: Callable[[SimWorker, float], None]
     push_reloaded: Callable[[str, float], None]
@@ -266,7 +261,7 @@ class GroupKeeper:
                                                                              strict=True)]
         saved = {w.idx: _Saved(w.total_pages, dict(w.tpp), dict(w.costs)) for w in members}
         tpp = action.tokens_per_page
-        cost = PipelineCost(base, ranges, link, self.min_micro_batch_tokens)
+        cost = PipelineCost(base, ranges, link)
         for k, w in enumerate(members):
             w.running = []
             w.waiting = deque()

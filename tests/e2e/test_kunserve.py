@@ -74,8 +74,7 @@ def kunserve_stack(tmp_path_factory):
         # Quick to act; a group is restored only once demand is far below what the workers
         # hold alone (so a group formed by hand stays while its requests run).
         planner={"overload": {"overload_hold_s": 0.3, "restore_hold_s": 1.0,
-                              "restore_ratio": 0.2, "cooldown_s": 0.5, "interval_s": 0.1,
-                              "min_micro_batch_tokens": 16}},
+                              "restore_ratio": 0.2, "cooldown_s": 0.5, "interval_s": 0.1}},
     )
     stack = launch(fleet, tmp_path_factory.mktemp("kunserve"), timeout_s=300)
     yield stack

@@ -17,7 +17,7 @@ from kvfleet.services.planner.core.overload import LayerAction
 
 async def run_drop(
     store: RedisStore, workers: WorkerClient, action: LayerAction, addresses: dict[str, str],
-    min_micro_batch_tokens: int, timeout_s: float,
+    timeout_s: float,
 ) -> worker_pb2.DropLayersResponse:
     followers = [s.worker_id for s in action.stages[1:]]
     already = await store.draining()
@@ -29,7 +29,7 @@ async def run_drop(
             addresses[action.leader_id], action.group_id, action.model,
             [(s.worker_id, addresses[s.worker_id], s.first_layer, s.last_layer)
              for s in action.stages],
-            action.tokens_per_page, min_micro_batch_tokens, timeout_s)
+            action.tokens_per_page, timeout_s)
     finally:
         for w in marked:
             await store.set_draining(w, False)

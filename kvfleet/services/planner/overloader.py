@@ -77,7 +77,6 @@ class Overloader:
                 log.info("group %s: dropping layers of %s on %s (%s)", action.group_id,
                          action.model, [s.worker_id for s in action.stages], action.reason)
                 reply = await run_drop(self.store, self.workers, action, addresses,
-                                       self.settings.min_micro_batch_tokens,
                                        self.settings.timeout_s)
                 self.num_drops += 1
             else:

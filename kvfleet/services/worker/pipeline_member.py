@@ -57,11 +57,10 @@ from kvfleet.services.worker.transfer.pipeline_channel import (
 log = logging.getLogger(__name__)
 
 
-def group_spec(msg: worker_pb2.DropLayersRequest, rank: int, default_micro: int) -> GroupSpec:
+def group_spec(msg: worker_pb2.DropLayersRequest, rank: int) -> GroupSpec:
     return GroupSpec(
         msg.group_id, msg.model, tuple(s.worker_id for s in msg.stages),
         tuple((s.first_layer, s.last_layer) for s in msg.stages), msg.tokens_per_page, rank,
-        msg.min_micro_batch_tokens or default_micro,
     )
 
 
@@ -123,7 +122,7 @@ class PipelineMember:
             if not msg.stages or msg.stages[0].worker_id != self.worker_id:
                 raise EngineInputError(f"DropLayers goes to the group's first stage, not "
                                        f"{self.worker_id}")
-            spec = group_spec(msg, 0, self.settings.pipeline.min_micro_batch_tokens)
+            spec = group_spec(msg, 0)
             self._check_free(spec.model)
             spec.validate(self.engine.model(spec.model).spec.num_layers)
             addresses = {}
@@ -210,7 +209,7 @@ class PipelineMember:
     async def join(self, msg: worker_pb2.JoinPipelineRequest) -> worker_pb2.JoinPipelineResponse:
         """On another member: join the first stage's group and run this stage."""
         async with self._busy:
-            spec = group_spec(msg.group, msg.rank, self.settings.pipeline.min_micro_batch_tokens)
+            spec = group_spec(msg.group, msg.rank)
             if spec.members[spec.rank] != self.worker_id:
                 raise EngineInputError(f"rank {spec.rank} of the group is not {self.worker_id}")
             self._check_free(spec.model)
@@ -320,7 +319,8 @@ class PipelineMember:
             assert pre is not None and self.channel is not None
             channel = self.channel
             async with self.runner.step_lock:
-                await self.runner.flush()
+                # the micro-batches in flight finish, and their tokens are written, first
+                await self.runner.emit(await self.runner.call(self._drain))
                 res: RegroupResult = await self.runner.call(self._dissolve, spec, channel, pre)
                 for rid, _home in res.moved_out:  # their homes take their leases
                     self._disown(rid)
@@ -337,6 +337,12 @@ class PipelineMember:
                     *(stats_pb(w, d) for w, d in zip(spec.members[1:], res.members,
                                                      strict=True))])
 
+    def _drain(self) -> list[Any]:
+        eng = self.engine
+        with eng._lock:
+            leader = eng.pipeline
+            return leader.drain() if leader is not None else []
+
     def _dissolve(self, spec: GroupSpec, channel: GroupChannel,
                   pre: Prefetched) -> RegroupResult:
         eng = self.engine
@@ -344,7 +350,7 @@ class PipelineMember:
             leader = eng.pipeline
             if leader is None:
                 raise EngineInputError(f"group {spec.group_id} is no longer served here")
-            leader.send_control(DISSOLVE)
+            assert not leader.send_control(DISSOLVE)  # drained, and no step ran since
             return dissolve_group(eng, spec, channel, self.costs, pre)
 
     async def _restore_alone(self, model: str, t0: float) -> worker_pb2.RestoreLayersResponse:

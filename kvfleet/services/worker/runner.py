@@ -137,6 +137,12 @@ class EngineRunner:
                 async with self.step_lock:
                     await self.call(pipeline.keepalive)
 
+    async def emit(self, events: list[TokenEvent]) -> None:
+        """Write events made outside a step (after every write before them) and wait."""
+        if events:
+            self._write = asyncio.create_task(self._publish_after(self._write, events))
+        await self.flush()
+
     async def flush(self) -> None:
         """Wait until every token produced so far is in Redis."""
         while self._write is not None and not self._write.done():

@@ -97,17 +97,17 @@ def test_burst_forms_groups_that_are_restored_with_accounting_and_same_decisions
 def test_pipeline_step_time_charges_stages_hops_and_bubbles():
     gpu, model = gpu_preset("H100"), model_preset("Llama-3-8B")
     base = CostModel(gpu, model)
-    two = PipelineCost(base, ((0, 16), (16, 32)), link_preset("nvlink"), 64)
-    # a small decode step runs whole: each stage reads half the weights, one after another
-    assert two.micro_batches(8, 8) == 1
-    single = base.decode_s(8, 8 * 1000)
-    piped = two.step_s(8, 8 * 1000, 8 * 1000, 8)
-    assert single < piped < 2 * single
-    # a long prefill is split into micro-batches: stages overlap
-    assert two.micro_batches(4096, 4) == 2
-    long_single = base.prefill_s(4096)
-    long_piped = two.prefill_s(4096)
-    assert long_piped < 2 * long_single
+    two = PipelineCost(base, ((0, 16), (16, 32)), link_preset("nvlink"))
+    # one request: a single lane crosses both stages in turn (the other stage idles)
+    assert two.lanes(1) == 1
+    one = base.decode_s(1, 2000)
+    assert one < two.step_s(1, 2000, 2000, 1) < 1.2 * one
+    # a pair's requests together: two lanes overlap, a round costs about one replica's step
+    # over half of them, plus hops
+    assert two.lanes(64) == 2
+    half = base.decode_s(32, 32 * 1000)
+    both = two.step_s(64, 64 * 1000, 64 * 1000, 64)
+    assert half < both < 1.25 * half
     # a run of decode steps is summed in closed form as the single worker's is
-    run = two.decode_run(8, 8 * 1000)
-    assert run.time_of(1) == pytest.approx(piped, rel=1e-6)
+    run = two.decode_run(64, 64 * 1000)
+    assert run.time_of(1) == pytest.approx(both, rel=1e-6)

@@ -120,7 +120,6 @@ class OverloadThresholds:
     restore_hold_s: float = 5.0  # ... for this long before a group is restored
     cooldown_s: float = 2.0  # no new action for a model this soon after the last one
     max_group_size: int = 4  # most workers in one pipeline group
-    min_micro_batch_tokens: int = 64  # the pipeline splits a step into micro-batches of this
     head_cost_layers: float = 0.0  # the LM head's compute, in decoder layers (stage balance)
 
 

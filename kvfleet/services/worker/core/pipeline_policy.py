@@ -1,10 +1,11 @@
 """Decisions of a pipeline group's workers: micro-batches, KV exchange and request homes.
 Pure: the engine and the simulator call the same functions.
 
-- ``split_micro_batches``: a step's chunks split into micro-batches balanced by tokens, so
-  that every stage has work while the next one runs the previous micro-batch. Only steps with
-  enough tokens are split: a micro-batch re-reads the stage's weights, which a small decode
-  batch cannot pay for.
+- ``lane_limits``: a group keeps one micro-batch in flight per stage (a *lane*): while stage
+  k runs one lane's micro-batch, stage k-1 runs the next lane's, so no stage waits for a step
+  to come back round (KunServe's look-ahead batches). Each lane is planned over the requests
+  not in flight, with an equal share of the step's token budget (prefill tokens spread over
+  the lanes) and of the running requests.
 - ``kv_move``: when a group forms or dissolves, each request's KV for layers that change
   hands is either sent to the stage that keeps them or recomputed, whichever is cheaper.
 - ``assign_homes``: when a group dissolves, which member each request continues on.
@@ -12,34 +13,22 @@ Pure: the engine and the simulator call the same functions.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 SEND = "send"
 RECOMPUTE = "recompute"
 
 
-def split_micro_batches(
-    chunk_tokens: Sequence[int], num_stages: int, min_tokens: int
-) -> tuple[tuple[int, ...], ...]:
-    """Indices of ``chunk_tokens`` per micro-batch, each index once, in index order within a
-    micro-batch. At most ``num_stages`` micro-batches of at least ``min_tokens`` tokens each
-    (as near as whole chunks allow), balanced by tokens (largest chunk to the lightest
-    micro-batch)."""
-    n = len(chunk_tokens)
-    if n == 0:
-        return ()
-    total = sum(chunk_tokens)
-    count = max(1, min(num_stages, n, total // max(1, min_tokens)))
-    if count == 1:
-        return (tuple(range(n)),)
-    loads = [0] * count
-    parts: list[list[int]] = [[] for _ in range(count)]
-    for i in sorted(range(n), key=lambda i: (-chunk_tokens[i], i)):
-        j = min(range(count), key=lambda j: (loads[j], j))
-        loads[j] += chunk_tokens[i]
-        parts[j].append(i)
-    return tuple(tuple(sorted(p)) for p in parts if p)
+def lane_limits(
+    num_lanes: int, token_budget: int, max_num_seqs: int, num_active: int
+) -> tuple[int, int]:
+    """(token budget, most sequences) of one lane's micro-batch when ``num_active`` requests
+    (running or waiting, in flight or not) share ``num_lanes`` lanes."""
+    lanes = max(1, num_lanes)
+    tokens = max(1, token_budget // lanes)
+    seqs = max(1, min(max_num_seqs, -(-max(num_active, 1) // lanes)))
+    return tokens, seqs
 
 
 @dataclass(frozen=True, slots=True)

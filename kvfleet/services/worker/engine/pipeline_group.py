@@ -1,25 +1,25 @@
-"""A model served by a pipeline group of engines on different workers, in lockstep.
+"""A model served by a pipeline group of engines on different workers.
 
-The first stage (the leader) owns the group's requests: its batch policy plans each step
-over its queues, with the free pages of the tightest stage (every request takes the same
-number of pages on every stage: the group shares one tokens-per-page). It sends the step's
-header down the pipeline (what changed since the last step: requests admitted and finished,
-tokens appended, preemptions, the chunks and their micro-batches), then each micro-batch's
-hidden states; every other stage applies the same header to its own pages, runs its layers
-on each micro-batch as it arrives and passes the result on. The last stage samples (with each
-request's seed, as one engine would) and returns the tokens to the leader, which appends them,
-checks stop conditions and emits the events. The other stages hold *shadow* sequences:
-pages, computed counts and tokens, no events.
-
-Micro-batches let stage k run micro-batch j while stage k-1 runs micro-batch j+1; the split
-(``split_micro_batches``) balances prefill tokens and leaves small decode steps whole.
+The first stage (the leader) owns the group's requests. It keeps one micro-batch in flight
+per stage (a *lane*): while stage k runs one lane's micro-batch, stage k-1 runs the next
+one's, so every stage stays busy (KunServe's look-ahead batches). Each lane is planned by the
+batch policy over the requests not in flight, with the free pages of the tightest stage
+(every request takes the same number of pages on every stage: the group shares one
+tokens-per-page) and a share of the step's token budget (``lane_limits``). The leader sends
+the micro-batch's header (what changed since the last one: requests admitted and finished,
+tokens appended, preemptions, the chunks) with its hidden states; every other stage applies
+the header to its own pages in the same order, runs its layers and passes the result on. The
+last stage samples (with each request's seed, as one engine would) and returns the tokens;
+the leader collects a lane's tokens when the lane comes round again, appends them, checks
+stop conditions and emits the events. The other stages hold *shadow* sequences: pages,
+computed counts and tokens, no events.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +30,7 @@ from kvfleet.common.sampling import SamplingParams
 from kvfleet.common.slo import ServiceLevel
 from kvfleet.services.scheduler.core.stages import StageView
 from kvfleet.services.worker.core.batch_policy import Chunk, StepPlan
-from kvfleet.services.worker.core.pipeline_policy import split_micro_batches
+from kvfleet.services.worker.core.pipeline_policy import lane_limits
 from kvfleet.services.worker.engine.batch_builder import build_batch
 from kvfleet.services.worker.engine.sampler import sample
 from kvfleet.services.worker.engine.sequence import Sequence
@@ -54,7 +54,6 @@ class GroupSpec:
     ranges: tuple[tuple[int, int], ...]
     tokens_per_page: int
     rank: int
-    min_micro_batch_tokens: int = 64
 
     @property
     def num_stages(self) -> int:
@@ -166,7 +165,7 @@ def _forward(eng: Any, model: str, items: list[tuple[Sequence, int]],
 
 
 class PipelineLeader:
-    """The first stage's side: plans, runs layers [0, a), collects tokens, emits events.
+    """The first stage's side: plans lanes, runs layers [0, a), collects tokens, emits events.
     ``Engine.step`` delegates here while the engine leads a group."""
 
     def __init__(self, eng: Any, spec: GroupSpec, link: StageLink,
@@ -176,8 +175,9 @@ class PipelineLeader:
         self.link = link
         self.follower_pages = follower_pages  # each other stage's pool, in pages
         self.known: dict[str, int] = {}  # request -> tokens the other stages know of it
-        self.num_steps = 0
-        self.last_step_s = 0.0
+        self.inflight: deque[tuple[list[tuple[Sequence, int]], SendHandle]] = deque()
+        self.busy: set[str] = set()  # requests in a micro-batch in flight
+        self.num_micro_batches = 0
         #: called (under the engine lock) when a step fails: the group is broken
         self.on_failure: Callable[[Exception], None] | None = None
 
@@ -213,65 +213,95 @@ class PipelineLeader:
         return {"kind": STEP, "model": self.spec.model, "finished": finished,
                 "updates": updates, "admitted": admitted}
 
-    def step(self) -> list[TokenEvent]:
+    def _guarded(self, fn: Callable[[], list[TokenEvent]]) -> list[TokenEvent]:
         try:
-            events = self._step()
-            if not self.eng._seqs and self.known:
-                self._step()  # tell the others the last requests finished (frees their pages)
+            return fn()
         except Exception as e:
             if self.on_failure is None:
                 raise
             log.exception("group %s: pipeline step failed", self.spec.group_id)
+            self.inflight.clear()
+            self.busy.clear()
             self.on_failure(e)
             events, self.eng._pending_events = self.eng._pending_events, []
-        return events
+            return events
 
-    def keepalive(self) -> None:
-        """An empty step while idle: the other stages' receives stay within their timeout."""
-        with self.eng._lock:
-            if self.eng.pipeline is not self:
-                return
-            try:
-                self._step(force=True)
-            except Exception as e:
-                if self.on_failure is None:
-                    raise
-                log.exception("group %s: pipeline keepalive failed", self.spec.group_id)
-                self.on_failure(e)
+    def step(self) -> list[TokenEvent]:
+        """Send the next lane's micro-batch, collecting the oldest one first when every lane
+        is busy (or nothing else can be sent)."""
+        return self._guarded(self._step)
 
-    def _step(self, force: bool = False) -> list[TokenEvent]:
+    def _step(self) -> list[TokenEvent]:
         eng = self.eng
         events, eng._pending_events = eng._pending_events, []
         events.extend(eng._drain_inbox())
-        header = self._header()
-        idle = not eng._running and not eng._waiting
-        if idle and not (force or header["finished"] or header["updates"] or header["admitted"]):
-            return events
-        plan = StepPlan(())
-        if not idle:
-            view = eng._view()
-            view = dataclasses.replace(view, num_free_pages=self.group_pages()[1])
-            plan = eng.policy.plan(view, eng.clock.now_s())
-        t0 = time.perf_counter()
-        items = eng._apply_plan(plan).get(self.spec.model, [])
-        micro = split_micro_batches([n for _, n in items], self.spec.num_stages,
-                                    self.spec.min_micro_batch_tokens)
-        header.update(preempt=list(plan.preempt),
-                      chunks=[[s.seq_id, n] for s, n in items],
-                      micro=[list(mb) for mb in micro])
-        handles: list[SendHandle] = [self.link.send(1, header)]
-        for mb in micro:
-            hidden = _forward(eng, self.spec.model, [items[i] for i in mb], None)
-            handles.append(self.link.send(1, {}, [hidden]))
-        reply, _ = self.link.recv(self.spec.num_stages - 1)
-        for h in handles:
-            h.wait()
-        self.num_steps += 1
-        self.last_step_s = time.perf_counter() - t0
-        if reply.get("error"):
-            raise RuntimeError(f"stage failed: {reply['error']}")
-        events.extend(self._postprocess(items, reply["tokens"]))
+        if len(self.inflight) >= self.spec.num_stages:
+            events.extend(self._collect())
+        if not self._send_lane() and self.inflight:
+            events.extend(self._collect())
+        if not eng._seqs and not self.inflight and self.known:
+            self._send([], ())  # tell the others the last requests finished (frees pages)
+            events.extend(self._collect())
         return events
+
+    def _send_lane(self) -> bool:
+        eng = self.eng
+        view = eng._view()
+        running = tuple(v for v in view.running if v.seq_id not in self.busy)
+        waiting = tuple(v for v in view.waiting if v.seq_id not in self.busy)
+        if not running and not waiting:
+            return False
+        tokens, seqs = lane_limits(self.spec.num_stages, view.token_budget, view.max_num_seqs,
+                                   len(view.running) + len(view.waiting))
+        # the lane's share of the running requests (the oldest not in flight), then room for
+        # waiting ones up to its share of requests and tokens
+        view = dataclasses.replace(view, running=running[:seqs], waiting=waiting,
+                                   token_budget=tokens, max_num_seqs=seqs,
+                                   num_free_pages=self.group_pages()[1])
+        plan = eng.policy.plan(view, eng.clock.now_s())
+        if not plan.chunks and not plan.preempt:
+            return False
+        items = eng._apply_plan(plan).get(self.spec.model, [])
+        self._send(items, plan.preempt)
+        return bool(items)
+
+    def _send(self, items: list[tuple[Sequence, int]], preempt: tuple[str, ...]) -> None:
+        header = self._header()
+        header.update(preempt=list(preempt), chunks=[[s.seq_id, n] for s, n in items])
+        tensors = [_forward(self.eng, self.spec.model, items, None)] if items else []
+        handle = self.link.send(1, header, tensors)
+        self.inflight.append((items, handle))
+        self.busy.update(s.seq_id for s, _ in items)
+        self.num_micro_batches += 1
+
+    def _collect(self) -> list[TokenEvent]:
+        """Wait for the oldest micro-batch's tokens and apply them."""
+        items, handle = self.inflight.popleft()
+        reply, _ = self.link.recv(self.spec.num_stages - 1)
+        handle.wait()
+        for s, _ in items:
+            self.busy.discard(s.seq_id)
+        return self._postprocess(items, reply["tokens"])
+
+    def drain(self) -> list[TokenEvent]:
+        """Collect every micro-batch in flight."""
+        events: list[TokenEvent] = []
+        while self.inflight:
+            events.extend(self._collect())
+        return events
+
+    def keepalive(self) -> None:
+        """An empty micro-batch while idle: the other stages' receives stay within their
+        timeout."""
+        with self.eng._lock:
+            if self.eng.pipeline is not self or self.inflight:
+                return
+
+            def ping() -> list[TokenEvent]:
+                self._send([], ())
+                return self._collect()
+
+            self.eng._pending_events.extend(self._guarded(ping))
 
     def _postprocess(self, items: list[tuple[Sequence, int]],
                      tokens: dict[str, int]) -> list[TokenEvent]:
@@ -280,6 +310,8 @@ class PipelineLeader:
         events: list[TokenEvent] = []
         now_s = eng.clock.now_s()
         for seq, n in items:
+            if eng._seqs.get(seq.seq_id) is not seq:  # aborted while in flight
+                continue
             seq.num_computed += n
             if seq.num_computed != seq.num_tokens:
                 continue
@@ -291,60 +323,55 @@ class PipelineLeader:
                 eng._finish(seq, seq.finish_reason)
         return events
 
-    def send_control(self, kind: str, **data: Any) -> None:
-        """Send a control header (dissolve, stop) down the pipeline."""
+    def send_control(self, kind: str, **data: Any) -> list[TokenEvent]:
+        """Collect what is in flight, then send a control header (dissolve, stop) down the
+        pipeline; returns the events the collected micro-batches made."""
+        events = self.drain()
         header = self._header()
         header.update(kind=kind, **data)
         self.link.send(1, header).wait()
+        return events
 
 
 class PipelineFollower:
-    """A later stage's side: applies each header, runs its layers on each micro-batch, passes
+    """A later stage's side: applies each micro-batch's header, runs its layers, passes the
     hidden states on (or, as the last stage, samples and returns the tokens)."""
 
     def __init__(self, eng: Any, spec: GroupSpec, link: StageLink) -> None:
         self.eng = eng
         self.spec = spec
         self.link = link
-        self.num_steps = 0
+        self.num_micro_batches = 0
 
     def serve(self) -> dict[str, Any]:
-        """Run steps until a control header arrives; returns it (already passed on)."""
-        spec = self.spec
-        while True:
-            header, _ = self.link.recv(spec.rank - 1)
-            handles: list[SendHandle] = []
-            if not spec.is_last:
-                handles.append(self.link.send(spec.rank + 1, header))
-            if header["kind"] != STEP:
-                for h in handles:
-                    h.wait()
-                with self.eng._lock:
-                    _apply_header(self.eng, header, shadows=True)
-                return header
-            handles.extend(self._step(header))
-            for h in handles:
-                h.wait()
-            self.num_steps += 1
-
-    def _step(self, header: dict[str, Any]) -> list[SendHandle]:
+        """Run micro-batches until a control header arrives; returns it (passed on)."""
         spec, eng = self.spec, self.eng
-        handles: list[SendHandle] = []
-        tokens: dict[str, int] = {}
-        with eng._lock:
-            items = _apply_header(eng, header, shadows=True)
-            for mb in header["micro"]:
-                _, tensors = self.link.recv(spec.rank - 1)
-                part = [items[i] for i in mb]
-                out = _forward(eng, spec.model, part, tensors[0])
+        pending: deque[SendHandle] = deque()
+        while True:
+            header, tensors = self.link.recv(spec.rank - 1)
+            if header["kind"] != STEP:
                 if not spec.is_last:
-                    handles.append(self.link.send(spec.rank + 1, {}, [out]))
-                    continue
-                sampled = [s for s, n in part if s.num_computed + n == s.num_tokens]
-                for s, tok in zip(sampled, sample(out, sampled), strict=True):
-                    tokens[s.seq_id] = tok
-            for seq, n in items:
-                seq.num_computed += n
-        if spec.is_last:
-            handles.append(self.link.send(0, {"tokens": tokens}))
-        return handles
+                    pending.append(self.link.send(spec.rank + 1, header))
+                for h in pending:
+                    h.wait()
+                with eng._lock:
+                    _apply_header(eng, header, shadows=True)
+                return header
+            with eng._lock:
+                items = _apply_header(eng, header, shadows=True)
+                out = _forward(eng, spec.model, items, tensors[0]) if items else None
+                if not spec.is_last:
+                    pending.append(self.link.send(spec.rank + 1, header,
+                                                  [out] if out is not None else []))
+                else:
+                    tokens: dict[str, int] = {}
+                    if out is not None:
+                        sampled = [s for s, n in items if s.num_computed + n == s.num_tokens]
+                        for s, tok in zip(sampled, sample(out, sampled), strict=True):
+                            tokens[s.seq_id] = tok
+                    pending.append(self.link.send(0, {"tokens": tokens}))
+                for seq, n in items:
+                    seq.num_computed += n
+            while len(pending) > 1:  # the last send may still be on its way
+                pending.popleft().wait()
+            self.num_micro_batches += 1

@@ -128,18 +128,16 @@ class PipelineStage(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., address: _Optional[str] = ..., first_layer: _Optional[int] = ..., last_layer: _Optional[int] = ...) -> None: ...
 
 class DropLayersRequest(_message.Message):
-    __slots__ = ("group_id", "model", "stages", "tokens_per_page", "min_micro_batch_tokens")
+    __slots__ = ("group_id", "model", "stages", "tokens_per_page")
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     STAGES_FIELD_NUMBER: _ClassVar[int]
     TOKENS_PER_PAGE_FIELD_NUMBER: _ClassVar[int]
-    MIN_MICRO_BATCH_TOKENS_FIELD_NUMBER: _ClassVar[int]
     group_id: str
     model: str
     stages: _containers.RepeatedCompositeFieldContainer[PipelineStage]
     tokens_per_page: int
-    min_micro_batch_tokens: int
-    def __init__(self, group_id: _Optional[str] = ..., model: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[PipelineStage, _Mapping]]] = ..., tokens_per_page: _Optional[int] = ..., min_micro_batch_tokens: _Optional[int] = ...) -> None: ...
+    def __init__(self, group_id: _Optional[str] = ..., model: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[PipelineStage, _Mapping]]] = ..., tokens_per_page: _Optional[int] = ...) -> None: ...
 
 class RegroupStats(_message.Message):
     __slots__ = ("worker_id", "num_sent", "num_recomputed", "bytes_sent", "exchange_s", "relayout_s", "reload_s", "num_moved")
