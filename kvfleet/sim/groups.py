@@ -22,6 +22,7 @@ requests than stages.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -39,7 +40,7 @@ from kvfleet.services.worker.core.pipeline_policy import (
 from kvfleet.sim.cost_model import CostModel, DecodeRun, StepCost
 from kvfleet.sim.presets import LinkSpec, ModelShape
 from kvfleet.sim.seq import SimSeq
-from kvfleet.sim.worker import SimWorker
+from kvfleet.sim.worker import SimWorker, WorkerConfig
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +58,10 @@ def shape_view(shape: ModelShape) -> ModelShapeView:
 class PipelineCost:
     """Step times of a model served by ``len(ranges)`` stages of one kind of worker.
 
-    The live group keeps one micro-batch in flight per stage (``lane_limits``), so a step of
-    the group (every request one chunk further) is a round of ``K = min(g, requests)`` lanes
-    through ``g`` stages: each stage runs each lane's micro-batch (its share ``f`` of the
+    The live group keeps one micro-batch in flight per stage (``lane_limits``), each with a
+    replica's token budget, so a step of the group (every request one chunk further, up to
+    ``g`` replicas' budgets) is a round of ``K = min(g, requests)`` lanes through ``g``
+    stages: each stage runs each lane's micro-batch (its share ``f`` of the
     layers' FLOPs; its weights, and the lane's KV, read once per micro-batch), and a lane
     needs every stage in turn plus a hop of its activations between stages. The round takes
     ``g`` lane-stage times (the stages overlap across lanes; with fewer lanes than stages the
@@ -123,6 +125,7 @@ class _Saved:
     total_pages: int
     tpp: dict[str, int]
     costs: dict[str, CostModel]
+    config: WorkerConfig
 
 
 @dataclass
@@ -259,7 +262,13 @@ class GroupKeeper:
         page = leader.config.page_size_bytes
         pools = [w.total_pages + freed_pages(shape, r, page) for w, r in zip(members, ranges,
                                                                              strict=True)]
-        saved = {w.idx: _Saved(w.total_pages, dict(w.tpp), dict(w.costs)) for w in members}
+        saved = {w.idx: _Saved(w.total_pages, dict(w.tpp), dict(w.costs), w.config)
+                 for w in members}
+        # a round of the group runs one micro-batch per stage, each with a replica's limits
+        g = len(members)
+        leader.config = dataclasses.replace(
+            leader.config, token_budget=g * leader.config.token_budget,
+            max_num_seqs=g * leader.config.max_num_seqs)
         tpp = action.tokens_per_page
         cost = PipelineCost(base, ranges, link)
         for k, w in enumerate(members):
@@ -337,6 +346,7 @@ class GroupKeeper:
         exchange_s = sum(link.transfer_s(b) for b in out_bytes if b)
         for w in members:
             saved = group.saved[w.idx]
+            w.config = saved.config
             w.layers = {}
             w.groups = {}
             w._set_costs(saved.costs)

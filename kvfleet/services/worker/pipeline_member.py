@@ -360,6 +360,9 @@ class PipelineMember:
         if eng.stage_spec is not None:
             raise EngineInputError(f"{self.worker_id} is a later stage of group "
                                    f"{eng.stage_spec.group_id}: restore it on its first stage")
+        m = eng.model(model)
+        if (m.stage.first, m.stage.last) == (0, m.spec.num_layers):  # whole already
+            return worker_pb2.RestoreLayersResponse(duration_s=time.monotonic() - t0)
         async with self.runner.step_lock:
             await self.runner.flush()
             await self.runner.call(eng.restore_layers, model)

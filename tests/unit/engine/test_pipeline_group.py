@@ -34,9 +34,9 @@ pytestmark = pytest.mark.unit
 MODEL = "tiny-llama"
 
 
-def test_each_lane_gets_a_share_of_the_budget_and_of_the_requests():
-    assert lane_limits(2, 2048, 64, 10) == (1024, 5)
-    assert lane_limits(3, 2048, 4, 30) == (682, 4)  # never more than the engine's cap
+def test_each_lane_gets_a_replicas_budget_and_a_share_of_the_requests():
+    assert lane_limits(2, 2048, 64, 10) == (2048, 5)
+    assert lane_limits(3, 2048, 4, 30) == (2048, 4)  # never more than the engine's cap
     assert lane_limits(2, 1, 64, 0) == (1, 1)
 
 

@@ -4,8 +4,9 @@ Pure: the engine and the simulator call the same functions.
 - ``lane_limits``: a group keeps one micro-batch in flight per stage (a *lane*): while stage
   k runs one lane's micro-batch, stage k-1 runs the next lane's, so no stage waits for a step
   to come back round (KunServe's look-ahead batches). Each lane is planned over the requests
-  not in flight, with an equal share of the step's token budget (prefill tokens spread over
-  the lanes) and of the running requests.
+  not in flight with a replica's token budget (each stage runs a share of the layers for
+  every lane, so a round costs a stage about one replica's step) and an equal share of the
+  requests (prefill and decode spread over the lanes).
 - ``kv_move``: when a group forms or dissolves, each request's KV for layers that change
   hands is either sent to the stage that keeps them or recomputed, whichever is cheaper.
 - ``assign_homes``: when a group dissolves, which member each request continues on.
@@ -26,9 +27,8 @@ def lane_limits(
     """(token budget, most sequences) of one lane's micro-batch when ``num_active`` requests
     (running or waiting, in flight or not) share ``num_lanes`` lanes."""
     lanes = max(1, num_lanes)
-    tokens = max(1, token_budget // lanes)
     seqs = max(1, min(max_num_seqs, -(-max(num_active, 1) // lanes)))
-    return tokens, seqs
+    return max(1, token_budget), seqs
 
 
 @dataclass(frozen=True, slots=True)
