@@ -88,9 +88,11 @@ class PipelineCost:
         return self.link.latency_s + tokens_per_micro_batch * self.hidden_bytes / self.link.bytes_per_s
 
     def step_cost(self, num_tokens: int, attn_pairs: float, kv_read_tokens: float,
-                  num_seqs: int) -> StepCost:
+                  num_seqs: int, max_q: int | None = None,
+                  max_kv: int | None = None) -> StepCost:
         k = self.lanes(num_seqs)
-        full = self.base.step_cost(num_tokens, attn_pairs, kv_read_tokens, num_seqs)
+        full = self.base.step_cost(num_tokens, attn_pairs, kv_read_tokens, num_seqs, max_q,
+                                   max_kv)
         g, f = self.num_stages, self.frac
         compute = g * f * full.compute_s / k
         memory = g * f * (self._weights_s + (full.memory_s - self._weights_s) / k)
@@ -99,15 +101,17 @@ class PipelineCost:
         return StepCost(compute, memory, overhead)
 
     def step_s(self, num_tokens: int, attn_pairs: float, kv_read_tokens: float,
-               num_seqs: int) -> float:
-        return self.step_cost(num_tokens, attn_pairs, kv_read_tokens, num_seqs).total_s
+               num_seqs: int, max_q: int = 0, max_kv: int = 0) -> float:
+        return self.step_cost(num_tokens, attn_pairs, kv_read_tokens, num_seqs,
+                              max_q or None, max_kv or None).total_s
 
     def prefill_s(self, num_tokens: int, context_tokens: int = 0) -> float:
         pairs = num_tokens * context_tokens + num_tokens * (num_tokens + 1) / 2
         return self.step_cost(num_tokens, pairs, context_tokens + num_tokens, 1).total_s
 
-    def decode_run(self, batch: int, context_tokens: int) -> DecodeRun:
-        run = self.base.decode_run(batch, context_tokens)
+    def decode_run(self, batch: int, context_tokens: int,
+                   max_context: int | None = None) -> DecodeRun:
+        run = self.base.decode_run(batch, context_tokens, max_context)
         k = self.lanes(batch)
         gf = self.num_stages * self.frac
         w = self._weights_s

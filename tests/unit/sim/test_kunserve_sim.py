@@ -111,3 +111,6 @@ def test_pipeline_step_time_charges_stages_hops_and_bubbles():
     # a run of decode steps is summed in closed form as the single worker's is
     run = two.decode_run(64, 64 * 1000)
     assert run.time_of(1) == pytest.approx(both, rel=1e-6)
+    # the worker's step call carries the longest query and context (for fitted step models)
+    assert two.step_s(64, 64 * 1000, 64 * 1000, 64, 1, 1000) == pytest.approx(both, rel=1e-9)
+    assert two.decode_run(64, 64 * 1000, 1000).time_of(1) == pytest.approx(both, rel=1e-6)
