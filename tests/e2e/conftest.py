@@ -65,6 +65,25 @@ class GreedyReference:
                 finish = ev.finish_reason or finish
         return Reference(tuple(ids), "".join(text), finish)
 
+    def run_batch(self, requests) -> list[Reference]:
+        """Several requests, ``(prompt_ids, SamplingParams)`` each, run together (a seeded
+        sampled request's tokens depend only on its seed and logits, not on its batch)."""
+        from kvfleet.services.worker.engine import EngineRequest
+
+        rids = [f"ref-{next(self._ids)}" for _ in requests]
+        for rid, (ids, params) in zip(rids, requests, strict=True):
+            self.engine.add_request(EngineRequest(rid, TINY, tuple(ids), params))
+        ids_of: dict[str, list[int]] = {r: [] for r in rids}
+        text_of: dict[str, list[str]] = {r: [] for r in rids}
+        finish_of: dict[str, str] = dict.fromkeys(rids, "")
+        while self.engine.has_unfinished():
+            for ev in self.engine.step():
+                if ev.token_id is not None:
+                    ids_of[ev.request_id].append(ev.token_id)
+                text_of[ev.request_id].append(ev.text)
+                finish_of[ev.request_id] = ev.finish_reason or finish_of[ev.request_id]
+        return [Reference(tuple(ids_of[r]), "".join(text_of[r]), finish_of[r]) for r in rids]
+
     def chat_ids(self, messages) -> list[int]:
         return list(self.tokenizer.apply_chat_template(messages))
 
