@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -23,6 +22,7 @@ from kvfleet.common.slo import ServiceLevel, SloError, priority_rank
 from kvfleet.services.gateway.errors import ApiError, bad_request, unauthorized, unavailable
 from kvfleet.services.gateway.frontend import Chunk, Frontend, Prepared, Slot
 from kvfleet.services.gateway.metrics import GatewayMetrics
+from kvfleet.services.gateway.openapi_schema import body_schema, openapi_document
 from kvfleet.services.gateway.relay import relay
 
 log = logging.getLogger(__name__)
@@ -237,27 +237,6 @@ def _sse(obj: Any) -> bytes:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n".encode()
 
 
-def _body_schema(cls: type[BaseModel]) -> dict[str, Any]:
-    return {"required": True, "content": {"application/json": {"schema": {
-        "$ref": f"#/components/schemas/{cls.__name__}"}}}}
-
-
-def _openapi(app: FastAPI) -> dict[str, Any]:
-    """The API's OpenAPI document with the request bodies the handlers parse by hand."""
-    if app.openapi_schema is None:
-        doc = get_openapi(title="kvfleet", version="1", routes=app.routes,
-                          description="OpenAI-compatible API of a kvfleet gateway.")
-        schemas = doc.setdefault("components", {}).setdefault("schemas", {})
-        for cls in (CompletionBody, ChatBody):
-            schema = cls.model_json_schema(ref_template="#/components/schemas/{model}")
-            schemas.update(schema.pop("$defs", {}))
-            schemas[cls.__name__] = schema
-        doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
-        doc["security"] = [{"bearer": []}]
-        app.openapi_schema = doc
-    return app.openapi_schema
-
-
 def create_app(frontend: Frontend, metrics: GatewayMetrics, keys: Any) -> FastAPI:
     """``keys``: an :class:`ApiKeys` (or anything with ``.check(presented) -> owner``)."""
     app = FastAPI(title="kvfleet", docs_url=None, redoc_url=None, openapi_url=None)
@@ -299,7 +278,8 @@ def create_app(frontend: Frontend, metrics: GatewayMetrics, keys: Any) -> FastAP
 
     @app.get("/openapi.json", include_in_schema=False)
     async def openapi() -> JSONResponse:
-        return JSONResponse(_openapi(app))
+        return JSONResponse(openapi_document(app, (CompletionBody, ChatBody),
+                                              settings.max_tokens_limit))
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> dict[str, Any]:
@@ -309,7 +289,7 @@ def create_app(frontend: Frontend, metrics: GatewayMetrics, keys: Any) -> FastAP
             {"id": m, "object": "model", "created": 0, "owned_by": "kvfleet",
              "workers": list(ws)} for m, ws in models.items()]}
 
-    @app.post("/v1/completions", openapi_extra={"requestBody": _body_schema(CompletionBody)})
+    @app.post("/v1/completions", openapi_extra={"requestBody": body_schema(CompletionBody)})
     async def completions(request: Request) -> Response:
         owner = check_key(request)
         with frontend.admit() as slot:
@@ -331,7 +311,7 @@ def create_app(frontend: Frontend, metrics: GatewayMetrics, keys: Any) -> FastAP
                                    slo=body.service_level(), owner=owner, **kwargs)
         return await _respond(request, p, body, False, slot)
 
-    @app.post("/v1/chat/completions", openapi_extra={"requestBody": _body_schema(ChatBody)})
+    @app.post("/v1/chat/completions", openapi_extra={"requestBody": body_schema(ChatBody)})
     async def chat_completions(request: Request) -> Response:
         owner = check_key(request)
         with frontend.admit() as slot:

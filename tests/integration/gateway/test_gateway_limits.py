@@ -185,6 +185,14 @@ async def test_openapi_schema_describes_the_bodies(gateway):
     chat = doc["components"]["schemas"]["ChatBody"]
     assert {"model", "messages"} <= set(chat["required"])
     assert "ChatMessage" in doc["components"]["schemas"]
+    # the limits the gateway enforces are stated, so a client (or a fuzzer) knows them
+    props = doc["components"]["schemas"]["CompletionBody"]["properties"]
+    assert props["max_tokens"]["anyOf"][0] == {"type": "integer", "minimum": 1, "maximum": 100}
+    assert props["stop"]["anyOf"][1]["maxItems"] == 16
+    assert props["priority"]["anyOf"][0]["enum"] == ["high", "normal", "low"]
+    slo = doc["components"]["schemas"]["SloBody"]["properties"]
+    assert slo["ttft_s"]["anyOf"][0]["exclusiveMinimum"] == 0
+    assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
 
 
 async def test_redis_pool_waits_for_a_free_connection(redis_url):
