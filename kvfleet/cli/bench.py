@@ -11,6 +11,7 @@ from kvfleet.cli import (
     bench_kunserve,
     bench_kunserve_sim,
     bench_serve,
+    bench_trust,
 )
 
 app = typer.Typer(no_args_is_help=True)
@@ -20,3 +21,4 @@ bench_gateway.register(app)
 bench_kunserve.register(app)
 bench_kunserve_sim.register(app)
 bench_serve.register(app)
+bench_trust.register(app)

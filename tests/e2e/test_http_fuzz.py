@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
@@ -31,7 +31,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 TOTAL_CASES = int(os.environ.get("KVFLEET_HTTP_FUZZ_CASES", "400"))
 KEY = "sk-fuzz"
 MAX_TOKENS = 8  # the gateway's max_tokens_limit here: generated requests finish quickly
-CALL_TIMEOUT_S = 120.0  # a reply slower than this is a hang
+CALL_TIMEOUT_S = 120.0
+BATCH = 250  # cases per Hypothesis run  # a reply slower than this is a hang
 # (method, path, share of the cases, modes)
 OPERATIONS = (
     ("POST", "/v1/completions", 0.42, (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)),
@@ -58,24 +59,34 @@ def fuzz_stack(reference, tmp_path_factory):
 
 
 def _cases(operation, mode, n: int) -> list[tuple[object, str | None, str]]:
-    """``n`` (case, model override, key) triples drawn by Schemathesis' strategy."""
-    out: list[tuple[object, str | None, str]] = []
-
-    @settings(max_examples=n, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
-    @given(operation.as_strategy(generation_mode=mode),
-           st.sampled_from([None, TINY, TINY]),
-           st.sampled_from([KEY] * 18 + ["", "sk-wrong"]))
-    def collect(case, model, key) -> None:
-        out.append((case, model, key))
-
+    """``n`` (case, model override, key) triples drawn by Schemathesis' strategy, in batches
+    (a fresh Hypothesis run each, so one long run's bookkeeping cannot trip it up)."""
     import torch
+    from hypothesis.errors import FlakyStrategyDefinition
 
+    out: list[tuple[object, str | None, str]] = []
+    strategy = st.tuples(operation.as_strategy(generation_mode=mode),
+                         st.sampled_from([None, TINY, TINY]),
+                         st.sampled_from([KEY] * 18 + ["", "sk-wrong"]))
     # the in-process reference engine flushes denormals to zero, which Hypothesis' float
     # strategies refuse to run under: generate with IEEE floats, then put it back
     torch.set_flush_denormal(False)
     try:
-        collect()
+        for batch in range(10 * (n // BATCH + 1)):
+            if len(out) >= n:
+                break
+
+            @seed(batch)
+            @settings(max_examples=min(BATCH, n - len(out)), deadline=None, database=None,
+                      suppress_health_check=list(HealthCheck))
+            @given(strategy)
+            def collect(item) -> None:
+                out.append(item)
+
+            try:
+                collect()
+            except FlakyStrategyDefinition:  # keep what was drawn; the next batch goes on
+                pass
     finally:
         torch.set_flush_denormal(True)
     return out[:n]
