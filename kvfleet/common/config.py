@@ -26,6 +26,7 @@ from kvfleet.common.slo import MAX_TPOT_SLO_S, MAX_TTFT_SLO_S, ServiceLevel, pri
 from kvfleet.services.scheduler.core.admission import (
     DEFAULT_MAX_QUEUED_REQUESTS,
     DEFAULT_MAX_QUEUED_TOKENS,
+    MAX_QUEUED_REQUESTS_LIMIT,
 )
 
 _FILE_DATA: ContextVar[dict[str, Any] | None] = ContextVar("_FILE_DATA", default=None)
@@ -337,7 +338,7 @@ class ModelConfig(BaseModel):
     weight_bytes: int = Field(default=0, ge=0, description="Weight bytes (0: not accounted).")
     slo: SloConfig = Field(default_factory=SloConfig, description="Default service level.")
     max_queued_requests: int = Field(
-        default=DEFAULT_MAX_QUEUED_REQUESTS, ge=1,
+        default=DEFAULT_MAX_QUEUED_REQUESTS, ge=1, le=MAX_QUEUED_REQUESTS_LIMIT,
         description="Requests that may wait for a worker; past it the gateway answers 429.",
     )
     max_queued_tokens: int = Field(

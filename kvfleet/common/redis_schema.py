@@ -45,8 +45,14 @@ SCHEMA_VERSION = 1
 PREFIX = f"kvfleet:v{SCHEMA_VERSION}:"
 QUEUE_GROUP = "schedulers"
 EVENTS_MAXLEN = 10_000
-# A backstop far above any admission bound: entries leave the stream once assigned (XDEL),
-# so it holds only requests waiting for a worker, which admission keeps far fewer than this.
+# Why trimming at QUEUE_MAXLEN never drops an accepted request: an entry leaves its stream
+# (XACK + XDEL) once its request is assigned or ended, so a stream holds only requests waiting
+# for a worker. Each of those is in the model's ``queued`` set: new ones through admission
+# (at most max_queued_requests <= MAX_QUEUED_REQUESTS_LIMIT of them), requeued ones (their
+# worker died or refused them) at most as many as the workers were running. A stream is
+# therefore far shorter than this, and XADD's approximate trim (which removes whole
+# macro-nodes of the oldest entries only when the stream is longer than MAXLEN) never
+# reaches one of them (tests/unit/common/test_redis_schema.py checks the margin).
 QUEUE_MAXLEN = 1_000_000
 FINISHED_TTL_S = 3600  # request hash and token stream linger this long after finishing
 
@@ -308,7 +314,9 @@ class WorkerInfo:
     boot_id: str
     started_s: float
     transfer_address: str = ""  # host:port of its KV-transfer store; peers must match it
-    epoch: int = 0  # its lease: writes under an older epoch are refused (fencing)
+    # No registration epoch: fencing is per request (RequestRecord's lease moves on with each
+    # (re)assignment and migration), which stops exactly the requests a worker lost, and a
+    # worker taken for dead that comes back re-registers and is live again.
 
     def to_json(self) -> str:
         return json.dumps({"v": SCHEMA_VERSION, **asdict(self)})
@@ -317,7 +325,8 @@ class WorkerInfo:
     def from_json(cls, raw: bytes | str) -> WorkerInfo:
         d = _loads(raw)
         d.pop("v")
-        return cls(**d)
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in d.items() if k in known})  # an older field: ignored
 
 
 _SEQ_FIELDS = (

@@ -61,3 +61,28 @@ async def test_heartbeat_expiry_marks_the_worker_dead(redis_url):
             await asyncio.sleep(0.02)
     finally:
         await store.close()
+
+
+async def test_a_queue_stream_holds_only_requests_waiting_for_a_worker(redis_url):
+    """Entries leave the stream once handled, so its length is the number of waiting
+    requests (admission-bounded), never the number ever accepted: trimming at
+    QUEUE_MAXLEN cannot reach an accepted request."""
+    from kvfleet.services.scheduler.adapters.queue import RequestQueues
+
+    store = RedisStore.from_url(redis_url)
+    try:
+        for i in range(8):
+            assert await store.enqueue(_rec(f"q{i}"))
+        queues = RequestQueues(store.r, "s0")
+        entries = await queues.read_new(None)
+        assert [rid for _, _, rid in entries] == [f"q{i}" for i in range(8)]
+        for model, entry_id, rid in entries[:5]:  # assigned, as the dispatcher does it
+            await store.release_queued(await store.get_request(rid))
+            await queues.ack(model, entry_id)
+        assert await store.r.xlen(rs.queue_key("m")) == 3
+        assert await store.r.zcard(rs.queued_key("m")) == 3
+        await store.requeue(await store.get_request("q0"), time.time(), "test")  # worker died
+        assert await store.r.xlen(rs.queue_key("m")) == 4  # back among the waiting
+        assert await store.r.zcard(rs.queued_key("m")) == 4
+    finally:
+        await store.close()

@@ -84,3 +84,23 @@ def test_token_entries_and_model_infos_round_trip():
     assert rs.TokenEntry.from_fields(e.to_fields()) == e
     info = rs.ModelInfo("m", ServiceLevel(1.0, None, 2))
     assert rs.ModelInfo.from_json(info.to_json()) == info
+
+
+def test_queue_streams_cannot_be_trimmed_down_to_an_accepted_request():
+    """A stream holds only requests waiting for a worker (entries leave once assigned), which
+    admission bounds per model; the stream's MAXLEN must stay far above that bound."""
+    import pydantic
+
+    from kvfleet.common.config import ModelConfig
+    from kvfleet.services.scheduler.core.admission import MAX_QUEUED_REQUESTS_LIMIT
+
+    assert rs.QUEUE_MAXLEN >= 10 * MAX_QUEUED_REQUESTS_LIMIT
+    ModelConfig(name="m", max_queued_requests=MAX_QUEUED_REQUESTS_LIMIT)
+    with pytest.raises(pydantic.ValidationError):
+        ModelConfig(name="m", max_queued_requests=MAX_QUEUED_REQUESTS_LIMIT + 1)
+
+
+def test_worker_info_reads_records_with_fields_it_no_longer_has():
+    raw = json.dumps({"v": rs.SCHEMA_VERSION, "worker_id": "w0", "address": "a:1",
+                      "boot_id": "b", "started_s": 1.0, "epoch": 3})
+    assert rs.WorkerInfo.from_json(raw) == rs.WorkerInfo("w0", "a:1", "b", 1.0)

@@ -13,6 +13,10 @@ from dataclasses import dataclass
 
 DEFAULT_MAX_QUEUED_REQUESTS = 1024
 DEFAULT_MAX_QUEUED_TOKENS = 4_000_000
+MAX_QUEUED_REQUESTS_LIMIT = 100_000
+"""The largest per-model request bound a fleet may configure. The queue streams' MAXLEN
+(``redis_schema.QUEUE_MAXLEN``) is at least ten times this, which is what makes trimming
+unable to drop an accepted request (see there)."""
 
 
 @dataclass(frozen=True, slots=True)
