@@ -1,0 +1,50 @@
+"""The soak's leak checks on real Redis: finished requests' records linger with a TTL and are
+not leaks; an unfinished request, a request still assigned, or a queue entry left is."""
+
+import time
+
+import pytest
+
+from kvfleet.common import redis_schema as rs
+from kvfleet.common.redis_store import RedisStore
+from kvfleet.common.sampling import SamplingParams
+from kvfleet.load import soak, stack_probe
+
+pytestmark = pytest.mark.integration
+
+
+def _rec(rid: str) -> rs.RequestRecord:
+    return rs.RequestRecord(rid, "m", (1, 2), SamplingParams(max_tokens=2), time.time())
+
+
+async def test_audit_tells_lingering_records_from_leaks(redis_url):
+    store = RedisStore.from_url(redis_url)
+    try:
+        await store.set_plan(rs.PlanRecord(1, (("w0", "m"),), time.time()))
+        await store.enqueue(_rec("done"))
+        await store.set_assigned("done", "w0")
+        await store.append_tokens("done", [rs.TokenEntry(0, 5, "a", "length")])
+        await store.finish("done", "length", "w0")
+        await store.r.delete(rs.queue_key("m"), rs.queued_key("m"))
+        await store.r.set(rs.queued_tokens_key("m"), 0)
+        audit = await stack_probe.audit_keys(store)
+        assert audit.leaked == [] and audit.lingering == 2  # request hash + token stream
+
+        await store.enqueue(_rec("stuck"))  # accepted, never served
+        await store.set_assigned("stuck", "w0")
+        audit = await stack_probe.audit_keys(store)
+        leaked = " ".join(audit.leaked)
+        assert "request:stuck" in leaked and "worker:w0:requests" in leaked
+        assert "queue:m" in leaked and "active" in leaked
+    finally:
+        await store.close()
+
+
+def test_summary_compares_first_and_last_windows():
+    o = soak.SoakOptions(duration_s=300, window_s=60)
+    samples = [soak.Sample(t, 200, 0.1, 1.0 if t < 60 else 2.0, 8, False) for t in range(300)]
+    samples.append(soak.Sample(10, -1, 0.1, 0.2, 2, True))
+    s = soak.summarize(samples, o)
+    assert s["num_served"] == 300 and s["num_disconnected"] == 1
+    assert s["p99_ratio_last_to_first"] == pytest.approx(2.0)
+    assert s["statuses"] == {"200": 300, "-1": 1}
