@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, Field
 
 
@@ -20,7 +22,16 @@ class EngineConfig(BaseModel):
     device: str = "cpu"
     """torch device: "cpu", "cuda" or "cuda:N"."""
     dtype: str = Field(default="float32", pattern="^(float32|bfloat16|float16)$")
-    """Weights, activations and KV dtype."""
+    """Weights and KV dtype of every model without an entry in ``model_dtypes``. Activations
+    follow it, except on CPUs without bfloat16 arithmetic, where 16-bit models compute in
+    float32 (the weights and KV stay 16-bit in memory)."""
+    model_dtypes: dict[str, Annotated[str, Field(pattern="^(float32|bfloat16|float16)$")]] = {}
+    """Per-model dtype (model name as loaded -> dtype); the KV pool is shared all the same."""
+    compile: str = Field(default="auto", pattern="^(auto|off|decode|all)$")
+    """torch.compile of the layer step: "decode" compiles decode steps (on CUDA also captured
+    as CUDA graphs per batch bucket), "all" prefill too, "off" none; "auto" is "decode" on
+    CUDA and "off" on CPU, where compiling costs minutes at start and gains little (a CPU
+    decode step is bound by its matrix products, which stay library calls)."""
     num_threads: int | None = Field(default=None, ge=1, le=1024)
     """CPU threads for torch; None: the number of cores."""
     cuda_reserve_bytes: int = Field(default=1 << 30, ge=0)

@@ -125,6 +125,10 @@ class Engine:
             )
         return budget
 
+    def model_dtype(self, name: str) -> torch.dtype:
+        """Weights and KV dtype for model ``name`` (``model_dtypes``, else ``dtype``)."""
+        return _DTYPES[self.config.model_dtypes.get(name, self.config.dtype)]
+
     def pool_pages(self, extra_weight_bytes: int = 0) -> int:
         """Pages the budget leaves for KV with the models held (plus ``extra_weight_bytes``
         more weights)."""
@@ -132,7 +136,10 @@ class Engine:
         ws = max(
             (
                 workspace_bytes(
-                    m.spec, self.config.max_num_batched_tokens, self.config.max_num_seqs, self.dtype
+                    m.spec,
+                    self.config.max_num_batched_tokens,
+                    self.config.max_num_seqs,
+                    m.stage.dtype,
                 )
                 for m in self._models.values()
             ),
@@ -166,8 +173,9 @@ class Engine:
                 raise EngineInputError(
                     f"layer range [{first}, {last}) is invalid for {spec.num_layers} layers"
                 )
-            need = weights_bytes(spec, first, last, self.dtype) + workspace_bytes(
-                spec, self.config.max_num_batched_tokens, self.config.max_num_seqs, self.dtype
+            dtype = self.model_dtype(name_or_path)
+            need = weights_bytes(spec, first, last, dtype) + workspace_bytes(
+                spec, self.config.max_num_batched_tokens, self.config.max_num_seqs, dtype
             )
             have = self.memory_bytes - sum(m.stage.num_bytes() for m in self._models.values())
             have -= self.pool.num_used_pages * self.config.page_size_bytes
@@ -176,7 +184,7 @@ class Engine:
                     f"model {name_or_path!r} layers [{first}, {last}) needs {need} bytes "
                     f"(weights + workspace) but only {have} of {self.memory_bytes} are free"
                 )
-            layout = self.pool.layout_for(last - first, spec.num_kv_heads, spec.head_dim)
+            layout = self.pool.layout_for(last - first, spec.num_kv_heads, spec.head_dim, dtype)
             if layout.tokens_per_page < 1:
                 raise EngineInputError(
                     f"page_size_bytes={self.config.page_size_bytes} is smaller than one token "
@@ -187,7 +195,13 @@ class Engine:
             self.resize_pool(max(self.pool.num_used_pages, self.pool_pages(need)))
             try:
                 stage = ModelStage(
-                    spec, read_weights(source, first, last), first, last, self.dtype, self.device
+                    spec,
+                    read_weights(source, first, last),
+                    first,
+                    last,
+                    dtype,
+                    self.device,
+                    compile_mode=self.config.compile,
                 )
                 tok = load_tokenizer(name_or_path) if stage.is_last else None
             except BaseException:
@@ -590,7 +604,7 @@ class Engine:
                         m.spec,
                         self.config.max_num_batched_tokens,
                         self.config.max_num_seqs,
-                        self.dtype,
+                        m.stage.dtype,
                     )
                     for m in self._models.values()
                 ),

@@ -2,8 +2,9 @@
 
 A page is ``page_size_bytes`` of one flat storage tensor. Allocation hands out page ids and
 knows nothing about models; each model views the storage as
-[num_pages, num_layers, 2, tokens_per_page, num_kv_heads, head_dim] with its own
-tokens per page, so a page freed by one model serves another at once.
+[num_pages, num_layers, 2, tokens_per_page, num_kv_heads, head_dim] in its own KV dtype with
+its own tokens per page, so a page freed by one model serves another at once (a bfloat16
+model fits twice the tokens of a float32 one in a page).
 
 The pool never holds two storages at once: a resize copies the pages in use to host memory,
 frees the old storage, allocates the new one and copies them back. The engine sizes the pool
@@ -30,6 +31,7 @@ class KvLayout:
     num_kv_heads: int
     head_dim: int
     tokens_per_page: int
+    dtype: torch.dtype = torch.float32
 
     @property
     def token_elems(self) -> int:
@@ -133,13 +135,23 @@ class PagePool:
         return self.storage[p * self.page_elems : (p + 1) * self.page_elems]
 
     # ---- model views
-    def layout_for(self, num_layers: int, num_kv_heads: int, head_dim: int) -> KvLayout:
-        token_elems = num_layers * 2 * num_kv_heads * head_dim
-        return KvLayout(num_layers, num_kv_heads, head_dim, self.page_elems // token_elems)
+    def layout_for(
+        self, num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype | None = None
+    ) -> KvLayout:
+        dtype = dtype or self.dtype
+        token_bytes = num_layers * 2 * num_kv_heads * head_dim * dtype.itemsize
+        tpp = self.page_elems * self.elem_bytes // token_bytes
+        return KvLayout(num_layers, num_kv_heads, head_dim, tpp, dtype)
 
     def view(self, layout: KvLayout) -> torch.Tensor:
-        """[num_pages, num_layers, 2, tokens_per_page, num_kv_heads, head_dim] over storage."""
+        """[num_pages, num_layers, 2, tokens_per_page, num_kv_heads, head_dim] over storage,
+        in the layout's dtype."""
         t, h, d = layout.tokens_per_page, layout.num_kv_heads, layout.head_dim
+        storage = self.storage
+        page_stride = self.page_elems
+        if layout.dtype != self.dtype:
+            storage = storage.view(torch.uint8).view(layout.dtype)
+            page_stride = self.page_elems * self.elem_bytes // layout.dtype.itemsize
         shape = (self.num_pages, layout.num_layers, 2, t, h, d)
-        stride = (self.page_elems, 2 * t * h * d, t * h * d, h * d, d, 1)
-        return self.storage.as_strided(shape, stride)
+        stride = (page_stride, 2 * t * h * d, t * h * d, h * d, d, 1)
+        return storage.as_strided(shape, stride)

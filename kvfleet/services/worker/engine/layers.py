@@ -30,7 +30,6 @@ class LayerHost(Protocol):
     """What dropping and restoring layers needs of the engine that holds the model."""
 
     pool: PagePool
-    dtype: torch.dtype
     device: torch.device
 
     def model(self, name: str) -> LoadedModel: ...
@@ -58,7 +57,9 @@ def drop_layers(eng: LayerHost, name: str, keep: tuple[int, int]) -> None:
     freed = m.stage.num_bytes()
     m.stage = m.stage.narrow(first, last)
     freed -= m.stage.num_bytes()
-    m.layout = eng.pool.layout_for(last - first, m.spec.num_kv_heads, m.spec.head_dim)
+    m.layout = eng.pool.layout_for(
+        last - first, m.spec.num_kv_heads, m.spec.head_dim, m.layout.dtype
+    )
     eng.resize_pool()
     tpp = m.layout.tokens_per_page
     for s, kv in saved:
@@ -82,8 +83,11 @@ def restore_layers(eng: LayerHost, name: str, layers: tuple[int, int] | None) ->
         raise EngineInputError(
             f"{name!r}: cannot restore to {(first, last)} from [{m.stage.first}, {m.stage.last})"
         )
-    extra = weights_bytes(m.spec, first, last, eng.dtype) - m.stage.num_bytes()
-    new_layout = eng.pool.layout_for(last - first, m.spec.num_kv_heads, m.spec.head_dim)
+    old = m.stage
+    extra = weights_bytes(m.spec, first, last, old.dtype) - old.num_bytes()
+    new_layout = eng.pool.layout_for(
+        last - first, m.spec.num_kv_heads, m.spec.head_dim, m.layout.dtype
+    )
     pages_after = eng.pool_pages(extra)
     other_used = sum(len(s.pages) for s in eng.sequences() if s.model != name)
     if pages_after < other_used:
@@ -96,7 +100,13 @@ def restore_layers(eng: LayerHost, name: str, layers: tuple[int, int] | None) ->
         eng.preempt(s)
     eng.resize_pool(pages_after)  # give the memory back before the weights take it
     stage = ModelStage(
-        m.spec, read_weights(m.source, first, last), first, last, eng.dtype, eng.device
+        m.spec,
+        read_weights(m.source, first, last),
+        first,
+        last,
+        old.dtype,
+        eng.device,
+        compile_mode=old.compile_mode,
     )
     m.stage = stage
     m.layout = new_layout

@@ -47,7 +47,7 @@ def write_kv(pool: PagePool, m: LoadedModel, pages: list[int], kv: torch.Tensor)
         return
     page_ids, offsets = _slots(pages, 0, n, m.layout.tokens_per_page)
     view = pool.view(m.layout)
-    kv = kv.to(device=pool.device, dtype=pool.dtype)
+    kv = kv.to(device=pool.device, dtype=m.layout.dtype)
     view[page_ids.to(pool.device), :, :, offsets.to(pool.device)] = kv.permute(2, 0, 1, 3, 4)
 
 

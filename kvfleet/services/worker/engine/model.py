@@ -2,8 +2,10 @@
 
 A ``ModelStage`` holds layers [first, last) of a model (the embedding with the first range,
 the final norm and LM head with the last). One call runs every token of a step: the linear
-layers see all tokens flattened, attention gathers each sequence's pages and runs one
-batched masked SDPA per layer.
+layers see all tokens flattened (q/k/v and gate/up each as one product), attention reads each
+sequence's keys through its page table (``attention.py``). The step's attention offsets are
+built once and shared by every layer; the layer itself is ``decoder_layer.layer_forward``,
+run eagerly or compiled (``compiled_decode.py``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,13 @@ import torch
 import torch.nn.functional as F
 
 from kvfleet.common.models.spec import ModelSpec
+from kvfleet.services.worker.engine.attention import KvGeometry, flat_storage, plan_step
+from kvfleet.services.worker.engine.compiled_decode import CudaGraphDecoder, LayerRunner
+from kvfleet.services.worker.engine.cuda_attention import PagedDecodeKernel, choose_decode_kernel
+from kvfleet.services.worker.engine.decoder_layer import LayerConsts, LayerWeights, rms_norm
+from kvfleet.services.worker.engine.linear import choose_kernels
+
+__all__ = ["LayerWeights", "ModelStage", "StepBatch"]
 
 
 @dataclass(slots=True)
@@ -32,34 +41,6 @@ class StepBatch:
     sample_index: torch.Tensor  # [n] rows of T whose logits are wanted
 
 
-@dataclass(slots=True)
-class LayerWeights:
-    qkv: torch.Tensor
-    qkv_bias: torch.Tensor | None
-    o: torch.Tensor
-    gate_up: torch.Tensor
-    down: torch.Tensor
-    ln1: torch.Tensor
-    ln2: torch.Tensor
-
-    def num_bytes(self) -> int:
-        ts = [self.qkv, self.o, self.gate_up, self.down, self.ln1, self.ln2]
-        if self.qkv_bias is not None:
-            ts.append(self.qkv_bias)
-        return sum(t.numel() * t.element_size() for t in ts)
-
-
-def _rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
-    xf = x.float()
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return w * xf.to(x.dtype)
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 class ModelStage:
     """Weights of layers [first, last) and the forward pass over them."""
 
@@ -71,15 +52,22 @@ class ModelStage:
         last: int,
         dtype: torch.dtype,
         device: torch.device,
+        compile_mode: str = "off",
     ) -> None:
         self.spec = spec
         self.first = first
         self.last = last
         self.dtype = dtype
         self.device = device
+        self.kernels = choose_kernels(device, dtype)
+        cdt = self.kernels.compute_dtype
+        self.compile_mode = compile_mode
+        self.runner = LayerRunner(compile_mode, device)
+        self._graphs: CudaGraphDecoder | None = None
+        self._decode_kernels: dict[int, PagedDecodeKernel | None] = {}  # by tokens per page
 
-        def take(name: str) -> torch.Tensor:
-            return weights.pop(name).to(device=device, dtype=dtype).contiguous()
+        def take(name: str, as_dtype: torch.dtype = dtype) -> torch.Tensor:
+            return weights.pop(name).to(device=device, dtype=as_dtype).contiguous()
 
         self.embed = take("model.embed_tokens.weight") if first == 0 else None
         self.layers: list[LayerWeights] = []
@@ -89,7 +77,7 @@ class ModelStage:
             bias = None
             if spec.qkv_bias:
                 bias = torch.cat(
-                    [take(a + "q_proj.bias"), take(a + "k_proj.bias"), take(a + "v_proj.bias")]
+                    [take(a + n, cdt) for n in ("q_proj.bias", "k_proj.bias", "v_proj.bias")]
                 )
             self.layers.append(
                 LayerWeights(
@@ -106,13 +94,13 @@ class ModelStage:
                         [take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")]
                     ),
                     down=take(p + "mlp.down_proj.weight"),
-                    ln1=take(p + "input_layernorm.weight"),
-                    ln2=take(p + "post_attention_layernorm.weight"),
+                    ln1=take(p + "input_layernorm.weight", cdt),
+                    ln2=take(p + "post_attention_layernorm.weight", cdt),
                 )
             )
         self.norm = self.lm_head = None
         if last == spec.num_layers:
-            self.norm = take("model.norm.weight")
+            self.norm = take("model.norm.weight", cdt)
             if "lm_head.weight" in weights:
                 self.lm_head = take("lm_head.weight")
             elif self.embed is not None:
@@ -124,8 +112,9 @@ class ModelStage:
         pos = torch.arange(spec.max_context_tokens, dtype=torch.float32)
         freqs = torch.outer(pos, inv_freq)
         emb = torch.cat((freqs, freqs), dim=-1)
-        self.cos = emb.cos().to(device=device, dtype=dtype)
-        self.sin = emb.sin().to(device=device, dtype=dtype)
+        # [positions, 1, head_dim]: broadcast over the heads of a token
+        self.cos = emb.cos().to(device=device, dtype=cdt).unsqueeze(1)
+        self.sin = emb.sin().to(device=device, dtype=cdt).unsqueeze(1)
 
     def narrow(self, first: int, last: int) -> ModelStage:
         """A stage over layers [first, last) of this one, sharing its tensors."""
@@ -161,6 +150,21 @@ class ModelStage:
             n += self.lm_head.numel() * self.lm_head.element_size()
         return n
 
+
+    def geometry(self, kv: torch.Tensor) -> KvGeometry:
+        spec = self.spec
+        return KvGeometry(
+            spec.num_heads, spec.num_kv_heads, spec.head_dim, kv.shape[3], kv.stride(0)
+        )
+
+    def decode_kernel(self, tokens_per_page: int, in_graph: bool) -> PagedDecodeKernel | None:
+        key = tokens_per_page * 2 + int(in_graph)
+        if key not in self._decode_kernels:
+            self._decode_kernels[key] = choose_decode_kernel(
+                self.device, tokens_per_page, in_graph
+            )
+        return self._decode_kernels[key]
+
     @torch.inference_mode()
     def forward(
         self, kv: torch.Tensor, batch: StepBatch, hidden: torch.Tensor | None = None
@@ -171,67 +175,51 @@ class ModelStage:
         Input: token ids (first stage) or ``hidden`` [T, hidden]. Output: logits [n, vocab]
         for ``batch.sample_index`` (last stage) or hidden states [T, hidden].
         """
-        spec = self.spec
+        whole = hidden is None and self.is_first and self.is_last
+        if whole and batch.max_q == 1 and self.device.type == "cuda" and self.runner.mode in (
+            "decode",
+            "all",
+        ):
+            if self._graphs is None:
+                self._graphs = CudaGraphDecoder(self)
+            return self._graphs.run(kv, batch)
+        return self.run_layers(kv, batch, hidden)
+
+    def run_layers(
+        self, kv: torch.Tensor, batch: StepBatch, hidden: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``forward`` without CUDA graphs."""
+        cdt = self.kernels.compute_dtype
         if hidden is None:
             assert self.embed is not None, "a stage without the embedding needs hidden states"
-            h = F.embedding(batch.input_ids, self.embed)
+            h = F.embedding(batch.input_ids, self.embed).to(cdt)
         else:
-            h = hidden.to(self.dtype)
-        cos = self.cos[batch.positions].unsqueeze(1)
-        sin = self.sin[batch.positions].unsqueeze(1)
-        nq, nkv, d = spec.num_heads, spec.num_kv_heads, spec.head_dim
-        b, max_q = batch.page_table.shape[0], batch.max_q
-        g = nq // nkv
-        tpp = kv.shape[3]
-        # Rows of kv_heads * head_dim elements: a page holds rows (layer, k|v, offset).
-        rows = kv.as_strided(
-            (kv.shape[0], kv.shape[1] * 2 * tpp, nkv * d), (kv.stride(0), nkv * d, 1)
+            h = hidden.to(cdt)
+        geo = self.geometry(kv)
+        decode = batch.max_q == 1
+        kernel = None
+        if decode and self.device.type == "cuda":
+            kernel = self.decode_kernel(geo.tokens_per_page, torch.cuda.is_current_stream_capturing())
+        consts = LayerConsts(geo, self.spec.rms_norm_eps, self.kernels.linear, kernel)
+        attn = plan_step(
+            geo,
+            batch.page_table,
+            batch.slot_pages,
+            batch.slot_offsets,
+            batch.key_limit,
+            batch.pad_index,
         )
-        row = nkv * d
-        # Every row start as one element offset: index_select on an overlapping window view
-        # copies whole rows, the fastest gather on CPU.
-        numel = kv.untyped_storage().nbytes() // kv.element_size()
-        window = kv.as_strided((numel - row + 1, row), (1, 1))
-        s = batch.page_table.shape[1] * tpp
-        key_pos = torch.arange(s, device=h.device)
-        gather_base = (
-            batch.page_table.repeat_interleave(tpp, dim=1) * kv.stride(0) + (key_pos % tpp) * row
-        ).view(-1)  # [B * S] element offsets
-        mask = (key_pos.view(1, 1, s) <= batch.key_limit.repeat(1, g).unsqueeze(-1)).unsqueeze(1)
-        t_tokens = h.shape[0]
+        if kernel is not None and attn.key_len is not None:
+            s = self.spec
+            kernel.plan(batch.page_table, attn.key_len, geo.tokens_per_page, s.num_heads,
+                        s.num_kv_heads, s.head_dim, kv.dtype)
+        cos, sin = self.cos[batch.positions], self.sin[batch.positions]
+        flat = flat_storage(kv)
+        layer_fn = self.runner.layer_fn(decode)
         for li, layer in enumerate(self.layers):
-            x = _rms_norm(h, layer.ln1, spec.rms_norm_eps)
-            qkv = F.linear(x, layer.qkv, layer.qkv_bias)
-            q, k, v = qkv.split([nq * d, nkv * d, nkv * d], dim=-1)
-            q = q.view(t_tokens, nq, d)
-            k = k.view(t_tokens, nkv, d)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
-            k_row = li * 2 * tpp
-            v_row = k_row + tpp
-            rows[batch.slot_pages, batch.slot_offsets + k_row] = k.reshape(t_tokens, nkv * d)
-            rows[batch.slot_pages, batch.slot_offsets + v_row] = v
-            keys = window.index_select(0, gather_base + k_row * row)
-            values = window.index_select(0, gather_base + v_row * row)
-            keys = keys.view(b, s, nkv, d).transpose(1, 2)
-            values = values.view(b, s, nkv, d).transpose(1, 2)
-            if batch.pad_index is not None:
-                qp = q.new_zeros(b * max_q, nq, d)
-                qp[batch.pad_index] = q
-            else:
-                qp = q
-            # [B, max_q, nkv, g, d] -> [B, nkv, g * max_q, d]: each KV head serves its group
-            qg = qp.view(b, max_q, nkv, g, d).permute(0, 2, 3, 1, 4).reshape(b, nkv, g * max_q, d)
-            out = F.scaled_dot_product_attention(qg, keys, values, attn_mask=mask)
-            out = out.view(b, nkv, g, max_q, d).permute(0, 3, 1, 2, 4).reshape(b * max_q, nq * d)
-            if batch.pad_index is not None:
-                out = out[batch.pad_index]
-            h = h + F.linear(out, layer.o)
-            x = _rms_norm(h, layer.ln2, spec.rms_norm_eps)
-            gate, up = F.linear(x, layer.gate_up).chunk(2, dim=-1)
-            h = h + F.linear(F.silu(gate) * up, layer.down)
+            h = layer_fn(h, cos, sin, flat, attn, li, layer, consts)
         if not self.is_last:
             return h
         assert self.norm is not None and self.lm_head is not None
-        h = _rms_norm(h[batch.sample_index], self.norm, spec.rms_norm_eps)
-        return F.linear(h, self.lm_head).float()
+        h = rms_norm(h[batch.sample_index], self.norm, self.spec.rms_norm_eps)
+        return self.kernels.linear(h, self.lm_head, None).float()
