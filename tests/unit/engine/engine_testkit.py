@@ -20,6 +20,9 @@ def tiny_engine(
     budget: int = 256,
     max_seqs: int = 16,
     load: bool = True,
+    dtype: str = "float32",
+    model_dtypes: dict[str, str] | None = None,
+    compile: str = "off",
 ) -> Engine:
     eng = Engine(
         EngineConfig(
@@ -28,6 +31,9 @@ def tiny_engine(
             max_num_batched_tokens=budget,
             max_num_seqs=max_seqs,
             num_threads=TEST_THREADS,
+            dtype=dtype,
+            model_dtypes=model_dtypes or {},
+            compile=compile,
         )
     )
     if load:
