@@ -141,7 +141,19 @@ class EngineSettings(BaseModel):
     max_num_batched_tokens: int = Field(default=2048, ge=16, description="Per-step token budget.")
     max_num_seqs: int = Field(default=64, ge=1, description="Sequences in one batch at most.")
     device: str = Field(default="cpu", description="cpu, cuda or cuda:N.")
-    dtype: str = Field(default="float32", description="float32 on CPU; bfloat16/float16 on CUDA.")
+    dtype: str = Field(
+        default="float32", pattern="^(float32|bfloat16|float16)$",
+        description="Weights and KV dtype (float32, bfloat16, float16); on CPUs without "
+        "bfloat16 arithmetic 16-bit models compute in float32.",
+    )
+    model_dtypes: dict[str, str] = Field(
+        default_factory=dict, description="Per-model dtype overrides: model name -> dtype."
+    )
+    compile: str = Field(
+        default="auto", pattern="^(auto|off|decode|all)$",
+        description="torch.compile of the layer step: off, decode, all; auto: decode on CUDA "
+        "(with CUDA graphs), off on CPU.",
+    )
     num_threads: int | None = Field(default=None, ge=1, description="torch threads; None: default.")
     cuda_reserve_bytes: int = Field(
         default=1 << 30, ge=0,

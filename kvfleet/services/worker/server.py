@@ -75,6 +75,7 @@ async def start(settings: WorkerSettings) -> RunningWorker:
         page_size_bytes=es.page_size_bytes,
         max_num_batched_tokens=es.max_num_batched_tokens, max_num_seqs=es.max_num_seqs,
         device=es.device, dtype=es.dtype, num_threads=es.num_threads,
+        model_dtypes=es.model_dtypes, compile=es.compile,
     ), policy_set(settings.policy).batch())
     security = FleetSecurity.from_settings(settings)
     security.check_bind(settings.host, settings.allow_unauthenticated, "worker")
