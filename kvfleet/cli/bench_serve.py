@@ -3,6 +3,12 @@
     kvfleet bench serve --trace azure_llm_2023/AzureLLMInferenceTrace_conv.csv --start 600 \\
         --duration 10 --speed 0.05 --num-requests 24 --max-input 128 --max-output 16
 
+A saturation sweep (the same slice at several mean rates, each server until it misses the SLO
+twice in a row; 1 and 2 kvfleet workers against one peer):
+
+    kvfleet bench serve --kvfleet-api http --rates 0.5,1,2,4,8 --workers 1 --workers 2 \\
+        --num-requests 32 --max-output 64
+
 The defaults are sized for a small CPU machine (SmolLM2-135M on a few cores).
 """
 
@@ -33,7 +39,20 @@ def register(app: typer.Typer) -> None:
         max_concurrency: Annotated[int | None, typer.Option(help="Cap in flight.")] = None,
         drain_timeout: Annotated[float, typer.Option(help="Straggler wait (s).")] = 180.0,
         kvfleet_api: Annotated[str, typer.Option(help="http, grpc or both.")] = "both",
-        workers: Annotated[int, typer.Option(min=1, help="kvfleet workers.")] = 1,
+        workers: Annotated[
+            list[int] | None,
+            typer.Option(min=1, help="kvfleet workers; repeat to compare fleet sizes."),
+        ] = None,
+        rates: Annotated[
+            str | None,
+            typer.Option(help="A rate sweep: mean request rates (req/s), comma separated."),
+        ] = None,
+        min_attainment: Annotated[
+            float, typer.Option(min=0.0, max=1.0, help="SLO attainment that sustains a rate.")
+        ] = 0.9,
+        peer_block_size: Annotated[
+            int, typer.Option(min=1, help="transformers serve --cb-block-size (tokens).")
+        ] = 32,
         peer_cb: Annotated[
             bool,
             typer.Option(
@@ -49,7 +68,7 @@ def register(app: typer.Typer) -> None:
         from pydantic import ValidationError
         from rich.console import Console
 
-        from kvfleet.load.bench import BenchPlan, headline_table, run_bench
+        from kvfleet.load.bench import BenchPlan, headline_table, run_bench, sweep_tables
         from kvfleet.load.compare import compare, render
         from kvfleet.load.options import LoadOptions
         from kvfleet.load.slo import SloSpecError, parse_slos
@@ -57,6 +76,12 @@ def register(app: typer.Typer) -> None:
         apis = {"both": ("http", "grpc"), "http": ("http",), "grpc": ("grpc",)}.get(kvfleet_api)
         if apis is None:
             raise typer.BadParameter("--kvfleet-api must be http, grpc or both")
+        try:
+            rate_list = tuple(float(r) for r in rates.split(",") if r.strip()) if rates else ()
+        except ValueError:
+            raise typer.BadParameter("--rates takes numbers, e.g. 0.5,1,2,4") from None
+        if any(r <= 0 for r in rate_list):
+            raise typer.BadParameter("--rates must be > 0")
         try:
             slos = slo or ["ttft=2s,tpot=200ms"]
             parse_slos(slos)
@@ -83,11 +108,19 @@ def register(app: typer.Typer) -> None:
             model=model,
             out=out,
             kvfleet_apis=apis,
-            workers=workers,
+            workers=tuple(workers or (1,)),
             peer_continuous_batching=peer_cb,
+            peer_block_size=peer_block_size,
             threads=threads,
+            rates=rate_list,
+            min_attainment=min_attainment,
         )
         result = run_bench(plan, say=console.print)
+        if "sweep" in result:
+            for table in sweep_tables(result):
+                console.print(table)
+            console.print(f"results in {out} (bench.json, sweep.png, one folder per server)")
+            return
         summaries = result["summaries"]
         assert isinstance(summaries, dict)
         for name in summaries:

@@ -72,6 +72,30 @@ class PeerServer:
         self.stop()
 
 
+@dataclass(frozen=True, slots=True)
+class PeerCache:
+    """The continuous-batching cache given to ``transformers serve`` (its ``--cb-*`` flags):
+    without them it sizes its cache from the machine's memory, not from a budget."""
+
+    block_size: int  # tokens per block
+    num_blocks: int
+    max_batch_tokens: int
+
+    @property
+    def num_tokens(self) -> int:
+        return self.block_size * self.num_blocks
+
+    def flags(self) -> list[str]:
+        return [
+            "--cb-block-size",
+            str(self.block_size),
+            "--cb-num-blocks",
+            str(self.num_blocks),
+            "--cb-max-batch-tokens",
+            str(self.max_batch_tokens),
+        ]
+
+
 def start_transformers_serve(
     model_dir: Path,
     log_path: Path,
@@ -79,8 +103,10 @@ def start_transformers_serve(
     device: str = "cpu",
     ready_timeout_s: float = 300.0,
     threads: int | None = None,
+    cache: PeerCache | None = None,
 ) -> PeerServer:
-    """``transformers serve MODEL_DIR`` on a free loopback port; returns once /health is up."""
+    """``transformers serve MODEL_DIR`` on a free loopback port; returns once /health is up.
+    ``cache`` sizes its continuous-batching KV cache (default: transformers' own sizing)."""
     port = free_port()
     cmd = transformers_cli() + [
         "serve",
@@ -95,6 +121,8 @@ def start_transformers_serve(
         "warning",
         "--continuous-batching" if continuous_batching else "--no-continuous-batching",
     ]
+    if continuous_batching and cache is not None:
+        cmd += cache.flags()
     env = dict(
         os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1"
     )
@@ -116,6 +144,7 @@ def start_transformers_serve(
             "continuous_batching": continuous_batching,
             "device": device,
             "command": " ".join(cmd[1:]),
+            "cache_tokens": cache.num_tokens if cache is not None else None,
         },
     )
     deadline = time.monotonic() + ready_timeout_s
