@@ -26,6 +26,12 @@ def register(app: typer.Typer) -> None:
         threads: Annotated[
             int, typer.Option(min=0, help="torch threads (0: torch's default).")
         ] = 0,
+        dtype: Annotated[
+            str, typer.Option(help="float32 or bfloat16, for kvfleet and transformers alike.")
+        ] = "float32",
+        compile_mode: Annotated[
+            str, typer.Option("--compile", help="The engine's compile setting: off, decode, all.")
+        ] = "off",
         quick: Annotated[
             bool, typer.Option("--quick", help="A small workload, under a minute.")
         ] = False,
@@ -62,8 +68,9 @@ def register(app: typer.Typer) -> None:
             int, typer.Option(min=1, help="Sweep: sequences per step at most (as the workers').")
         ] = 64,
     ) -> None:
-        """kvfleet engine vs transformers generate, generate_batch and the bare forward passes;
-        with --sweep, the engine's step times for the simulator."""
+        """kvfleet engine vs transformers generate, generate_batch, the bare forward passes and
+        the machine's limits (measured GEMM FLOP/s and memory bandwidth); with --sweep, the
+        engine's step times for the simulator."""
         import logging
 
         if sweep:
@@ -92,6 +99,10 @@ def register(app: typer.Typer) -> None:
         from kvfleet.services.worker.engine.benchmark import Workload, run_benchmark
 
         logging.getLogger("transformers").setLevel(logging.ERROR)
+        if dtype not in ("float32", "bfloat16"):
+            raise typer.BadParameter("--dtype must be float32 or bfloat16")
+        if compile_mode not in ("off", "decode", "all"):
+            raise typer.BadParameter("--compile must be off, decode or all")
         if quick:
             num_requests, prompt_tokens, output_tokens, repeats = 8, 32, 8, 1
         w = Workload(
@@ -102,9 +113,13 @@ def register(app: typer.Typer) -> None:
             repeats=repeats,
             num_threads=threads or None,
             default_cache_path=not quick,
+            dtype=dtype,
+            compile=compile_mode,
         )
         r = run_benchmark(w)
-        table = Table(title=f"{model}: {num_requests} x ({prompt_tokens} in, {output_tokens} out)")
+        table = Table(
+            title=f"{model} ({dtype}): {num_requests} x ({prompt_tokens} in, {output_tokens} out)"
+        )
         table.add_column("path")
         table.add_column("output tok/s", justify="right")
         table.add_column("seconds", justify="right")
@@ -123,7 +138,7 @@ def register(app: typer.Typer) -> None:
                 "hf_generate_batch",
                 r.kvfleet_vs_hf_generate_batch,
             ),
-            ("roofline (bare forwards)", r.roofline_tok_s, "roofline", r.kvfleet_vs_roofline),
+            ("bare forwards (faster of the two)", r.roofline_tok_s, "roofline", r.kvfleet_vs_roofline),
             (
                 "  bare forwards, transformers",
                 r.roofline_hf_forward_tok_s,
@@ -147,8 +162,15 @@ def register(app: typer.Typer) -> None:
                 f"{r.seconds['hf_generate_batch_default_cache']:.2f}",
                 f"{r.kvfleet_tok_s / tok_s:.2f}x",
             )
-        Console().print(table)
-        typer.echo(f"greedy outputs equal HF generate: {r.outputs_match_hf_generate}")
+        console = Console()
+        console.print(table)
+        console.print(_hw_table(r))
+        typer.echo(f"greedy outputs equal HF generate ({dtype}): {r.outputs_match_hf_generate}")
+        same = r.tokens_before_divergence
+        typer.echo(
+            f"tokens before the first divergence from HF generate: min {min(same)}, "
+            f"mean {sum(same) / len(same):.1f} of {output_tokens}"
+        )
         if json_path is not None:
             json_path.write_text(json.dumps(r.to_dict(), indent=2) + "\n")
 
@@ -207,3 +229,37 @@ def run_sweep(model: str, config, grid, json_path: Path | None) -> dict:  # type
         json_path.write_text(json.dumps(data, indent=1) + "\n")
         console.print(f"calibration in {json_path} (kvfleet sim --calibration {json_path})")
     return data
+
+
+def _hw_table(r: object) -> object:
+    from rich.table import Table
+
+    hw = r.hw_roofline  # type: ignore[attr-defined]
+    m = hw["machine"]
+    secs = r.seconds  # type: ignore[attr-defined]
+    dt = hw["dtype"]
+    native = m["native_matmul_flops"][dt] / 1e9
+    used = m["matmul_flops"][dt] / 1e9
+    table = Table(
+        title=(
+            f"hardware roofline ({m['device']}, {m['threads']} threads): GEMM {used:.0f} "
+            f"GFLOP/s for {dt} data (native {dt}: {native:.0f}), memory "
+            f"{m['memory_bytes_s'] / 1e9:.0f} GB/s"
+        )
+    )
+    table.add_column("phase")
+    table.add_column("bound (s)", justify="right")
+    table.add_column("kvfleet (s)", justify="right")
+    table.add_column("kvfleet / bound", justify="right")
+    table.add_column("bare forward (s)", justify="right")
+    table.add_column("bare / bound", justify="right")
+    for phase in ("prefill", "decode"):
+        table.add_row(
+            phase,
+            f"{hw[phase + '_s']:.3f}",
+            f"{secs['kvfleet_' + phase]:.3f}",
+            f"{getattr(r, 'kvfleet_vs_hw_roofline_' + phase):.2f}",
+            f"{secs['bare_forward_' + phase]:.3f}",
+            f"{getattr(r, 'bare_forward_vs_hw_roofline_' + phase):.2f}",
+        )
+    return table

@@ -45,6 +45,8 @@ class HttpClient:
         self.count_tokens = count_tokens
         self.send_slo = send_slo
         self.kvfleet_server = False  # set by check()
+        #: how output tokens were counted: the server's ``usage``, our tokenizer, or chunks
+        self.token_count_source: dict[str, int] = {"usage": 0, "tokenizer": 0, "chunks": 0}
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.AsyncClient(
             headers=headers,
@@ -138,11 +140,12 @@ class HttpClient:
         if timer.first is None:
             return Outcome(timer, False, error="no output before the stream ended")
         if usage_tokens is not None:
-            n = usage_tokens
+            n, source = usage_tokens, "usage"
         elif self.count_tokens is not None:
-            n = self.count_tokens("".join(text_parts))
+            n, source = self.count_tokens("".join(text_parts)), "tokenizer"
         else:
-            n = timer.tokens
+            n, source = timer.tokens, "chunks"
+        self.token_count_source[source] += 1
         return Outcome(timer, True, output_tokens=n, finish_reason=finish,
                        predicted_output_tokens=int(predicted) if predicted else None)
 

@@ -142,6 +142,8 @@ async def execute(
         target_kind=target.kind,
         client=client.name,
         length_control=getattr(client, "length_control", "ignore_eos"),
+        # output tokens: "usage" (the server's count), "tokenizer" (our re-count of its text)
+        token_count_source=getattr(client, "token_count_source", {"token_ids": len(specs)}),
         workload={
             "num_requests": st.num_requests,
             "span_s": st.span_s,

@@ -1,6 +1,11 @@
 """One workload through four paths, in one process: the kvfleet engine, transformers
 ``generate`` (static batch), transformers ``generate_batch`` (continuous batching) and the
-roofline (the bare forward passes of the same batches through the model, no engine).
+bare forward passes of the same batches through each model (no engine), all in one dtype.
+
+Two references bound the engine: the hardware roofline (the machine's measured GEMM FLOP/s
+and memory bandwidth against the FLOPs and bytes of the same batches, ``roofline.py``),
+reported for the prefill step and the decode steps separately, and the faster of the two
+bare forward loops.
 
 Throughput is output tokens per second. The same prompts, greedy, exact output lengths.
 """
@@ -28,6 +33,8 @@ class Workload:
     repeats: int = 2
     num_threads: int | None = None
     default_cache_path: bool = True  # also time generate_batch with its default cache sizing
+    dtype: str = "float32"  # kvfleet and transformers alike
+    compile: str = "off"  # the engine's compile setting
 
     def prompts(self, vocab_size: int) -> list[list[int]]:
         rng = random.Random(self.seed)
@@ -50,32 +57,74 @@ class BenchResult:
     kvfleet_vs_hf_generate: float
     kvfleet_vs_hf_generate_batch: float
     kvfleet_vs_roofline: float
+    kvfleet_vs_hw_roofline: float
+    kvfleet_vs_hw_roofline_decode: float
+    kvfleet_vs_hw_roofline_prefill: float
+    bare_forward_vs_hw_roofline_decode: float
+    bare_forward_vs_hw_roofline_prefill: float
+    hw_roofline: dict[str, object]
     seconds: dict[str, float]
     workload: dict[str, object]
     outputs_match_hf_generate: bool
+    tokens_before_divergence: list[int]  # per request, against HF generate in the same dtype
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
 
+class SplitTimer:
+    """Seconds of a path's prefill step and of its decode steps, for the run that counts."""
+
+    def __init__(self) -> None:
+        self.last: tuple[float, float] | None = None  # (prefill_s, decode_s) of the last run
+        self.best: tuple[float, float] | None = None
+
+    def record(self, prefill_s: float, decode_s: float) -> None:
+        self.last = (prefill_s, decode_s)
+
+    def keep_if_best(self, is_best: bool) -> None:
+        if is_best and self.last is not None:
+            self.best = self.last
+
+
 def _best_interleaved(
-    paths: dict[str, Callable[[], list[list[int]]]], repeats: int
+    paths: dict[str, Callable[[], list[list[int]]]],
+    repeats: int,
+    splits: dict[str, SplitTimer] | None = None,
 ) -> tuple[dict[str, float], dict[str, list[list[int]]]]:
     """Best time per path; repeats go round-robin over the paths so that a noisy moment on
-    a shared machine does not land on one path only."""
+    a shared machine does not land on one path only. A path's split times are those of its
+    best run."""
     best = {k: float("inf") for k in paths}
     outs: dict[str, list[list[int]]] = {}
+    splits = splits or {}
     for _ in range(repeats):
         for name, fn in paths.items():
             t0 = time.perf_counter()
             outs[name] = fn()
-            best[name] = min(best[name], time.perf_counter() - t0)
-            log.info("%s: %.2f s", name, time.perf_counter() - t0)
+            took = time.perf_counter() - t0
+            if name in splits:
+                splits[name].keep_if_best(took < best[name])
+            best[name] = min(best[name], took)
+            log.info("%s: %.2f s", name, took)
     return best, outs
 
 
+def tokens_before_divergence(a: list[list[int]], b: list[list[int]]) -> list[int]:
+    """Per request: how many leading tokens two runs share."""
+    out = []
+    for x, y in zip(a, b, strict=True):
+        n = 0
+        for p, q in zip(x, y, strict=False):
+            if p != q:
+                break
+            n += 1
+        out.append(n)
+    return out
+
+
 def _bare_kvfleet(
-    eng, model: str, prompts: list[list[int]], n_out: int
+    eng, model: str, prompts: list[list[int]], n_out: int, timer: SplitTimer
 ) -> Callable[[], list[list[int]]]:  # type: ignore[no-untyped-def]
     """The engine's own batches (one prefill of every prompt, then decode steps) through the
     model's forward alone: metadata prepared up front, no scheduler, sampler or detokenizer."""
@@ -106,11 +155,16 @@ def _bare_kvfleet(
             s.pages = eng.pool.allocate(len(s.pages)) or s.pages
         out = []
         nxt = None
+        t0 = time.perf_counter()
+        prefill_s = 0.0
         for b in batches:
             if nxt is not None:
                 b.input_ids = nxt
             nxt = m.stage.forward(view, b).argmax(-1)
             out.append(nxt)
+            if not prefill_s:
+                prefill_s = time.perf_counter() - t0
+        timer.record(prefill_s, time.perf_counter() - t0 - prefill_s)
         for s in seqs:
             eng.pool.free(s.pages)
         return torch.stack(out, dim=1).tolist()
@@ -124,6 +178,11 @@ def run_benchmark(w: Workload) -> BenchResult:
 
     from kvfleet.common.models import read_spec, resolve_model
     from kvfleet.services.worker.engine import Engine, EngineConfig, EngineRequest, SamplingParams
+    from kvfleet.services.worker.engine.roofline import (
+        batch_workload_bound,
+        best_limits,
+        measure_machine,
+    )
 
     torch.set_flush_denormal(True)
     if w.num_threads:
@@ -133,6 +192,14 @@ def run_benchmark(w: Workload) -> BenchResult:
     prompts = w.prompts(spec.vocab_size)
     n_out = w.output_tokens
     total = w.num_requests * n_out
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[w.dtype]
+
+    # ---- the machine's limits: measured once per round of the paths, the best round counts
+    machine_runs = [measure_machine(dtypes=(w.dtype,))]
+
+    def run_machine() -> list[list[int]]:
+        machine_runs.append(measure_machine(dtypes=(w.dtype,)))
+        return []
 
     # ---- (a) kvfleet
     ctx = w.prompt_tokens + n_out
@@ -148,14 +215,21 @@ def run_benchmark(w: Workload) -> BenchResult:
             max_num_batched_tokens=budget_tokens,
             max_num_seqs=max(64, w.num_requests),
             num_threads=w.num_threads,
+            dtype=w.dtype,
+            compile=w.compile,
         )
     )
     eng.load_model(w.model)
     counter = [0]
+    kv_timer = SplitTimer()
 
     def run_kvfleet(ps: list[list[int]] = prompts, n: int = n_out) -> list[list[int]]:
+        """The engine as a worker runs it; the first step (every prompt at once: the token
+        budget holds them) is the prefill, the rest are decode steps of the whole batch."""
         counter[0] += 1
         out: dict[str, list[int]] = {}
+        step_s: list[float] = []
+        step_events: list[int] = []
         for i, p in enumerate(ps):
             eng.add_request(
                 EngineRequest(
@@ -166,18 +240,25 @@ def run_benchmark(w: Workload) -> BenchResult:
                 )
             )
         while eng.has_unfinished():
-            for ev in eng.step():
+            t0 = time.perf_counter()
+            events = eng.step()
+            step_s.append(time.perf_counter() - t0)
+            step_events.append(sum(ev.token_id is not None for ev in events))
+            for ev in events:
                 if ev.token_id is not None:
                     out.setdefault(ev.request_id, []).append(ev.token_id)
+        if step_events != [len(ps)] * n:
+            log.warning("steps were not one prefill then full decode steps: %s", step_events)
+        kv_timer.record(step_s[0], sum(step_s[1:]))
         return [out[f"b{counter[0]}-{i}"] for i in range(len(ps))]
 
-    # ---- the transformers model, same checkpoint, float32
+    # ---- the transformers model, same checkpoint, same dtype
     if source.kind == "gguf":
         hf = AutoModelForCausalLM.from_pretrained(
-            str(source.path.parent), gguf_file=source.path.name, dtype=torch.float32
+            str(source.path.parent), gguf_file=source.path.name, dtype=dtype
         )
     else:
-        hf = AutoModelForCausalLM.from_pretrained(str(source.path), dtype=torch.float32)
+        hf = AutoModelForCausalLM.from_pretrained(str(source.path), dtype=dtype)
     hf.eval()
     ids = torch.tensor(prompts)
 
@@ -244,7 +325,8 @@ def run_benchmark(w: Workload) -> BenchResult:
     run_generate_batch(small)
     run_roofline(torch.tensor(small), 4)
 
-    run_bare = _bare_kvfleet(eng, w.model, prompts, n_out)
+    bare_timer = SplitTimer()
+    run_bare = _bare_kvfleet(eng, w.model, prompts, n_out, bare_timer)
     run_bare()
     paths: dict[str, Callable[[], list[list[int]]]] = {
         "kvfleet": run_kvfleet,
@@ -255,14 +337,29 @@ def run_benchmark(w: Workload) -> BenchResult:
     }
     if w.default_cache_path:
         paths["hf_generate_batch_default_cache"] = lambda: run_generate_batch(cfg=None)
-    secs, outs = _best_interleaved(paths, w.repeats)
+    paths["machine"] = run_machine
+    secs, outs = _best_interleaved(
+        paths, w.repeats, {"kvfleet": kv_timer, "roofline_kvfleet_forward": bare_timer}
+    )
+    del paths["machine"]
+    limits = best_limits(machine_runs)
+    bound = batch_workload_bound(
+        spec, dtype.itemsize, w.num_requests, w.prompt_tokens, n_out, limits, w.dtype
+    )
+    log.info(
+        "machine: %s; bound %.2f s prefill, %.2f s decode", limits, bound.prefill_s, bound.decode_s
+    )
+    assert kv_timer.best is not None and bare_timer.best is not None
+    secs["kvfleet_prefill"], secs["kvfleet_decode"] = kv_timer.best
+    secs["bare_forward_prefill"], secs["bare_forward_decode"] = bare_timer.best
+    secs["hw_roofline_prefill"], secs["hw_roofline_decode"] = bound.prefill_s, bound.decode_s
     kv_out, hf_out, cb_out = outs["kvfleet"], outs["hf_generate"], outs["hf_generate_batch"]
     secs["roofline"] = min(secs["roofline_hf_forward"], secs["roofline_kvfleet_forward"])
     lengths = {len(o) for o in kv_out} | {len(o) for o in hf_out}
     if lengths != {n_out}:
         log.warning("unexpected output lengths %s", lengths)
     cb_tokens = sum(len(o) for o in cb_out)
-    tok_s = {k: total / v for k, v in secs.items()}
+    tok_s = {k: total / secs[k] for k in (*paths, "roofline")}
     tok_s["hf_generate_batch"] = cb_tokens / secs["hf_generate_batch"]
     return BenchResult(
         kvfleet_tok_s=tok_s["kvfleet"],
@@ -275,6 +372,21 @@ def run_benchmark(w: Workload) -> BenchResult:
         kvfleet_vs_hf_generate=tok_s["kvfleet"] / tok_s["hf_generate"],
         kvfleet_vs_hf_generate_batch=tok_s["kvfleet"] / tok_s["hf_generate_batch"],
         kvfleet_vs_roofline=tok_s["kvfleet"] / tok_s["roofline"],
+        kvfleet_vs_hw_roofline=bound.total_s / secs["kvfleet"],
+        kvfleet_vs_hw_roofline_decode=bound.decode_s / secs["kvfleet_decode"],
+        kvfleet_vs_hw_roofline_prefill=bound.prefill_s / secs["kvfleet_prefill"],
+        bare_forward_vs_hw_roofline_decode=bound.decode_s / secs["bare_forward_decode"],
+        bare_forward_vs_hw_roofline_prefill=bound.prefill_s / secs["bare_forward_prefill"],
+        hw_roofline={
+            "machine": limits.to_dict(),
+            "dtype": w.dtype,
+            "prefill_flops": bound.prefill.flops,
+            "prefill_bytes": bound.prefill.bytes,
+            "decode_flops": bound.decode.flops,
+            "decode_bytes": bound.decode.bytes,
+            "prefill_s": bound.prefill_s,
+            "decode_s": bound.decode_s,
+        },
         seconds=secs,
         workload={
             **asdict(w),
@@ -282,4 +394,5 @@ def run_benchmark(w: Workload) -> BenchResult:
             "generate_batch_output_tokens": cb_tokens,
         },
         outputs_match_hf_generate=kv_out == hf_out,
+        tokens_before_divergence=tokens_before_divergence(kv_out, hf_out),
     )

@@ -106,6 +106,23 @@ def measure_machine(
     )
 
 
+def best_limits(runs: list[MachineLimits]) -> MachineLimits:
+    """The best of several measurements, rate by rate (a shared machine is rarely quiet)."""
+
+    def best(key: str) -> dict[str, float]:
+        names = getattr(runs[0], key)
+        return {n: max(getattr(r, key)[n] for r in runs) for n in names}
+
+    return MachineLimits(
+        device=runs[0].device,
+        threads=runs[0].threads,
+        native_matmul_flops=best("native_matmul_flops"),
+        matmul_flops=best("matmul_flops"),
+        copy_bytes_s=max(r.copy_bytes_s for r in runs),
+        read_bytes_s=max(r.read_bytes_s for r in runs),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class StepWork:
     """FLOPs and bytes of memory traffic one step needs at least."""
@@ -148,3 +165,41 @@ def step_work(
         flops += 2.0 * num_sampled * spec.vocab_size * h
         weight_bytes += spec.vocab_size * h * element_bytes
     return StepWork(flops, weight_bytes + kv_bytes + act_bytes)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadBound:
+    """Seconds at the machine's limit for a batch of equal requests: one prefill step of
+    every prompt, then decode steps of the whole batch."""
+
+    prefill_s: float
+    decode_s: float
+    prefill: StepWork
+    decode: StepWork
+
+    @property
+    def total_s(self) -> float:
+        return self.prefill_s + self.decode_s
+
+
+def batch_workload_bound(
+    spec: ModelSpec,
+    element_bytes: int,
+    num_requests: int,
+    prompt_tokens: int,
+    output_tokens: int,
+    limits: MachineLimits,
+    dtype: str,
+) -> WorkloadBound:
+    """The bound of ``num_requests`` prompts of ``prompt_tokens`` prefilled in one step, then
+    ``output_tokens - 1`` decode steps (the first token comes from the prefill)."""
+    prefill = step_work(spec, element_bytes, [(0, prompt_tokens)] * num_requests, num_requests)
+    decode_s = 0.0
+    decode = StepWork(0.0, 0.0)
+    for i in range(1, output_tokens):
+        w = step_work(
+            spec, element_bytes, [(prompt_tokens + i - 1, 1)] * num_requests, num_requests
+        )
+        decode = decode + w
+        decode_s += w.bound_s(limits, dtype)
+    return WorkloadBound(prefill.bound_s(limits, dtype), decode_s, prefill, decode)
