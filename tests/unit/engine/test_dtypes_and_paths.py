@@ -168,3 +168,19 @@ def test_decode_batch_padded_to_a_bucket_changes_nothing():
     assert torch.equal(got, ref)
     assert torch.equal(eng.pool.storage, kv_ref)
     assert bucket(3) == 4 and bucket(17) == 24 and bucket(600) == 1024
+
+
+@pytest.mark.slow
+def test_compiled_decode_equals_eager():
+    """The compiled layer step (torch.compile, dynamic shapes) gives the eager path's tokens;
+    one batch size throughout, so the test compiles one graph."""
+    ps = prompts(3)
+    out = {}
+    for mode in ("off", "decode"):
+        eng = tiny_engine(compile=mode)
+        for i, p in enumerate(ps):
+            eng.add_request(request(f"c{i}", p, greedy(10)))
+        got = run_all(eng)
+        out[mode] = [tokens(got[f"c{i}"]) for i in range(3)]
+        assert eng.pool.num_used_pages == 0
+    assert out["decode"] == out["off"]
