@@ -12,6 +12,7 @@ from engine_testkit import greedy, request, run_all, tiny_engine, tokens
 from test_hf_equality import hf_model, prefill_logits
 
 from kvfleet.common.models import load_tokenizer
+from kvfleet.services.worker.engine import cpu_attention
 from kvfleet.services.worker.engine.attention import (
     KvGeometry,
     decode_attention,
@@ -115,6 +116,8 @@ def _random_pool(seed: int, pages: int, geo_layers: int, tpp: int, h: int, d: in
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_paged_decode_attention_equals_padded_sdpa(dtype):
+    """The torch decode path and the C kernel, both reading through the page table, against
+    the padded SDPA path, for every layer of a pool of random pages."""
     num_pages, layers, tpp, h, g, d = 12, 3, 5, 2, 3, 16
     kv = _random_pool(0, num_pages, layers, tpp, h, d).to(dtype)
     geo = KvGeometry(h * g, h, d, tpp, kv.stride(0))
@@ -135,11 +138,16 @@ def test_paged_decode_attention_equals_padded_sdpa(dtype):
     padded.mask = (
         torch.arange(table.shape[1] * tpp).view(1, 1, -1) <= limit.repeat(1, g).unsqueeze(-1)
     ).unsqueeze(1)
+    assert cpu_attention.kernel_library() is not None, "the C kernel did not build"
     for layer in range(layers):
         off = geo.layer_offset(layer)
         a = decode_attention(q, flat, geo, decode.key_base, decode.key_len, off)
         b = padded_attention(q, flat, geo, padded.key_base, padded.mask, None, off)
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4), (a - b).abs().max()
+        c = cpu_attention.paged_decode(
+            q, flat, table, decode.key_len, h, d, tpp, geo.page_stride, off, off + geo.v_offset
+        )
+        assert torch.allclose(c, b, atol=1e-5, rtol=1e-4), (c - b).abs().max()
 
 
 def test_decode_batch_padded_to_a_bucket_changes_nothing():

@@ -63,6 +63,7 @@ class StepAttention:
     slot_pages: torch.Tensor  # [T] page of each new token
     slot_rows: torch.Tensor  # [T] its row (token offset) within the page, layer 0's K
     key_base: torch.Tensor  # [B, S] element offset of every key row of every sequence
+    page_table: torch.Tensor  # [B, P] the step's page table
     key_len: torch.Tensor | None  # [B] keys each sequence sees (decode steps)
     mask: torch.Tensor | None  # [B, 1, group * max_q, S] bool (prefill and mixed steps)
     pad_index: torch.Tensor | None  # [T] row of each token in [B * max_q] (prefill, mixed)
@@ -82,10 +83,12 @@ def plan_step(
     key_pos = torch.arange(s, device=page_table.device)
     key_base = page_table.repeat_interleave(tpp, dim=1) * geo.page_stride + (key_pos % tpp) * row
     if max_q == 1:
-        return StepAttention(slot_pages, slot_offsets, key_base, key_limit[:, 0] + 1, None, None)
+        return StepAttention(
+            slot_pages, slot_offsets, key_base, page_table, key_limit[:, 0] + 1, None, None
+        )
     limit = key_limit.repeat(1, geo.group).unsqueeze(-1)  # [B, group * max_q, 1]
     mask = (key_pos.view(1, 1, s) <= limit).unsqueeze(1)
-    return StepAttention(slot_pages, slot_offsets, key_base, None, mask, pad_index)
+    return StepAttention(slot_pages, slot_offsets, key_base, page_table, None, mask, pad_index)
 
 
 def store_kv(

@@ -19,6 +19,7 @@ from kvfleet.services.worker.engine.attention import (
     padded_attention,
     store_kv,
 )
+from kvfleet.services.worker.engine.cpu_attention import paged_decode
 from kvfleet.services.worker.engine.cuda_attention import PagedDecodeKernel
 from kvfleet.services.worker.engine.linear import LinearFn
 
@@ -29,6 +30,7 @@ class LayerConsts:
     eps: float
     linear: LinearFn
     decode_kernel: PagedDecodeKernel | None = None  # CUDA paged kernel, planned for the step
+    cpu_decode_kernel: bool = False  # the C paged decode kernel (cpu_attention.py)
 
 
 @dataclass(slots=True)
@@ -91,6 +93,19 @@ def layer_forward(
         v_cache = flat.as_strided(shape, stride, layer_off + geo.v_offset)
         out = c.decode_kernel.run(q.view(t, nq, d).to(flat.dtype), k_cache, v_cache)
         out = out.reshape(t, nq * d).to(h.dtype)
+    elif attn.key_len is not None and c.cpu_decode_kernel:
+        out = paged_decode(
+            q,
+            flat,
+            attn.page_table,
+            attn.key_len,
+            nkv,
+            d,
+            geo.tokens_per_page,
+            geo.page_stride,
+            layer_off,
+            layer_off + geo.v_offset,
+        )
     elif attn.key_len is not None:
         out = decode_attention(q, flat, geo, attn.key_base, attn.key_len, layer_off)
     else:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from kvfleet.common.models.spec import ModelSpec
+from kvfleet.services.worker.engine import cpu_attention
 from kvfleet.services.worker.engine.attention import KvGeometry, flat_storage, plan_step
 from kvfleet.services.worker.engine.compiled_decode import CudaGraphDecoder, LayerRunner
 from kvfleet.services.worker.engine.cuda_attention import PagedDecodeKernel, choose_decode_kernel
@@ -59,10 +60,11 @@ class ModelStage:
         self.last = last
         self.dtype = dtype
         self.device = device
-        self.kernels = choose_kernels(device, dtype)
-        cdt = self.kernels.compute_dtype
         self.compile_mode = compile_mode
         self.runner = LayerRunner(compile_mode, device)
+        self.kernels = choose_kernels(device, dtype, packed=self.runner.mode == "off")
+        cdt = self.kernels.compute_dtype
+        pack = self.kernels.pack
         self._graphs: CudaGraphDecoder | None = None
         self._decode_kernels: dict[int, PagedDecodeKernel | None] = {}  # by tokens per page
 
@@ -81,19 +83,23 @@ class ModelStage:
                 )
             self.layers.append(
                 LayerWeights(
-                    qkv=torch.cat(
-                        [
-                            take(a + "q_proj.weight"),
-                            take(a + "k_proj.weight"),
-                            take(a + "v_proj.weight"),
-                        ]
+                    qkv=pack(
+                        torch.cat(
+                            [
+                                take(a + "q_proj.weight"),
+                                take(a + "k_proj.weight"),
+                                take(a + "v_proj.weight"),
+                            ]
+                        )
                     ),
                     qkv_bias=bias,
-                    o=take(a + "o_proj.weight"),
-                    gate_up=torch.cat(
-                        [take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")]
+                    o=pack(take(a + "o_proj.weight")),
+                    gate_up=pack(
+                        torch.cat(
+                            [take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")]
+                        )
                     ),
-                    down=take(p + "mlp.down_proj.weight"),
+                    down=pack(take(p + "mlp.down_proj.weight")),
                     ln1=take(p + "input_layernorm.weight", cdt),
                     ln2=take(p + "post_attention_layernorm.weight", cdt),
                 )
@@ -102,11 +108,11 @@ class ModelStage:
         if last == spec.num_layers:
             self.norm = take("model.norm.weight", cdt)
             if "lm_head.weight" in weights:
-                self.lm_head = take("lm_head.weight")
+                self.lm_head = pack(take("lm_head.weight"))
             elif self.embed is not None:
-                self.lm_head = self.embed
+                self.lm_head = self.embed  # tied: one plain tensor for lookup and head
             else:
-                self.lm_head = take("model.embed_tokens.weight")
+                self.lm_head = pack(take("model.embed_tokens.weight"))
         d = spec.head_dim
         inv_freq = 1.0 / (spec.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
         pos = torch.arange(spec.max_context_tokens, dtype=torch.float32)
@@ -150,19 +156,24 @@ class ModelStage:
             n += self.lm_head.numel() * self.lm_head.element_size()
         return n
 
-
     def geometry(self, kv: torch.Tensor) -> KvGeometry:
         spec = self.spec
         return KvGeometry(
             spec.num_heads, spec.num_kv_heads, spec.head_dim, kv.shape[3], kv.stride(0)
         )
 
+    def _cpu_kernel_usable(self, kv_dtype: torch.dtype) -> bool:
+        s = self.spec
+        if not cpu_attention.supports(s.num_heads, s.num_kv_heads, s.head_dim, kv_dtype):
+            return False
+        if self.kernels.compute_dtype != torch.float32:
+            return False
+        return cpu_attention.kernel_library() is not None
+
     def decode_kernel(self, tokens_per_page: int, in_graph: bool) -> PagedDecodeKernel | None:
         key = tokens_per_page * 2 + int(in_graph)
         if key not in self._decode_kernels:
-            self._decode_kernels[key] = choose_decode_kernel(
-                self.device, tokens_per_page, in_graph
-            )
+            self._decode_kernels[key] = choose_decode_kernel(self.device, tokens_per_page, in_graph)
         return self._decode_kernels[key]
 
     @torch.inference_mode()
@@ -176,9 +187,15 @@ class ModelStage:
         for ``batch.sample_index`` (last stage) or hidden states [T, hidden].
         """
         whole = hidden is None and self.is_first and self.is_last
-        if whole and batch.max_q == 1 and self.device.type == "cuda" and self.runner.mode in (
-            "decode",
-            "all",
+        if (
+            whole
+            and batch.max_q == 1
+            and self.device.type == "cuda"
+            and self.runner.mode
+            in (
+                "decode",
+                "all",
+            )
         ):
             if self._graphs is None:
                 self._graphs = CudaGraphDecoder(self)
@@ -199,8 +216,11 @@ class ModelStage:
         decode = batch.max_q == 1
         kernel = None
         if decode and self.device.type == "cuda":
-            kernel = self.decode_kernel(geo.tokens_per_page, torch.cuda.is_current_stream_capturing())
-        consts = LayerConsts(geo, self.spec.rms_norm_eps, self.kernels.linear, kernel)
+            kernel = self.decode_kernel(
+                geo.tokens_per_page, torch.cuda.is_current_stream_capturing()
+            )
+        cpu_kernel = decode and self.device.type == "cpu" and self._cpu_kernel_usable(kv.dtype)
+        consts = LayerConsts(geo, self.spec.rms_norm_eps, self.kernels.linear, kernel, cpu_kernel)
         attn = plan_step(
             geo,
             batch.page_table,
@@ -211,8 +231,15 @@ class ModelStage:
         )
         if kernel is not None and attn.key_len is not None:
             s = self.spec
-            kernel.plan(batch.page_table, attn.key_len, geo.tokens_per_page, s.num_heads,
-                        s.num_kv_heads, s.head_dim, kv.dtype)
+            kernel.plan(
+                batch.page_table,
+                attn.key_len,
+                geo.tokens_per_page,
+                s.num_heads,
+                s.num_kv_heads,
+                s.head_dim,
+                kv.dtype,
+            )
         cos, sin = self.cos[batch.positions], self.sin[batch.positions]
         flat = flat_storage(kv)
         layer_fn = self.runner.layer_fn(decode)
