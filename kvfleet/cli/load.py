@@ -114,6 +114,11 @@ def load(
     speed: Annotated[
         float, typer.Option(help="Replay speed-up (2 = twice as fast).", rich_help_panel=_SHAPING)
     ] = 1.0,
+    length_scale: Annotated[
+        float,
+        typer.Option(help="Multiply every input and output length (before the caps).",
+                     rich_help_panel=_SHAPING),
+    ] = 1.0,
     max_input: Annotated[
         int | None, typer.Option(help="Cap on input tokens.", rich_help_panel=_SHAPING)
     ] = None,
@@ -221,6 +226,7 @@ def load(
         start_s=start,
         duration_s=duration,
         speed=speed,
+        length_scale=length_scale,
         max_input=max_input,
         max_output=max_output,
         num_requests=num_requests,

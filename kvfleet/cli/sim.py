@@ -36,6 +36,7 @@ Seed = Annotated[int, typer.Option(help="Seed of every random choice.")]
 StartS = Annotated[float, typer.Option("--start", help="Slice start in trace time (s).")]
 DurationS = Annotated[float | None, typer.Option("--duration", help="Slice / synthetic run length (s).")]
 Speed = Annotated[float, typer.Option(help="Replay speed-up.")]
+LengthScale = Annotated[float, typer.Option(help="Multiply every input and output length (before the caps).")]
 MaxInput = Annotated[int | None, typer.Option(help="Input length cap (tokens).")]
 MaxOutput = Annotated[int | None, typer.Option(help="Output length cap (tokens).")]
 NumRequests = Annotated[int | None, typer.Option(help="Keep at most this many requests.")]
@@ -118,7 +119,8 @@ def sim(
     spike_rate: SpikeRate = 0.0, spike_s: SpikeS = 0.0, spike_period_s: SpikePeriod = 0.0,
     spike_start_s: SpikeStart = 0.0, input_len: InputLen = "256", output_len: OutputLen = "64",
     mix: Mix = None, rate_scale: RateScale = 1.0, seed: Seed = 0, start_s: StartS = 0.0,
-    duration_s: DurationS = None, speed: Speed = 1.0, max_input: MaxInput = None,
+    duration_s: DurationS = None, speed: Speed = 1.0, length_scale: LengthScale = 1.0,
+    max_input: MaxInput = None,
     max_output: MaxOutput = None, num_requests: NumRequests = None, spread_ties: SpreadTies = False,
     gpus: Annotated[int, typer.Option(help="GPUs in the fleet.")] = 16,
     gpu: Gpu = "H100", model: Model = "Llama-2-7B", tp: Tp = None,
@@ -149,8 +151,8 @@ def sim(
         ramp_s=ramp_s, ramp_from_rate=ramp_from_rate, spike_rate=spike_rate, spike_s=spike_s,
         spike_period_s=spike_period_s, spike_start_s=spike_start_s, input_len=input_len,
         output_len=output_len, mix=mix, rate_scale=rate_scale, seed=seed, start_s=start_s,
-        duration_s=duration_s, speed=speed, max_input=max_input, max_output=max_output,
-        num_requests=num_requests, spread_ties=spread_ties,
+        duration_s=duration_s, speed=speed, length_scale=length_scale, max_input=max_input,
+        max_output=max_output, num_requests=num_requests, spread_ties=spread_ties,
     )
     config = _config(
         gpu=gpu, models=[m.strip() for m in model.split(",") if m.strip()], num_gpus=gpus, tp=tp,
@@ -228,7 +230,7 @@ def compare(
 WORKLOAD_KEYS = (
     "trace", "request_model", "arrivals", "rate", "cv", "ramp_s", "ramp_from_rate",
     "spike_rate", "spike_s", "spike_period_s", "spike_start_s", "input_len", "output_len",
-    "mix", "rate_scale", "seed", "start_s", "duration_s", "speed", "max_input",
+    "mix", "rate_scale", "seed", "start_s", "duration_s", "speed", "length_scale", "max_input",
     "max_output", "num_requests", "spread_ties",
 )
 
@@ -448,14 +450,17 @@ def _cells(summary: dict) -> list[str]:  # type: ignore[type-arg]
         cells.append(fmt.format(v))
     sim = summary["sim"]
     cells += [
-        str(sim["num_preemptions"]), str(sim["num_migrations"]), str(sim["num_replacements"]),
-        f"{sim['mean_active_gpus']:.1f}", f"{sim['mean_kv_utilization']:.2f}",
+        str(sim["num_preemptions"]), str(sim["num_migrations"]),
+        f"{sim.get('migrations_per_s', 0.0):.2f}", str(sim["num_replacements"]),
+        f"{sim['mean_active_gpus']:.1f}", str(sim.get("peak_active_gpus", "-")),
+        f"{sim['mean_kv_utilization']:.2f}", f"{sim.get('mean_kv_utilization_active', 0.0):.2f}",
     ]
     return cells
 
 
 HEADERS = ["policy", "GPUs"] + [c[0] for c in COLUMNS] + [
-    "preempt", "migr", "re-place", "active GPUs", "KV util"
+    "preempt", "migr", "migr/s", "re-place", "active GPUs", "peak GPUs", "KV util",
+    "KV util active",
 ]
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from kvfleet.policies import baselines, ecoserve, kunserve, seallm
+from kvfleet.policies import baselines, ecoserve, kunserve, mell, seallm
 from kvfleet.policies.policy_set import PolicySet
 
 POLICY_SETS: dict[str, PolicySet] = {}
@@ -46,3 +46,4 @@ register(baselines.SETS)
 register(ecoserve.SETS)
 register(seallm.SETS)
 register(kunserve.SETS)
+register(mell.SETS)

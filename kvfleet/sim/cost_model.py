@@ -147,6 +147,19 @@ class CostModel:
             overhead_s_per_seq=self.seq_overhead_s,
         )
 
+    def spare_prefill_tokens_per_s(self, batch: int, context_tokens: int) -> float:
+        """Prefill tokens per second a worker decoding ``batch`` sequences (``context_tokens``
+        in all) can add to its steps without making them longer: the compute its
+        memory-bound steps leave idle. An idle worker prefills at its full compute rate."""
+        per_token = self._linear_flops_per_token
+        if batch <= 0:
+            return self.flops_per_s / per_token
+        cost = self.step_cost(batch, context_tokens, context_tokens, batch)
+        spare = cost.memory_s - cost.compute_s
+        if spare <= 0:
+            return 0.0
+        return spare * self.flops_per_s / per_token / cost.total_s
+
     # ----- runs of decode steps -----
     def decode_run(
         self, batch: int, context_tokens: int, max_context: int | None = None

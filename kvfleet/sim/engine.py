@@ -20,7 +20,7 @@ from typing import Protocol
 from kvfleet.load.slo import SloSet
 from kvfleet.policies import PolicySet, policy_set
 from kvfleet.services.gateway.core.length_predictor import LengthQuery, make_predictor
-from kvfleet.services.planner.core.migration import MigrationOrder, migration_views
+from kvfleet.services.planner.core.migration import migration_views
 from kvfleet.services.planner.core.overload import FleetLoad, overload_views
 from kvfleet.services.planner.core.types import ModelLoad, Plan
 from kvfleet.services.scheduler.core.admission import QueueBound, QueueDepth
@@ -37,6 +37,7 @@ from kvfleet.sim.fleet import (
     reference_costs,
 )
 from kvfleet.sim.groups import GroupKeeper
+from kvfleet.sim.migration import MigrationStats, SimMigrations
 from kvfleet.sim.overhead import StackOverheads, load_overheads
 from kvfleet.sim.presets import link_preset
 from kvfleet.sim.seq import SimSeq
@@ -45,13 +46,14 @@ from kvfleet.sim.worker import SharedCpu, SimWorker
 log = logging.getLogger(__name__)
 
 (_WORKER, _DISPATCH, _MIGRATE, _ARRIVE_MIGRATED, _SAMPLE, _REPLAN, _LOADED, _QUEUE, _ASSIGN,
- _HEARTBEAT, _CPU) = range(11)
-_OVERLOAD, _RESUME, _RELOADED = 11, 12, 13  # pipeline groups (kvfleet/sim/groups.py)
+ _HEARTBEAT, _CPU, _PRECOPIED) = range(12)
+_OVERLOAD, _RESUME, _RELOADED = 12, 13, 14  # pipeline groups (kvfleet/sim/groups.py)
 INF = float("inf")
 
 FLEET_COLUMNS = (
     "time_s", "active_gpus", "kv_utilization", "migrations_per_s", "scheduler_queue",
-    "worker_waiting", "worker_running", "finished", "dropped",
+    "worker_waiting", "worker_running", "finished", "dropped", "idle_gpus",
+    "kv_utilization_active",
 )
 
 
@@ -86,6 +88,7 @@ class SimResult:
     replacements: list[tuple[float, int, int]] = field(default_factory=list)  # (t, loads, unloads)
     relay_s: float = 0.0  # added to every token's time at the client (StackOverheads)
     layer_actions: list[dict[str, object]] = field(default_factory=list)  # drops, restores
+    migration_stats: MigrationStats = field(default_factory=MigrationStats, repr=False)
 
     @property
     def events_per_s(self) -> float:
@@ -206,9 +209,9 @@ class Simulator:
         self._dispatch_at = INF
         self._num_done = 0
         self._num_dropped = 0
-        self._num_migrations = 0
-        self._migrations_in_window = 0
-        self._inflight: dict[str, tuple[int, int]] = {}  # request -> (dst worker, pages held)
+        self.migrations = SimMigrations(self.workers, self.link, self._push_named,
+                                        self._push_worker)
+        self._inflight = self.migrations.flights  # request -> migration in progress
         self._worker_index = {w.worker_id: w for w in self.workers}
         # The scheduler's picture of the fleet, refreshed for workers that changed.
         self._dirty: list[int] = []
@@ -221,6 +224,9 @@ class Simulator:
     def _push(self, t: float, kind: int, a: object = None, b: object = None) -> None:
         self._counter += 1
         heapq.heappush(self._heap, (t, self._counter, kind, a, b))
+
+    def _push_named(self, t: float, what: str, a: object, b: object) -> None:
+        self._push(t, _ARRIVE_MIGRATED if what == "arrive" else _PRECOPIED, a, b)
 
     def _push_worker(self, worker: SimWorker, t: float | None) -> None:
         if t is not None:
@@ -295,6 +301,8 @@ class Simulator:
                     self._num_done += len(finished)
                     for s in finished:
                         self.predictor.observe(s.model, s.num_prompt_tokens, s.num_output)
+                        if self._inflight:
+                            self.migrations.finished(s)
                     finished.clear()
                 if departed:
                     self._depart(departed, now)
@@ -307,10 +315,8 @@ class Simulator:
                 elif self._pending and self._dispatch_at == INF:  # room may have opened
                     self._dispatch_at = now + interval
                     self._push(self._dispatch_at, _DISPATCH)
-                for rid in asked:  # orders the source could not honour are forgotten
-                    entry = self._inflight.get(rid)
-                    if entry is not None and entry[1] == 0:
-                        del self._inflight[rid]
+                if asked:  # orders the source could not honour are forgotten
+                    self.migrations.unhonoured(asked)
             elif kind == _DISPATCH:
                 self._dispatch(now)
             elif kind == _QUEUE:
@@ -326,7 +332,9 @@ class Simulator:
             elif kind == _CPU:  # the background changed: steps from now on take longer
                 self._cpu.change(0, None, now)  # type: ignore[union-attr]
             elif kind == _ARRIVE_MIGRATED:
-                self._arrive(a, b, now)  # type: ignore[arg-type]
+                self.migrations.arrive(a, b, now)  # type: ignore[arg-type]
+            elif kind == _PRECOPIED:
+                self.migrations.precopied(a, b, now)  # type: ignore[arg-type]
             elif kind == _MIGRATE:
                 self._migrate(now)
                 if self._num_done < n:
@@ -366,9 +374,10 @@ class Simulator:
         result = SimResult(
             self.config, seqs, self.fleet_rows, events, wall, time.process_time() - cpu_started,
             sum(w.num_plans for w in self.workers), sum(w.num_steps for w in self.workers),
-            self._num_migrations, now, self.workers, self.replacements,
+            self.migrations.num_migrations, now, self.workers, self.replacements,
             self.overheads.relay_s if self.overheads is not None else 0.0,
             list(self.keeper.actions) if self.keeper is not None else [],
+            self.migrations.stats,
         )
         log.info("simulated %d requests to t=%.1fs: %d events in %.1fs wall, %.1fs CPU "
                  "(%.0f events/s)", n, now, events, wall, result.cpu_s, result.events_per_s)
@@ -439,45 +448,21 @@ class Simulator:
 
     # ----- migration -----
     def _migrate(self, now: float) -> None:
-        views = migration_views([w.report() for w in self.workers], self._inflight)
-        orders = self.migration.decide(views, now)
-        for order in orders:
-            self._order(order, now)
-
-    def _order(self, order: MigrationOrder, now: float) -> None:
-        src = self._worker_index.get(order.src_worker_id)
-        dst = self._worker_index.get(order.dst_worker_id)
-        if src is None or dst is None or order.request_id not in src.by_id:
-            log.debug("migration %s dropped: unknown worker or request", order)
-            return
-        self._inflight[order.request_id] = (dst.idx, 0)
-        self._push_worker(src, src.request_detach(order.request_id, now))
+        views = migration_views(
+            [w.report() for w in self.workers], self._inflight,
+            link_bytes_per_s=self.link.bytes_per_s,
+            reprefill_tokens_per_s={w.worker_id: w.spare_prefill_tokens_per_s()
+                                    for w in self.workers},
+        )
+        for order in self.migration.decide(views, now):
+            self.migrations.order(order, now)
 
     def _accept(self, seq: SimSeq) -> bool:
         """Called by a source worker at a boundary: can the destination take ``seq`` now?"""
-        entry = self._inflight.get(seq.request_id)
-        if entry is None:
-            return False
-        dst = self.workers[entry[0]]
-        if dst.reserve(seq.num_pages):
-            self._inflight[seq.request_id] = (dst.idx, seq.num_pages)
-            return True
-        del self._inflight[seq.request_id]
-        return False
+        return self.migrations.accept(seq)
 
     def _depart(self, departed: list[SimSeq], now: float) -> None:
-        for seq in departed:
-            dst_idx, _ = self._inflight[seq.request_id]
-            kv_bytes = seq.num_computed * self.workers[dst_idx].costs[seq.model].kv_bytes_per_token
-            self._push(now + self.link.transfer_s(kv_bytes), _ARRIVE_MIGRATED, seq, dst_idx)
-            seq.num_migrations += 1
-            self._num_migrations += 1
-            self._migrations_in_window += 1
-
-    def _arrive(self, seq: SimSeq, dst_idx: int, now: float) -> None:
-        del self._inflight[seq.request_id]
-        dst = self.workers[dst_idx]
-        self._push_worker(dst, dst.attach(seq, now))
+        self.migrations.depart(departed, now)
 
     # ----- re-placement -----
     def _replan(self, now: float) -> None:
@@ -549,30 +534,42 @@ class Simulator:
 
     # ----- fleet time series -----
     def _sample(self, now: float) -> None:
-        active = used = total = waiting = running = 0
+        """One fleet.csv row. A worker is active while it (or the leader of its pipeline
+        group) holds or expects a request (running, waiting, or a migration coming in), idle
+        otherwise; KV utilisation is taken over all workers and over the active ones only."""
+        active = used = total = waiting = running = used_active = total_active = 0
         leaders = {w.worker_id: w for w in self.workers}
+        busy: list[SimWorker] = []
         for w in self.workers:
             group = next(iter(w.groups.values()), None)
             lead = leaders[group.leader_id] if group is not None else w
-            if lead.running or lead.waiting:
+            if lead.active:
                 active += 1
+                busy.append(w)
             if group is not None and group.rank > 0:
                 continue  # a later stage's pages are counted through its group's leader
-            used += w.total_pages - w.free_pages
+            held = w.total_pages - w.free_pages
+            if lead.active:
+                used_active += held
+                total_active += w.total_pages
+            used += held
             total += w.total_pages
             waiting += len(w.waiting)
             running += len(w.running)
         interval = self.config.sample_interval_s
-        gpus = sum(w.parallel_degree for w in self.workers if w.running or w.waiting)
+        gpus = sum(w.parallel_degree for w in busy)
+        idle_gpus = sum(w.parallel_degree for w in self.workers) - gpus
         if self.placement is None:  # workers built from a tp setting: every one spans tp GPUs
-            gpus = active * self.workers[0].costs[next(iter(self.workers[0].costs))].tp
+            tp = self.workers[0].costs[next(iter(self.workers[0].costs))].tp
+            gpus, idle_gpus = active * tp, (len(self.workers) - active) * tp
         finished = self._num_done - self._num_dropped
         self.fleet_rows.append((
             round(now, 6), gpus, round(used / total, 6) if total else 0.0,
-            self._migrations_in_window / interval, len(self._pending), waiting, running,
-            finished, self._num_dropped,
+            self.migrations.in_window / interval, len(self._pending), waiting, running,
+            finished, self._num_dropped, idle_gpus,
+            round(used_active / total_active, 6) if total_active else 0.0,
         ))
-        self._migrations_in_window = 0
+        self.migrations.in_window = 0
 
 
 def _load_of(arrivals: Sequence[tuple[float, str, int, int]], span_s: float

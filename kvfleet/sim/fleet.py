@@ -294,11 +294,11 @@ def build_workers_like(
         if not v.models or v.num_total_pages <= 0:
             raise ValueError(f"worker {v.worker_id}: needs models and pages")
         tpp = {m: v.tokens_per_page.get(m, config.page_tokens) for m in v.models}
+        page_bytes = max(tpp.values()) * shape.kv_bytes_per_token
         wcfg = WorkerConfig(v.worker_id, v.models, v.num_total_pages, tpp,
                             config.token_budget, config.max_num_seqs, config.worker_queue_fraction,
                             fast_forward=config.fast_forward,
-                            page_size_bytes=max(tpp.values()) * shape.kv_bytes_per_token,
-                            node="node0")
+                            page_size_bytes=page_bytes, node="node0")
         worker = SimWorker(i, wcfg, dict.fromkeys(v.models, cost), policies.batch())
         worker.shapes = dict.fromkeys(v.models, shape_view(shape))
         worker._publish(0.0)

@@ -119,10 +119,27 @@ def summarize(
         "events_per_s": result.events_per_s,
         "virtual_end_s": result.end_s,
         "mean_active_gpus": float(np.mean([r[1] for r in rows])) if rows else 0.0,
+        "peak_active_gpus": int(max((r[1] for r in rows), default=0)),
+        "mean_idle_gpus": float(np.mean([r[9] for r in rows])) if rows else 0.0,
+        "migrations_per_s": result.num_migrations / duration,
         "mean_kv_utilization": float(np.mean([r[2] for r in rows])) if rows else 0.0,
+        "mean_kv_utilization_active": float(np.mean([r[10] for r in rows if r[1] > 0]))
+        if any(r[1] > 0 for r in rows) else 0.0,
+        "migrations_by_mode": dict(sorted(result.migration_stats.by_mode.items())),
+        "migrations_aborted": result.migration_stats.aborted,
+        **_pauses(result.migration_stats.pauses_s),
         "itl_note": "pooled per-request mean gaps (no per-token timestamps in the simulator)",
     }
     return summary
+
+
+def _pauses(pauses_s: list[float]) -> dict[str, float | None]:
+    """How long migrated requests stood still (KV modes: stop at the source to resume)."""
+    if not pauses_s:
+        return {"mean_migration_pause_ms": None, "p99_migration_pause_ms": None}
+    arr = np.array(pauses_s) * 1000.0
+    return {"mean_migration_pause_ms": float(arr.mean()),
+            "p99_migration_pause_ms": float(np.percentile(arr, 99))}
 
 
 def write_outputs(

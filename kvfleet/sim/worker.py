@@ -153,8 +153,14 @@ class SimWorker:
             min(self.policy_reserved_pages, self.free_pages), self._queued_pages, self.tpp,
             len(self.running), len(self.waiting), "sim",
             self.intake_seq, (), self.config.page_size_bytes, self.layers, self.shapes,
-            self.groups, self.config.node,
+            self.groups, self.config.node, self._seq_pages(),
         )
+
+    def _seq_pages(self) -> tuple[int, ...]:
+        """Pages each request holds, or needs to start (the dispatcher's packing view)."""
+        out = [s.num_pages for s in self.running]
+        out.extend(-(-s.num_tokens // s.tokens_per_page) for s in self.waiting)
+        return tuple(out)
 
     def _publish(self, now: float) -> None:
         snap = self._snapshot()
@@ -204,6 +210,13 @@ class SimWorker:
     def active(self) -> bool:
         return bool(self.running or self.waiting or self.reserved_pages or self._incoming)
 
+    def spare_prefill_tokens_per_s(self) -> float:
+        """Re-prefill tokens per second this worker can take on without slowing its batch
+        (the migration policy's computation budget)."""
+        cost = self._single or next(iter(self.costs.values()))
+        return cost.spare_prefill_tokens_per_s(
+            len(self.running), sum(s.num_tokens for s in self.running))
+
     def capacity_tokens(self, model: str) -> int:
         return self.total_pages * self.tpp[model]
 
@@ -241,6 +254,26 @@ class SimWorker:
         self.reserved_pages += num_pages
         self._invalidate()
         return True
+
+    def unreserve(self, num_pages: int) -> None:
+        """Give back pages held for a migration that will not come."""
+        self.free_pages += num_pages
+        self.reserved_pages -= num_pages
+        self._invalidate()
+
+    def attach_waiting(self, seq: SimSeq, now: float) -> float | None:
+        """A request arrives as tokens (re-prefill migration, or one that had not started):
+        it joins the waiting queue with nothing computed."""
+        seq._view = None
+        seq.num_pages = 0
+        seq.num_computed = 0
+        seq.tokens_per_page = self.tpp[seq.model]
+        seq.worker_idx = self.idx
+        self._to_waiting(seq)
+        self.waiting.append(seq)
+        self.by_id[seq.request_id] = seq
+        self._invalidate()
+        return self._wake(now)
 
     def request_detach(self, request_id: str, now: float) -> float | None:
         """Ask for a running sequence to leave at the next step boundary."""
@@ -459,19 +492,24 @@ class SimWorker:
         self, departed: list[SimSeq], accept: Callable[[SimSeq], bool] | None
     ) -> None:
         keep: list[SimSeq] = []
-        for seq in self.running:
-            if (
-                seq.request_id in self._detach
-                and seq.num_computed == seq.num_tokens - 1
-                and accept is not None
-                and accept(seq)
-            ):
+        for seq in self.running:  # decoding, or in the middle of its prefill
+            if seq.request_id in self._detach and accept is not None and accept(seq):
                 self.free_pages += seq.num_pages
                 del self.by_id[seq.request_id]
                 departed.append(seq)
             else:
                 keep.append(seq)
         self.running = keep
+        if any(s.request_id in self._detach for s in self.waiting):
+            stay: deque[SimSeq] = deque()
+            for seq in self.waiting:  # not started: it moves as tokens
+                if seq.request_id in self._detach and accept is not None and accept(seq):
+                    self._queued_pages -= -(-seq.num_tokens // seq.tokens_per_page)
+                    del self.by_id[seq.request_id]
+                    departed.append(seq)
+                else:
+                    stay.append(seq)
+            self.waiting = stay
         self._detach.clear()
 
     def _plan(self, now: float) -> float | None:

@@ -42,6 +42,7 @@ class WorkloadOptions(BaseModel):
     start_s: float = Field(0.0, ge=0, description="slice start in trace time (s)")
     duration_s: float | None = Field(None, gt=0, description="slice / run length in trace time (s)")
     speed: float = Field(1.0, gt=0, description="replay speed-up")
+    length_scale: float = Field(1.0, gt=0, description="input and output length multiplier")
     max_input: int | None = Field(None, ge=1, description="input length cap (tokens)")
     max_output: int | None = Field(None, ge=1, description="output length cap (tokens)")
     num_requests: int | None = Field(None, ge=1, description="stop after this many requests")
@@ -61,6 +62,7 @@ class WorkloadOptions(BaseModel):
             start_s=0.0 if sliced else self.start_s,
             duration_s=None if sliced else self.duration_s,
             speed=self.speed,
+            length_scale=self.length_scale,
             max_input=self.max_input,
             max_output=self.max_output,
             max_requests=self.num_requests,

@@ -14,6 +14,9 @@ class Shaping:
 
     start_s / duration_s: the slice ``[start_s, start_s + duration_s)`` in trace time.
     speed: arrivals are replayed ``speed`` times faster (2.0 halves every gap).
+    length_scale: every input and output length is multiplied by it (rounded, at least 1)
+    before the caps, to study longer requests than a trace has (MELL scales chat lengths by
+    10).
     max_input / max_output: token caps to fit small models (``None``: no cap).
     max_requests: keep at most this many requests (``None``: all).
     model: renames every request's model (``None``: keep the trace's names).
@@ -22,6 +25,7 @@ class Shaping:
     start_s: float = 0.0
     duration_s: float | None = None
     speed: float = 1.0
+    length_scale: float = 1.0
     max_input: int | None = None
     max_output: int | None = None
     max_requests: int | None = None
@@ -34,6 +38,8 @@ class Shaping:
             raise ValueError(f"duration must be > 0, got {self.duration_s}")
         if not self.speed > 0:
             raise ValueError(f"speed must be > 0, got {self.speed}")
+        if not self.length_scale > 0:
+            raise ValueError(f"length_scale must be > 0, got {self.length_scale}")
         for name in ("max_input", "max_output", "max_requests"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -51,13 +57,16 @@ def shape(specs: Sequence[RequestSpec], shaping: Shaping) -> list[RequestSpec]:
         if spec.arrival_s < shaping.start_s or (end is not None and spec.arrival_s >= end):
             continue
         input_tokens = spec.input_tokens
+        output_tokens = spec.output_tokens
+        if shaping.length_scale != 1.0:
+            input_tokens = max(1, round(input_tokens * shaping.length_scale))
+            output_tokens = max(1, round(output_tokens * shaping.length_scale))
         if shaping.max_input is not None:
             input_tokens = min(input_tokens, shaping.max_input)
-        output_tokens = spec.output_tokens
         if shaping.max_output is not None:
             output_tokens = min(output_tokens, shaping.max_output)
         hash_ids = spec.hash_ids
-        if hash_ids and input_tokens < spec.input_tokens:
+        if hash_ids and input_tokens != spec.input_tokens:
             hash_ids = hash_ids[: -(-input_tokens // PREFIX_BLOCK_TOKENS)]
         out.append(
             spec.with_(

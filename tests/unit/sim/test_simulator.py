@@ -13,7 +13,7 @@ def outcome(result):
              s.drop_reason) for s in result.seqs]
 
 
-@pytest.mark.parametrize("policy", ["vllm", "round-robin", "llumnix", "best-fit", "worst-fit"])
+@pytest.mark.parametrize("policy", ["vllm", "round-robin", "llumnix", "best-fit", "worst-fit", "mell"])
 def test_same_seed_same_run(policy):
     cfg = SimConfig(num_gpus=4, policy=policy, gpu="A100-40G", tp=1)
     a = simulate(cfg, poisson_requests(250, 25.0, seed=7))
@@ -36,7 +36,7 @@ def check_conservation(result):
         assert w.free_pages == w.total_pages and not w.running and not w.waiting
 
 
-@pytest.mark.parametrize("policy", ["vllm", "round-robin", "llumnix", "best-fit", "worst-fit"])
+@pytest.mark.parametrize("policy", ["vllm", "round-robin", "llumnix", "best-fit", "worst-fit", "mell"])
 def test_every_request_finishes_and_kv_stays_within_the_pool_under_memory_pressure(policy):
     # A 7B model on one 24 GB GPU leaves ~16k tokens of KV: heavy preemption.
     cfg = SimConfig(num_gpus=4, tp=1, policy=policy, gpu="RTX4090", models=["Llama-2-7B"],

@@ -12,21 +12,28 @@ requests on the hot worker can start.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
-from kvfleet.services.scheduler.core.occupancy import OccupancyReport
+from kvfleet.services.scheduler.core.occupancy import OccupancyReport, SeqReport
 
 
 @dataclass(frozen=True, slots=True)
 class MigrationCandidate:
-    """A running request that could move: its KV pages and arrival time."""
+    """A running request that could move: its KV pages and arrival time (and, for policies
+    that size requests or pick a migration mode, its tokens and the bytes of its KV)."""
 
     request_id: str
     model: str
     num_pages: int
     arrival_s: float
+    num_tokens: int = 0  # prompt + generated tokens known
+    num_computed_tokens: int = 0  # tokens whose KV is written (what a KV copy ships)
+    num_output_tokens: int = 0
+    predicted_output_tokens: int | None = None
+    decoding: bool = True
+    kv_bytes: int = 0  # bytes of its KV pages (0: unknown)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +47,13 @@ class MigrationWorkerView:
     num_queued_pages: int = 0
     candidates: tuple[MigrationCandidate, ...] = ()
     draining: bool = False
+    #: every request on the worker, running and waiting, not moving (packing policies)
+    items: tuple[MigrationCandidate, ...] = ()
+    tokens_per_page: dict[str, int] = field(default_factory=dict)
+    #: its link for KV transfers (0: unknown), and the re-prefill tokens per second it can
+    #: take on without slowing its running batch (0: none)
+    link_bytes_per_s: float = 0.0
+    reprefill_tokens_per_s: float = 0.0
 
     @property
     def load(self) -> float:
@@ -50,15 +64,29 @@ class MigrationWorkerView:
         return used / self.num_total_pages
 
 
+MIGRATION_MODES = ("live", "stop", "reprefill")
+"""How a request moves: ``live`` copies its KV in rounds while it keeps decoding and stops
+only for the last pages; ``stop`` stops it and copies all of its KV; ``reprefill`` ships its
+tokens (and sampler state) and the destination computes the KV again."""
+
+
 @dataclass(frozen=True, slots=True)
 class MigrationOrder:
     request_id: str
     src_worker_id: str
     dst_worker_id: str
+    mode: str = "live"
 
 
 MAX_CANDIDATES = 4
 """Running requests per worker offered to a migration policy: the newest decoding ones."""
+
+
+def _candidate(s: SeqReport, page_bytes: int) -> MigrationCandidate:
+    return MigrationCandidate(
+        s.request_id, s.model, s.num_pages, s.arrival_s, s.num_tokens, s.num_computed_tokens,
+        s.num_output_tokens, s.predicted_output_tokens, s.decoding, s.num_pages * page_bytes,
+    )
 
 
 def migration_views(
@@ -66,10 +94,15 @@ def migration_views(
     inflight: Collection[str] = (),
     draining: Collection[str] = (),
     max_candidates: int = MAX_CANDIDATES,
+    *,
+    link_bytes_per_s: float = 0.0,
+    reprefill_tokens_per_s: Mapping[str, float] | float = 0.0,
 ) -> list[MigrationWorkerView]:
     """The migration policy's view of each worker, from its report (live: its heartbeat;
-    simulated: its state): free pages net of reservations, queued demand, and the newest
-    decoding requests not already moving."""
+    simulated: its state): free pages net of reservations, queued demand, the newest
+    decoding requests not already moving, and every request not moving (``items``).
+    ``link_bytes_per_s`` and ``reprefill_tokens_per_s`` (per worker id, or one figure for
+    all) are the budgets a policy that picks migration modes works with."""
     views = []
     for r in reports:
         # A pipeline group's requests hold KV on every stage: they do not move one by one,
@@ -81,12 +114,19 @@ def migration_views(
              if s.decoding and s.request_id not in inflight and s.model in models),
             key=lambda s: (-s.arrival_s, s.request_id),
         )[:max_candidates]
+        rate = (reprefill_tokens_per_s.get(r.worker_id, 0.0)
+                if isinstance(reprefill_tokens_per_s, Mapping) else reprefill_tokens_per_s)
         views.append(MigrationWorkerView(
             r.worker_id, models, r.num_total_pages, r.num_free_pages - r.num_reserved_pages,
             r.num_queued_pages,
             tuple(MigrationCandidate(s.request_id, s.model, s.num_pages, s.arrival_s)
                   for s in movable),
             r.worker_id in draining,
+            tuple(_candidate(s, r.page_size_bytes) for s in r.seqs
+                  if s.request_id not in inflight),
+            dict(r.tokens_per_page),
+            link_bytes_per_s,
+            float(rate),
         ))
     return views
 

@@ -56,6 +56,9 @@ class OccupancyReport:
     shapes: dict[str, ModelShapeView] = field(default_factory=dict)
     groups: dict[str, StageView] = field(default_factory=dict)  # pipeline groups it is in
     node: str = ""  # workers of one node share its fastest links
+    #: pages each request holds or needs, when ``seqs`` is not given (the simulator's
+    #: step-boundary reports)
+    seq_pages: tuple[int, ...] = ()
 
     @property
     def serving_models(self) -> tuple[str, ...]:
@@ -68,6 +71,17 @@ class OccupancyReport:
     def pipelined_models(self) -> tuple[str, ...]:
         """Models it serves as the leader of a pipeline group."""
         return tuple(m for m, g in self.groups.items() if g.rank == 0)
+
+    def request_pages(self) -> tuple[int, ...]:
+        """Pages each request on the worker holds, or needs to start (waiting ones)."""
+        if not self.seqs:
+            return self.seq_pages
+        out = []
+        for s in self.seqs:
+            tpp = self.tokens_per_page.get(s.model, 0)
+            need = -(-s.num_tokens // tpp) if tpp > 0 else s.num_pages
+            out.append(max(s.num_pages, need))
+        return tuple(out)
 
     @property
     def num_available_pages(self) -> int:
@@ -120,4 +134,5 @@ def worker_view(
         alive=True,
         draining=draining,
         queue_allowance_pages=int(queue_fraction * report.num_total_pages),
+        seq_pages=report.request_pages() + tuple(p.num_pages for p in promised),
     )

@@ -19,6 +19,8 @@ class WorkerView:
     alive: bool = True
     draining: bool = False
     queue_allowance_pages: int = 0  # how far beyond its free pages it may be committed
+    #: pages of each request it holds or was promised (packing policies size bins by them)
+    seq_pages: tuple[int, ...] = ()
 
     def can_serve(self, model: str) -> bool:
         return self.alive and not self.draining and model in self.models
