@@ -86,6 +86,9 @@ async def _workers_table():  # type: ignore[no-untyped-def]
         t.add_column(col)
     for wid, (info, occ) in sorted(workers.items()):
         state = "dead" if occ is None else ("loading" if occ.loading else "live")
+        if occ is not None and not occ.loading:
+            busy = occ.num_running + occ.num_waiting > 0 or counts[wid] > 0
+            state += ", active" if busy else ", idle"
         if wid in draining:
             state += ", draining"
         t.add_row(
@@ -247,16 +250,43 @@ def plan() -> None:
     _console().print(t)
 
 
+def _activity_table(samples: list[Any]):  # type: ignore[no-untyped-def]
+    """Active and idle workers over time (the planner's samples), newest last."""
+    from rich.table import Table
+
+    t = Table(title="fleet activity (active workers hold or are assigned a request)")
+    for col in ("time", "active", "idle", "active workers"):
+        t.add_column(col)
+    for x in samples:
+        t.add_row(time.strftime("%H:%M:%S", time.localtime(x.ts)), str(len(x.active)),
+                  str(len(x.idle)), ", ".join(x.active) or "-")
+    return t
+
+
+def _activity_line(samples: list[Any]) -> str:
+    if not samples:
+        return "fleet activity: no samples yet (the planner records them)"
+    last = samples[-1]
+    mean = sum(len(x.active) for x in samples) / len(samples)
+    span = samples[-1].ts - samples[0].ts
+    return (f"workers: {len(last.active)} active, {len(last.idle)} idle; "
+            f"mean {mean:.2f} active over the last {span:.0f} s ({len(samples)} samples)")
+
+
 @app.command()
-def status(events: int = typer.Option(10, min=0, help="Recent events to show.")) -> None:
-    """Fleet summary: plan, workers, KV pool use by model, queues, recent events."""
+def status(
+    events: int = typer.Option(10, min=0, help="Recent events to show."),
+    activity: int = typer.Option(10, min=0, help="Recent fleet-activity samples to show."),
+) -> None:
+    """Fleet summary: plan, workers (active or idle), KV pool use by model, queues, activity over time, events."""
     from rich.table import Table
 
     from kvfleet.common import redis_schema as rs
 
-    async def run() -> tuple[Any, Table, Table, Table]:
+    async def run() -> tuple[Any, Table, Table, Table, list[Any]]:
         store = _store()
         try:
+            samples = await store.fleet_samples(max(activity, 60))
             p = await store.get_plan()
             usage = _kv_usage_table(await store.workers())
             q = Table(title="queues")
@@ -282,9 +312,9 @@ def status(events: int = typer.Option(10, min=0, help="Recent events to show."))
                 )
         finally:
             await store.close()
-        return p, q, ev, usage
+        return p, q, ev, usage, samples
 
-    p, q, ev, usage = asyncio.run(run())
+    p, q, ev, usage, samples = asyncio.run(run())
     console = _console()
     console.print(f"plan: v{p.version}" if p else "plan: none")
     console.print(asyncio.run(_workers_table()))
@@ -292,6 +322,9 @@ def status(events: int = typer.Option(10, min=0, help="Recent events to show."))
     groups = asyncio.run(_groups_table())
     if groups.row_count:
         console.print(groups)
+    console.print(_activity_line(samples))
+    if activity and samples:
+        console.print(_activity_table(samples[-activity:]))
     console.print(q)
     if events:
         console.print(ev)
@@ -313,6 +346,12 @@ def _scheduler_stub():  # type: ignore[no-untyped-def]
 def migrate(
     request_id: Annotated[str, typer.Argument(help="A running request.")],
     to: Annotated[str, typer.Option("--to", help="Target worker id.")],
+    mode: Annotated[
+        str,
+        typer.Option(help="stop: stop it and copy its KV; live: copy while it keeps decoding, "
+                     "stop only for the last pages; reprefill: send its tokens, the target "
+                     "computes the KV again."),
+    ] = "stop",
 ) -> None:
     """Move a running request to another worker (KV shipped over torch.distributed)."""
     import grpc
@@ -323,7 +362,8 @@ def migrate(
         channel, stub = _scheduler_stub()
         try:
             return await stub.Migrate(
-                scheduler_pb2.MigrateRequest(request_id=request_id, target_worker_id=to),
+                scheduler_pb2.MigrateRequest(request_id=request_id, target_worker_id=to,
+                                             mode=mode),
                 timeout=180,
             )
         finally:
@@ -335,8 +375,9 @@ def migrate(
         typer.echo(f"migration failed: {e.code().name}: {e.details()}", err=True)
         raise typer.Exit(1) from None
     typer.echo(
-        f"migrated {request_id}: {r.source_worker_id} -> {r.target_worker_id}, "
-        f"{r.num_tokens} tokens, {r.num_bytes} bytes in {r.duration_s * 1000:.1f} ms"
+        f"migrated {request_id}: {r.source_worker_id} -> {r.target_worker_id} ({r.mode}), "
+        f"{r.num_tokens} tokens, {r.num_bytes} bytes in {r.duration_s * 1000:.1f} ms, "
+        f"paused {r.pause_s * 1000:.1f} ms"
     )
 
 

@@ -385,6 +385,25 @@ class PlannerSettings(ServiceSettings):
     migration_timeout_s: float = Field(
         default=60.0, gt=0, description="Deadline of one migration (the source's Migrate call)."
     )
+    migration_link_bytes_per_s: float = Field(
+        default=1e9, ge=0,
+        description="Each worker's link for KV transfers, bytes/s (a migration policy's "
+        "communication budget; 0: unlimited). Loopback gloo moves about 1 GB/s.",
+    )
+    reprefill_tokens_per_s: float = Field(
+        default=400.0, ge=0,
+        description="Tokens/s an idle worker re-prefills (a migration policy's computation "
+        "budget; 0: never re-prefill).",
+    )
+    reprefill_busy_share: float = Field(
+        default=0.25, ge=0, le=1,
+        description="The share of reprefill_tokens_per_s a worker with running requests "
+        "offers (re-prefill slows its batch).",
+    )
+    activity_interval_s: float = Field(
+        default=1.0, gt=0,
+        description="How often the planner records which workers are active and which idle.",
+    )
     rpc_timeout_s: float = Field(default=600.0, gt=0, description="Deadline of Load/Unload calls.")
     replan_s: float = Field(
         default=30.0, gt=0,
@@ -468,6 +487,14 @@ class WorkerSettings(ServiceSettings):
     pipeline: PipelineSettings = Field(
         default_factory=lambda: PipelineSettings(),
         description="Serving as a stage of a pipeline group.",
+    )
+    live_migration_rounds: int = Field(
+        default=8, ge=1, le=64,
+        description="Live migration: most KV copies made while the request keeps running.",
+    )
+    live_migration_final_tokens: int = Field(
+        default=16, ge=0,
+        description="Live migration: stop the request once a round has this few new tokens.",
     )
 
 

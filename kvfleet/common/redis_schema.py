@@ -24,6 +24,7 @@ prefix ``kvfleet:v<SCHEMA_VERSION>:`` so two schema versions never collide.
 | ``predictor:{model}:warm`` | string | set once a trace warm-started the model's counts |
 | ``load:{model}`` | hash | requests accepted per time bucket: ``"{bucket}:n"``, ``"{bucket}:in"`` (prompt tokens), ``"{bucket}:out"`` (predicted output tokens); buckets of ``LOAD_BUCKET_S`` |
 | ``events`` | stream (capped) | :class:`Event` per assignment, migration, failure, plan |
+| ``fleet-activity`` | stream (capped) | :class:`FleetSample`: the active and idle workers, over time |
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ SCHEDULER_TTL_S = 5.0  # a scheduler that has not ticked this long is not live
 PLAN_KEY = f"{PREFIX}plan"
 MODELS_KEY = f"{PREFIX}models"
 EVENTS_KEY = f"{PREFIX}events"
+FLEET_ACTIVITY_KEY = f"{PREFIX}fleet-activity"
+FLEET_ACTIVITY_MAXLEN = 100_000
 
 
 def request_key(request_id: str) -> str:
@@ -467,3 +470,24 @@ class Event:
         f = {_s(k): _s(v) for k, v in fields.items()}
         _check_version(f.get("v"))
         return cls(f["kind"], float(f["ts"]), json.loads(f.get("data", "{}")))
+
+
+@dataclass(frozen=True, slots=True)
+class FleetSample:
+    """Which live workers were active (holding or assigned a request) and which idle, at
+    ``ts``: the series an autoscaler reads to give idle GPUs back."""
+
+    ts: float
+    active: tuple[str, ...]
+    idle: tuple[str, ...]
+
+    def to_fields(self) -> dict[str, str]:
+        return {"v": str(SCHEMA_VERSION), "ts": repr(self.ts), "active": ",".join(self.active),
+                "idle": ",".join(self.idle)}
+
+    @classmethod
+    def from_fields(cls, fields: dict[Any, Any]) -> FleetSample:
+        f = {_s(k): _s(v) for k, v in fields.items()}
+        _check_version(f.get("v"))
+        return cls(float(f["ts"]), tuple(w for w in f.get("active", "").split(",") if w),
+                   tuple(w for w in f.get("idle", "").split(",") if w))

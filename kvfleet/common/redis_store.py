@@ -406,6 +406,17 @@ class RedisStore:
             approximate=True,
         )
 
+    async def add_fleet_sample(self, sample: rs.FleetSample) -> None:
+        await self.r.xadd(rs.FLEET_ACTIVITY_KEY, sample.to_fields(),
+                          maxlen=rs.FLEET_ACTIVITY_MAXLEN, approximate=True)
+
+    async def fleet_samples(self, count: int = 100, since_s: float | None = None
+                            ) -> list[rs.FleetSample]:
+        """The last ``count`` samples in time order (those from ``since_s`` on, if given)."""
+        items = await self.r.xrevrange(rs.FLEET_ACTIVITY_KEY, count=count)
+        out = [rs.FleetSample.from_fields(f) for _, f in reversed(items)]
+        return out if since_s is None else [x for x in out if x.ts >= since_s]
+
     async def events(self, count: int = 50) -> list[rs.Event]:
         items = await self.r.xrevrange(rs.EVENTS_KEY, count=count)
         return [rs.Event.from_fields(f) for _, f in reversed(items)]

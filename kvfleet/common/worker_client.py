@@ -33,11 +33,13 @@ class WorkerClient:
         )
 
     async def migrate(
-        self, address: str, request_id: str, target_id: str, target_address: str, timeout_s: float
+        self, address: str, request_id: str, target_id: str, target_address: str, timeout_s: float,
+        mode: str = "",
     ) -> worker_pb2.MigrateResponse:
+        """Move a request; ``mode``: stop (the default), live or reprefill."""
         return await self._stub(address).Migrate(
             worker_pb2.MigrateRequest(request_id=request_id, target_worker_id=target_id,
-                                      target_address=target_address),
+                                      target_address=target_address, mode=mode),
             timeout=timeout_s,
         )
 

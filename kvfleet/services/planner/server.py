@@ -14,6 +14,7 @@ from kvfleet.common.grpc_util import Running, start_server
 from kvfleet.common.proto.planner.v1 import planner_pb2, planner_pb2_grpc
 from kvfleet.common.redis_store import RedisStore
 from kvfleet.policies import policy_set
+from kvfleet.services.planner.activity import record_activity
 from kvfleet.services.planner.migrator import Migrator
 from kvfleet.services.planner.overloader import Overloader
 from kvfleet.services.planner.reconciler import Reconciler
@@ -90,7 +91,10 @@ async def start(settings: PlannerSettings) -> RunningPlanner:
         [SERVICE], security=security,
     )
     migrator = Migrator(store, policy_set(settings.policy).migration(),
-                        settings.migration_timeout_s, security=security)
+                        settings.migration_timeout_s, security=security,
+                        link_bytes_per_s=settings.migration_link_bytes_per_s,
+                        reprefill_tokens_per_s=settings.reprefill_tokens_per_s,
+                        reprefill_busy_share=settings.reprefill_busy_share)
 
     async def reconcile() -> object:
         if await rc.store.get_plan() is None:  # Redis came back empty: publish again
@@ -99,7 +103,10 @@ async def start(settings: PlannerSettings) -> RunningPlanner:
         return await rc.reconcile()
 
     tasks = [asyncio.create_task(_every("reconcile", settings.reconcile_s, reconcile),
-                                 name="planner-reconcile")]
+                                 name="planner-reconcile"),
+             asyncio.create_task(_every("activity", settings.activity_interval_s,
+                                        lambda: record_activity(store)),
+                                 name="planner-activity")]
     if rc.adaptive:
         tasks.append(asyncio.create_task(
             _every("re-placement", settings.replan_s, rc.replan), name="planner-replan"))

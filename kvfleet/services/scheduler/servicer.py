@@ -44,16 +44,17 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         try:
             reply = await self.d.workers.migrate(src[0].address, rec.request_id,
                                                  request.target_worker_id, dst[0].address,
-                                                 self.migrate_timeout_s)
+                                                 self.migrate_timeout_s, request.mode)
         except grpc.aio.AioRpcError as e:
             await context.abort(e.code(), f"migration failed: {e.details()}")
         await store.event("migrate", time.time(), request_id=rec.request_id,
                           src=rec.worker_id, dst=request.target_worker_id,
-                          num_tokens=reply.num_tokens, num_bytes=reply.num_bytes)
+                          num_tokens=reply.num_tokens, num_bytes=reply.num_bytes,
+                          mode=reply.mode or "stop", pause_s=round(reply.pause_s, 6))
         return scheduler_pb2.MigrateResponse(
             source_worker_id=rec.worker_id, target_worker_id=request.target_worker_id,
             num_tokens=reply.num_tokens, num_bytes=reply.num_bytes,
-            duration_s=time.monotonic() - t0,
+            duration_s=time.monotonic() - t0, pause_s=reply.pause_s, mode=reply.mode or "stop",
         )
 
     async def Drain(self, request, context):  # noqa: N802

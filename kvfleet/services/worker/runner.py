@@ -223,21 +223,31 @@ class EngineRunner:
         self.wake()
         return found
 
-    async def export(self, request_id: str) -> SequenceExport:
-        """Stop a request here and return its state. Holding the step lock guarantees every
-        token produced here is already in Redis and no step runs in between."""
+    async def export(
+        self, request_id: str, since_tokens: int = 0, with_kv: bool = True
+    ) -> SequenceExport:
+        """Stop a request here and return its state (its KV from ``since_tokens`` on, or none
+        with ``with_kv=False``). Holding the step lock guarantees every token produced here
+        is already in Redis and no step runs in between."""
         async with self.step_lock:
             await self.flush()
-            export = await self.call(self.engine.export_sequence, request_id, 0, True)
+            export = await self.call(self.engine.export_sequence, request_id, since_tokens,
+                                     True, with_kv)
             self.migrated.add(request_id)
             self.running.discard(request_id)
         return export
 
-    async def import_(self, request_id: str, export: SequenceExport,
+    async def snapshot(self, request_id: str, since_tokens: int) -> SequenceExport:
+        """A copy of a request's KV from ``since_tokens`` on, taken between two steps while
+        it keeps running here (a round of a live migration)."""
+        return await self.call(self.engine.export_sequence, request_id, since_tokens, False)
+
+    async def import_(self, request_id: str, export: SequenceExport | list[SequenceExport],
                       take_ownership: Callable[[], Awaitable[int]] | None = None) -> None:
-        """Continue an exported sequence here. ``take_ownership`` (the record moving to us
-        under a new lease, which it returns) runs after the import and before any step: if it
-        fails, the sequence is dropped again and nothing was written for it."""
+        """Continue an exported sequence (one export, or a base and incremental ones) here.
+        ``take_ownership`` (the record moving to us under a new lease, which it returns) runs
+        after the import and before any step: if it fails, the sequence is dropped again and
+        nothing was written for it."""
         async with self.step_lock:
             await self.call(self.engine.import_sequence, export)
             if take_ownership is not None:

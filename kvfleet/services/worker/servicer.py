@@ -25,12 +25,14 @@ from kvfleet.services.worker.engine import (
     PartialModelError,
     SequenceExport,
 )
+from kvfleet.services.worker.live_migration import MigrationAborted, receive_live, send_live
 from kvfleet.services.worker.pipeline_member import PipelineMember
 from kvfleet.services.worker.runner import EngineRunner
 from kvfleet.services.worker.transfer import PairGroups, recv_payload, send_payload
 from kvfleet.services.worker.transfer.channel import PayloadRefused
 
 log = logging.getLogger(__name__)
+MODES = ("stop", "live", "reprefill")
 
 
 class WorkerServicer(worker_pb2_grpc.WorkerServicer):
@@ -51,6 +53,16 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
 
     async def _run(self, fn, *args):  # type: ignore[no-untyped-def]
         return await asyncio.get_running_loop().run_in_executor(self._transfer, fn, *args)
+
+    # what a live migration uses (live_migration.Endpoint)
+    run_blocking = _run
+
+    @property
+    def wire_device(self) -> str:
+        return self._wire_device
+
+    def stub(self, address: str) -> worker_pb2_grpc.WorkerStub:
+        return worker_pb2_grpc.WorkerStub(self._pool.get(address))
 
     async def Assign(self, request, context):  # noqa: N802
         rid = request.request_id
@@ -161,6 +173,10 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
 
     async def Migrate(self, request, context):  # noqa: N802
         rid, target = request.request_id, request.target_worker_id
+        mode = request.mode or "stop"
+        if mode not in MODES:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"unknown migration mode {mode[:32]!r}; known: {', '.join(MODES)}")
         if rid not in self.runner.running:
             await context.abort(grpc.StatusCode.NOT_FOUND,
                                 f"request {rid} is not running on {self.settings.worker_id}")
@@ -175,10 +191,24 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                                 f"worker {target} is registered at {info.address}, not "
                                 f"{request.target_address[:100]}")
         lock = self._pair_locks.setdefault(target, asyncio.Lock())
+        if mode == "live":
+            async with lock:
+                t0 = time.monotonic()
+                try:
+                    live = await send_live(self, rid, target, info.address)
+                except MigrationAborted as e:
+                    await context.abort(e.code, e.detail)
+            dt = time.monotonic() - t0
+            log.info("request %s: migrated live %s -> %s, %d tokens, %d bytes in %d rounds, "
+                     "%.3fs (paused %.3fs)", rid, self.settings.worker_id, target,
+                     live.num_tokens, live.num_bytes, live.num_rounds, dt, live.pause_s)
+            return worker_pb2.MigrateResponse(
+                num_tokens=live.num_tokens, num_bytes=live.num_bytes, duration_s=dt,
+                pause_s=live.pause_s, num_rounds=live.num_rounds, mode=mode)
         async with lock:
             t0 = time.monotonic()
             try:
-                export = await self.runner.export(rid)
+                export = await self.runner.export(rid, with_kv=mode != "reprefill")
             except (EngineInputError, KeyError) as e:
                 await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"cannot export: {e}")
             group, new = self.groups.outgoing(target)
@@ -201,10 +231,10 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                 detail = e.details() if isinstance(e, grpc.aio.AioRpcError) else str(e)
                 await context.abort(grpc.StatusCode.ABORTED, f"migration failed: {detail}")
             dt = time.monotonic() - t0
-        log.info("request %s: migrated %s -> %s, %d tokens, %d bytes in %.3fs", rid,
+        log.info("request %s: migrated (%s) %s -> %s, %d tokens, %d bytes in %.3fs", rid, mode,
                  self.settings.worker_id, target, reply.num_tokens, num_bytes, dt)
         return worker_pb2.MigrateResponse(num_tokens=reply.num_tokens, num_bytes=num_bytes,
-                                          duration_s=dt)
+                                          duration_s=dt, pause_s=dt, num_rounds=1, mode=mode)
 
     async def ReceiveSequence(self, request, context):  # noqa: N802
         rid, src = request.request_id, request.source_worker_id
@@ -233,8 +263,12 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         def check(meta: dict, specs: list) -> None:
             """Sizes the sender may declare: one KV tensor of this model's shape for at most
             the tokens the request can have."""
-            if meta.get("request_id") != rid or meta.get("model") != rec.model:
-                raise PayloadRefused("the payload is of another request or model")
+            if meta.get("request_id") != rid:
+                raise PayloadRefused("the payload is of another request")
+            if not specs and (meta.get("cancel") or meta.get("token_range") == [0, 0]):
+                return  # a live copy given up, or tokens only (re-prefilled here)
+            if meta.get("model") != rec.model:
+                raise PayloadRefused("the payload is of another model")
             if len(specs) != 1:
                 raise PayloadRefused(f"{len(specs)} tensors, expected one")
             shape, dtype = specs[0]
@@ -242,6 +276,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                     or not 0 <= shape[2] <= max_tokens or not dtype.is_floating_point):
                 raise PayloadRefused(f"KV tensor {shape} {dtype} does not fit {rec.model}")
 
+        if request.mode == "live":
+            return await receive_live(self, request, context, check)
         try:
             group = await self._run(self.groups.join_incoming, request.group_id, src,
                                     request.store_host, request.store_port)

@@ -81,3 +81,28 @@ def test_import_refuses_gaps_and_wrong_model():
     dst.import_sequence(base)
     assert len(tokens(run_all(dst)["g"])) > 0
     assert dst.pool.num_used_pages == 0
+
+
+@pytest.mark.parametrize(
+    "sampling",
+    [greedy(20), SamplingParams(max_tokens=20, temperature=0.9, top_p=0.95, seed=5,
+                                ignore_eos=True)],
+)
+def test_a_tokens_only_export_is_reprefilled_and_continues_identically(sampling):
+    p = prompt(17, seed=9)
+    ref_eng = tiny_engine()
+    ref_eng.add_request(request("r", p, sampling))
+    ref = tokens(run_all(ref_eng)["r"])
+
+    src = tiny_engine()
+    src.add_request(request("r", p, sampling))
+    evs = run_steps(src, 7)
+    moved = src.export_sequence("r", stop=True, with_kv=False)
+    assert moved.tensors == [] and moved.meta["token_range"] == [0, 0]
+    assert src.pool.num_used_pages == 0
+    dst = tiny_engine(page_size_bytes=8192)
+    dst.import_sequence(moved)
+    assert dst.pool.num_used_pages == 0  # nothing until it is prefilled again
+    out = run_all(dst)["r"]
+    assert [e.token_id for e in evs if e.request_id == "r"] + tokens(out) == ref
+    assert [e.index for e in out] == list(range(len(ref) - len(out), len(ref)))

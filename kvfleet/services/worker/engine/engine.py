@@ -498,16 +498,18 @@ class Engine:
 
     # ------------------------------------------------------------------ migration
     def export_sequence(
-        self, request_id: str, since_tokens: int = 0, stop: bool = False
+        self, request_id: str, since_tokens: int = 0, stop: bool = False, with_kv: bool = True
     ) -> SequenceExport:
         """KV of tokens [since_tokens, num_computed) for the layers held, with tokens and
-        sampling state; ``stop`` removes the sequence here (no event is emitted for it)."""
+        sampling state; ``stop`` removes the sequence here (no event is emitted for it);
+        ``with_kv=False`` leaves the KV out (the importer re-prefills)."""
         with self._lock:
             self._admit_inbox(request_id)
             seq = self._seqs.get(request_id)
             if seq is None:
                 raise EngineInputError(f"request {request_id!r} is not running on this engine")
-            export = export_sequence(self.pool, self.model(seq.model), seq, since_tokens)
+            export = export_sequence(self.pool, self.model(seq.model), seq, since_tokens,
+                                     with_kv)
             if stop:
                 self._finish(seq, "migrated")
             return export

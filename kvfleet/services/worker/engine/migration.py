@@ -51,13 +51,18 @@ def write_kv(pool: PagePool, m: LoadedModel, pages: list[int], kv: torch.Tensor)
     view[page_ids.to(pool.device), :, :, offsets.to(pool.device)] = kv.permute(2, 0, 1, 3, 4)
 
 
-def export_sequence(pool: PagePool, m: LoadedModel, seq: Sequence, since_tokens: int) -> SequenceExport:
-    end = seq.num_computed
-    if not 0 <= since_tokens <= end:
+def export_sequence(
+    pool: PagePool, m: LoadedModel, seq: Sequence, since_tokens: int, with_kv: bool = True
+) -> SequenceExport:
+    """``with_kv=False`` exports the tokens and sampling state only (token range [0, 0]): the
+    importer computes the KV again (a re-prefill migration)."""
+    end = seq.num_computed if with_kv else 0
+    if with_kv and not 0 <= since_tokens <= end:
         raise EngineInputError(
             f"request {seq.seq_id}: since_tokens={since_tokens} is outside [0, {end}]"
         )
-    kv = read_kv(pool, m, seq.pages, since_tokens, end)
+    since_tokens = since_tokens if with_kv else 0
+    kv = read_kv(pool, m, seq.pages, since_tokens, end) if with_kv else None
     meta = {
         "version": EXPORT_VERSION,
         "request_id": seq.seq_id,
@@ -73,9 +78,11 @@ def export_sequence(pool: PagePool, m: LoadedModel, seq: Sequence, since_tokens:
         "num_emitted_chars": seq.num_emitted_chars,
         "layer_range": [m.stage.first, m.stage.last],
         "token_range": [since_tokens, end],
-        "shape": list(kv.shape),
-        "dtype": str(kv.dtype).removeprefix("torch."),
     }
+    if kv is None:
+        return SequenceExport(meta, [])
+    meta["shape"] = list(kv.shape)
+    meta["dtype"] = str(kv.dtype).removeprefix("torch.")
     return SequenceExport(meta, [kv])
 
 
@@ -94,7 +101,7 @@ def import_sequence(
         raise EngineInputError(f"malformed sequence export: {type(e).__name__}: {e}") from e
     end = seq.num_computed
     tpp = m.layout.tokens_per_page
-    pages = pool.allocate(-(-end // tpp))
+    pages = pool.allocate(-(-end // tpp)) if end else []
     if pages is None:
         raise OutOfMemoryBudgetError(
             f"request {seq.seq_id}: not enough free KV pages to import {end} tokens"
@@ -147,6 +154,8 @@ def _rebuild(
             raise EngineInputError(f"export: token range [{start}, {end}) outside the sequence")
         if start > covered:
             raise EngineInputError(f"exports leave tokens [{covered}, {start}) uncovered")
+        if start == end and not e.tensors:  # tokens only: the KV is computed again here
+            continue
         if len(e.tensors) != 1:
             raise EngineInputError("export: expected one KV tensor per export")
         kv = e.tensors[0]

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$kvfleet/scheduler/v1/scheduler.proto\x12\x14kvfleet.scheduler.v1\">\n\x0eMigrateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10target_worker_id\x18\x02 \x01(\t\"\x80\x01\n\x0fMigrateResponse\x12\x18\n\x10source_worker_id\x18\x01 \x01(\t\x12\x18\n\x10target_worker_id\x18\x02 \x01(\t\x12\x12\n\nnum_tokens\x18\x03 \x01(\r\x12\x11\n\tnum_bytes\x18\x04 \x01(\x04\x12\x12\n\nduration_s\x18\x05 \x01(\x01\"2\n\x0c\x44rainRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07undrain\x18\x02 \x01(\x08\"$\n\rDrainResponse\x12\x13\n\x0bnum_running\x18\x01 \x01(\r2\xb5\x01\n\tScheduler\x12V\n\x07Migrate\x12$.kvfleet.scheduler.v1.MigrateRequest\x1a%.kvfleet.scheduler.v1.MigrateResponse\x12P\n\x05\x44rain\x12\".kvfleet.scheduler.v1.DrainRequest\x1a#.kvfleet.scheduler.v1.DrainResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$kvfleet/scheduler/v1/scheduler.proto\x12\x14kvfleet.scheduler.v1\"L\n\x0eMigrateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10target_worker_id\x18\x02 \x01(\t\x12\x0c\n\x04mode\x18\x03 \x01(\t\"\x9f\x01\n\x0fMigrateResponse\x12\x18\n\x10source_worker_id\x18\x01 \x01(\t\x12\x18\n\x10target_worker_id\x18\x02 \x01(\t\x12\x12\n\nnum_tokens\x18\x03 \x01(\r\x12\x11\n\tnum_bytes\x18\x04 \x01(\x04\x12\x12\n\nduration_s\x18\x05 \x01(\x01\x12\x0f\n\x07pause_s\x18\x06 \x01(\x01\x12\x0c\n\x04mode\x18\x07 \x01(\t\"2\n\x0c\x44rainRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07undrain\x18\x02 \x01(\x08\"$\n\rDrainResponse\x12\x13\n\x0bnum_running\x18\x01 \x01(\r2\xb5\x01\n\tScheduler\x12V\n\x07Migrate\x12$.kvfleet.scheduler.v1.MigrateRequest\x1a%.kvfleet.scheduler.v1.MigrateResponse\x12P\n\x05\x44rain\x12\".kvfleet.scheduler.v1.DrainRequest\x1a#.kvfleet.scheduler.v1.DrainResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,13 +33,13 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kvfleet.scheduler.v1.schedu
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MIGRATEREQUEST']._serialized_start=62
-  _globals['_MIGRATEREQUEST']._serialized_end=124
-  _globals['_MIGRATERESPONSE']._serialized_start=127
-  _globals['_MIGRATERESPONSE']._serialized_end=255
-  _globals['_DRAINREQUEST']._serialized_start=257
-  _globals['_DRAINREQUEST']._serialized_end=307
-  _globals['_DRAINRESPONSE']._serialized_start=309
-  _globals['_DRAINRESPONSE']._serialized_end=345
-  _globals['_SCHEDULER']._serialized_start=348
-  _globals['_SCHEDULER']._serialized_end=529
+  _globals['_MIGRATEREQUEST']._serialized_end=138
+  _globals['_MIGRATERESPONSE']._serialized_start=141
+  _globals['_MIGRATERESPONSE']._serialized_end=300
+  _globals['_DRAINREQUEST']._serialized_start=302
+  _globals['_DRAINREQUEST']._serialized_end=352
+  _globals['_DRAINRESPONSE']._serialized_start=354
+  _globals['_DRAINRESPONSE']._serialized_end=390
+  _globals['_SCHEDULER']._serialized_start=393
+  _globals['_SCHEDULER']._serialized_end=574
 # @@protoc_insertion_point(module_scope)

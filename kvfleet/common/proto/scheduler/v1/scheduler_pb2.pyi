@@ -5,26 +5,32 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class MigrateRequest(_message.Message):
-    __slots__ = ("request_id", "target_worker_id")
+    __slots__ = ("request_id", "target_worker_id", "mode")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TARGET_WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     target_worker_id: str
-    def __init__(self, request_id: _Optional[str] = ..., target_worker_id: _Optional[str] = ...) -> None: ...
+    mode: str
+    def __init__(self, request_id: _Optional[str] = ..., target_worker_id: _Optional[str] = ..., mode: _Optional[str] = ...) -> None: ...
 
 class MigrateResponse(_message.Message):
-    __slots__ = ("source_worker_id", "target_worker_id", "num_tokens", "num_bytes", "duration_s")
+    __slots__ = ("source_worker_id", "target_worker_id", "num_tokens", "num_bytes", "duration_s", "pause_s", "mode")
     SOURCE_WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     TARGET_WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
     NUM_BYTES_FIELD_NUMBER: _ClassVar[int]
     DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    PAUSE_S_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
     source_worker_id: str
     target_worker_id: str
     num_tokens: int
     num_bytes: int
     duration_s: float
-    def __init__(self, source_worker_id: _Optional[str] = ..., target_worker_id: _Optional[str] = ..., num_tokens: _Optional[int] = ..., num_bytes: _Optional[int] = ..., duration_s: _Optional[float] = ...) -> None: ...
+    pause_s: float
+    mode: str
+    def __init__(self, source_worker_id: _Optional[str] = ..., target_worker_id: _Optional[str] = ..., num_tokens: _Optional[int] = ..., num_bytes: _Optional[int] = ..., duration_s: _Optional[float] = ..., pause_s: _Optional[float] = ..., mode: _Optional[str] = ...) -> None: ...
 
 class DrainRequest(_message.Message):
     __slots__ = ("worker_id", "undrain")

@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from ...common.v1 import common_pb2 as kvfleet_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ekvfleet/worker/v1/worker.proto\x12\x11kvfleet.worker.v1\x1a\x1ekvfleet/common/v1/common.proto\"\xb7\x02\n\rAssignRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x03 \x03(\r\x12\x18\n\x10output_token_ids\x18\x04 \x03(\r\x12\x33\n\x08sampling\x18\x05 \x01(\x0b\x32!.kvfleet.common.v1.SamplingParams\x12\x11\n\tarrival_s\x18\x06 \x01(\x01\x12\x36\n\rservice_level\x18\x07 \x01(\x0b\x32\x1f.kvfleet.common.v1.ServiceLevel\x12$\n\x17predicted_output_tokens\x18\x08 \x01(\rH\x00\x88\x01\x01\x12\r\n\x05lease\x18\t \x01(\x04\x42\x1a\n\x18_predicted_output_tokens\"5\n\x0e\x41ssignResponse\x12\x0f\n\x07\x62oot_id\x18\x01 \x01(\t\x12\x12\n\nintake_seq\x18\x02 \x01(\x04\"#\n\rCancelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1f\n\x0e\x43\x61ncelResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x1c\n\x0bLoadRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\x1e\n\x0cLoadResponse\x12\x0e\n\x06models\x18\x01 \x03(\t\"-\n\rUnloadRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05\x64rain\x18\x02 \x01(\x08\" \n\x0eUnloadResponse\x12\x0e\n\x06models\x18\x01 \x03(\t\"V\n\x0eMigrateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10target_worker_id\x18\x02 \x01(\t\x12\x16\n\x0etarget_address\x18\x03 \x01(\t\"L\n\x0fMigrateResponse\x12\x12\n\nnum_tokens\x18\x01 \x01(\r\x12\x11\n\tnum_bytes\x18\x02 \x01(\x04\x12\x12\n\nduration_s\x18\x03 \x01(\x01\"\x80\x01\n\x16ReceiveSequenceRequest\x12\x18\n\x10source_worker_id\x18\x01 \x01(\t\x12\x10\n\x08group_id\x18\x02 \x01(\t\x12\x12\n\nstore_host\x18\x03 \x01(\t\x12\x12\n\nstore_port\x18\x04 \x01(\r\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"-\n\x17ReceiveSequenceResponse\x12\x12\n\nnum_tokens\x18\x01 \x01(\r\"\\\n\rPipelineStage\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x13\n\x0b\x66irst_layer\x18\x03 \x01(\r\x12\x12\n\nlast_layer\x18\x04 \x01(\r\"\x7f\n\x11\x44ropLayersRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x30\n\x06stages\x18\x03 \x03(\x0b\x32 .kvfleet.worker.v1.PipelineStage\x12\x17\n\x0ftokens_per_page\x18\x04 \x01(\r\"\xac\x01\n\x0cRegroupStats\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08num_sent\x18\x02 \x01(\r\x12\x16\n\x0enum_recomputed\x18\x03 \x01(\r\x12\x12\n\nbytes_sent\x18\x04 \x01(\x04\x12\x12\n\nexchange_s\x18\x05 \x01(\x01\x12\x12\n\nrelayout_s\x18\x06 \x01(\x01\x12\x10\n\x08reload_s\x18\x07 \x01(\x01\x12\x11\n\tnum_moved\x18\x08 \x01(\r\"Y\n\x12\x44ropLayersResponse\x12\x12\n\nduration_s\x18\x01 \x01(\x01\x12/\n\x06stages\x18\x02 \x03(\x0b\x32\x1f.kvfleet.worker.v1.RegroupStats\"\x94\x01\n\x13JoinPipelineRequest\x12\x33\n\x05group\x18\x01 \x01(\x0b\x32$.kvfleet.worker.v1.DropLayersRequest\x12\x0c\n\x04rank\x18\x02 \x01(\r\x12\x12\n\nstore_host\x18\x03 \x01(\t\x12\x12\n\nstore_port\x18\x04 \x01(\r\x12\x12\n\nrendezvous\x18\x05 \x01(\t\"F\n\x14JoinPipelineResponse\x12.\n\x05stats\x18\x01 \x01(\x0b\x32\x1f.kvfleet.worker.v1.RegroupStats\"&\n\x15PrefetchLayersRequest\x12\r\n\x05model\x18\x01 \x01(\t\"=\n\x16PrefetchLayersResponse\x12\x10\n\x08reload_s\x18\x01 \x01(\x01\x12\x11\n\tnum_bytes\x18\x02 \x01(\x04\"7\n\x14RestoreLayersRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08group_id\x18\x02 \x01(\t\"n\n\x15RestoreLayersResponse\x12\x12\n\nduration_s\x18\x01 \x01(\x01\x12\x10\n\x08reload_s\x18\x02 \x01(\x01\x12/\n\x06stages\x18\x03 \x03(\x0b\x32\x1f.kvfleet.worker.v1.RegroupStats2\x81\x07\n\x06Worker\x12M\n\x06\x41ssign\x12 .kvfleet.worker.v1.AssignRequest\x1a!.kvfleet.worker.v1.AssignResponse\x12M\n\x06\x43\x61ncel\x12 .kvfleet.worker.v1.CancelRequest\x1a!.kvfleet.worker.v1.CancelResponse\x12G\n\x04Load\x12\x1e.kvfleet.worker.v1.LoadRequest\x1a\x1f.kvfleet.worker.v1.LoadResponse\x12M\n\x06Unload\x12 .kvfleet.worker.v1.UnloadRequest\x1a!.kvfleet.worker.v1.UnloadResponse\x12P\n\x07Migrate\x12!.kvfleet.worker.v1.MigrateRequest\x1a\".kvfleet.worker.v1.MigrateResponse\x12h\n\x0fReceiveSequence\x12).kvfleet.worker.v1.ReceiveSequenceRequest\x1a*.kvfleet.worker.v1.ReceiveSequenceResponse\x12Y\n\nDropLayers\x12$.kvfleet.worker.v1.DropLayersRequest\x1a%.kvfleet.worker.v1.DropLayersResponse\x12_\n\x0cJoinPipeline\x12&.kvfleet.worker.v1.JoinPipelineRequest\x1a\'.kvfleet.worker.v1.JoinPipelineResponse\x12\x65\n\x0ePrefetchLayers\x12(.kvfleet.worker.v1.PrefetchLayersRequest\x1a).kvfleet.worker.v1.PrefetchLayersResponse\x12\x62\n\rRestoreLayers\x12\'.kvfleet.worker.v1.RestoreLayersRequest\x1a(.kvfleet.worker.v1.RestoreLayersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ekvfleet/worker/v1/worker.proto\x12\x11kvfleet.worker.v1\x1a\x1ekvfleet/common/v1/common.proto\"\xb7\x02\n\rAssignRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x03 \x03(\r\x12\x18\n\x10output_token_ids\x18\x04 \x03(\r\x12\x33\n\x08sampling\x18\x05 \x01(\x0b\x32!.kvfleet.common.v1.SamplingParams\x12\x11\n\tarrival_s\x18\x06 \x01(\x01\x12\x36\n\rservice_level\x18\x07 \x01(\x0b\x32\x1f.kvfleet.common.v1.ServiceLevel\x12$\n\x17predicted_output_tokens\x18\x08 \x01(\rH\x00\x88\x01\x01\x12\r\n\x05lease\x18\t \x01(\x04\x42\x1a\n\x18_predicted_output_tokens\"5\n\x0e\x41ssignResponse\x12\x0f\n\x07\x62oot_id\x18\x01 \x01(\t\x12\x12\n\nintake_seq\x18\x02 \x01(\x04\"#\n\rCancelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1f\n\x0e\x43\x61ncelResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x1c\n\x0bLoadRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\x1e\n\x0cLoadResponse\x12\x0e\n\x06models\x18\x01 \x03(\t\"-\n\rUnloadRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05\x64rain\x18\x02 \x01(\x08\" \n\x0eUnloadResponse\x12\x0e\n\x06models\x18\x01 \x03(\t\"d\n\x0eMigrateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10target_worker_id\x18\x02 \x01(\t\x12\x16\n\x0etarget_address\x18\x03 \x01(\t\x12\x0c\n\x04mode\x18\x04 \x01(\t\"\x7f\n\x0fMigrateResponse\x12\x12\n\nnum_tokens\x18\x01 \x01(\r\x12\x11\n\tnum_bytes\x18\x02 \x01(\x04\x12\x12\n\nduration_s\x18\x03 \x01(\x01\x12\x0f\n\x07pause_s\x18\x04 \x01(\x01\x12\x12\n\nnum_rounds\x18\x05 \x01(\r\x12\x0c\n\x04mode\x18\x06 \x01(\t\"\x8e\x01\n\x16ReceiveSequenceRequest\x12\x18\n\x10source_worker_id\x18\x01 \x01(\t\x12\x10\n\x08group_id\x18\x02 \x01(\t\x12\x12\n\nstore_host\x18\x03 \x01(\t\x12\x12\n\nstore_port\x18\x04 \x01(\r\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x0c\n\x04mode\x18\x06 \x01(\t\"-\n\x17ReceiveSequenceResponse\x12\x12\n\nnum_tokens\x18\x01 \x01(\r\"\\\n\rPipelineStage\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x13\n\x0b\x66irst_layer\x18\x03 \x01(\r\x12\x12\n\nlast_layer\x18\x04 \x01(\r\"\x7f\n\x11\x44ropLayersRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x30\n\x06stages\x18\x03 \x03(\x0b\x32 .kvfleet.worker.v1.PipelineStage\x12\x17\n\x0ftokens_per_page\x18\x04 \x01(\r\"\xac\x01\n\x0cRegroupStats\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08num_sent\x18\x02 \x01(\r\x12\x16\n\x0enum_recomputed\x18\x03 \x01(\r\x12\x12\n\nbytes_sent\x18\x04 \x01(\x04\x12\x12\n\nexchange_s\x18\x05 \x01(\x01\x12\x12\n\nrelayout_s\x18\x06 \x01(\x01\x12\x10\n\x08reload_s\x18\x07 \x01(\x01\x12\x11\n\tnum_moved\x18\x08 \x01(\r\"Y\n\x12\x44ropLayersResponse\x12\x12\n\nduration_s\x18\x01 \x01(\x01\x12/\n\x06stages\x18\x02 \x03(\x0b\x32\x1f.kvfleet.worker.v1.RegroupStats\"\x94\x01\n\x13JoinPipelineRequest\x12\x33\n\x05group\x18\x01 \x01(\x0b\x32$.kvfleet.worker.v1.DropLayersRequest\x12\x0c\n\x04rank\x18\x02 \x01(\r\x12\x12\n\nstore_host\x18\x03 \x01(\t\x12\x12\n\nstore_port\x18\x04 \x01(\r\x12\x12\n\nrendezvous\x18\x05 \x01(\t\"F\n\x14JoinPipelineResponse\x12.\n\x05stats\x18\x01 \x01(\x0b\x32\x1f.kvfleet.worker.v1.RegroupStats\"&\n\x15PrefetchLayersRequest\x12\r\n\x05model\x18\x01 \x01(\t\"=\n\x16PrefetchLayersResponse\x12\x10\n\x08reload_s\x18\x01 \x01(\x01\x12\x11\n\tnum_bytes\x18\x02 \x01(\x04\"7\n\x14RestoreLayersRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08group_id\x18\x02 \x01(\t\"n\n\x15RestoreLayersResponse\x12\x12\n\nduration_s\x18\x01 \x01(\x01\x12\x10\n\x08reload_s\x18\x02 \x01(\x01\x12/\n\x06stages\x18\x03 \x03(\x0b\x32\x1f.kvfleet.worker.v1.RegroupStats2\x81\x07\n\x06Worker\x12M\n\x06\x41ssign\x12 .kvfleet.worker.v1.AssignRequest\x1a!.kvfleet.worker.v1.AssignResponse\x12M\n\x06\x43\x61ncel\x12 .kvfleet.worker.v1.CancelRequest\x1a!.kvfleet.worker.v1.CancelResponse\x12G\n\x04Load\x12\x1e.kvfleet.worker.v1.LoadRequest\x1a\x1f.kvfleet.worker.v1.LoadResponse\x12M\n\x06Unload\x12 .kvfleet.worker.v1.UnloadRequest\x1a!.kvfleet.worker.v1.UnloadResponse\x12P\n\x07Migrate\x12!.kvfleet.worker.v1.MigrateRequest\x1a\".kvfleet.worker.v1.MigrateResponse\x12h\n\x0fReceiveSequence\x12).kvfleet.worker.v1.ReceiveSequenceRequest\x1a*.kvfleet.worker.v1.ReceiveSequenceResponse\x12Y\n\nDropLayers\x12$.kvfleet.worker.v1.DropLayersRequest\x1a%.kvfleet.worker.v1.DropLayersResponse\x12_\n\x0cJoinPipeline\x12&.kvfleet.worker.v1.JoinPipelineRequest\x1a\'.kvfleet.worker.v1.JoinPipelineResponse\x12\x65\n\x0ePrefetchLayers\x12(.kvfleet.worker.v1.PrefetchLayersRequest\x1a).kvfleet.worker.v1.PrefetchLayersResponse\x12\x62\n\rRestoreLayers\x12\'.kvfleet.worker.v1.RestoreLayersRequest\x1a(.kvfleet.worker.v1.RestoreLayersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -50,33 +50,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UNLOADRESPONSE']._serialized_start=633
   _globals['_UNLOADRESPONSE']._serialized_end=665
   _globals['_MIGRATEREQUEST']._serialized_start=667
-  _globals['_MIGRATEREQUEST']._serialized_end=753
-  _globals['_MIGRATERESPONSE']._serialized_start=755
-  _globals['_MIGRATERESPONSE']._serialized_end=831
-  _globals['_RECEIVESEQUENCEREQUEST']._serialized_start=834
-  _globals['_RECEIVESEQUENCEREQUEST']._serialized_end=962
-  _globals['_RECEIVESEQUENCERESPONSE']._serialized_start=964
-  _globals['_RECEIVESEQUENCERESPONSE']._serialized_end=1009
-  _globals['_PIPELINESTAGE']._serialized_start=1011
-  _globals['_PIPELINESTAGE']._serialized_end=1103
-  _globals['_DROPLAYERSREQUEST']._serialized_start=1105
-  _globals['_DROPLAYERSREQUEST']._serialized_end=1232
-  _globals['_REGROUPSTATS']._serialized_start=1235
-  _globals['_REGROUPSTATS']._serialized_end=1407
-  _globals['_DROPLAYERSRESPONSE']._serialized_start=1409
-  _globals['_DROPLAYERSRESPONSE']._serialized_end=1498
-  _globals['_JOINPIPELINEREQUEST']._serialized_start=1501
-  _globals['_JOINPIPELINEREQUEST']._serialized_end=1649
-  _globals['_JOINPIPELINERESPONSE']._serialized_start=1651
-  _globals['_JOINPIPELINERESPONSE']._serialized_end=1721
-  _globals['_PREFETCHLAYERSREQUEST']._serialized_start=1723
-  _globals['_PREFETCHLAYERSREQUEST']._serialized_end=1761
-  _globals['_PREFETCHLAYERSRESPONSE']._serialized_start=1763
-  _globals['_PREFETCHLAYERSRESPONSE']._serialized_end=1824
-  _globals['_RESTORELAYERSREQUEST']._serialized_start=1826
-  _globals['_RESTORELAYERSREQUEST']._serialized_end=1881
-  _globals['_RESTORELAYERSRESPONSE']._serialized_start=1883
-  _globals['_RESTORELAYERSRESPONSE']._serialized_end=1993
-  _globals['_WORKER']._serialized_start=1996
-  _globals['_WORKER']._serialized_end=2893
+  _globals['_MIGRATEREQUEST']._serialized_end=767
+  _globals['_MIGRATERESPONSE']._serialized_start=769
+  _globals['_MIGRATERESPONSE']._serialized_end=896
+  _globals['_RECEIVESEQUENCEREQUEST']._serialized_start=899
+  _globals['_RECEIVESEQUENCEREQUEST']._serialized_end=1041
+  _globals['_RECEIVESEQUENCERESPONSE']._serialized_start=1043
+  _globals['_RECEIVESEQUENCERESPONSE']._serialized_end=1088
+  _globals['_PIPELINESTAGE']._serialized_start=1090
+  _globals['_PIPELINESTAGE']._serialized_end=1182
+  _globals['_DROPLAYERSREQUEST']._serialized_start=1184
+  _globals['_DROPLAYERSREQUEST']._serialized_end=1311
+  _globals['_REGROUPSTATS']._serialized_start=1314
+  _globals['_REGROUPSTATS']._serialized_end=1486
+  _globals['_DROPLAYERSRESPONSE']._serialized_start=1488
+  _globals['_DROPLAYERSRESPONSE']._serialized_end=1577
+  _globals['_JOINPIPELINEREQUEST']._serialized_start=1580
+  _globals['_JOINPIPELINEREQUEST']._serialized_end=1728
+  _globals['_JOINPIPELINERESPONSE']._serialized_start=1730
+  _globals['_JOINPIPELINERESPONSE']._serialized_end=1800
+  _globals['_PREFETCHLAYERSREQUEST']._serialized_start=1802
+  _globals['_PREFETCHLAYERSREQUEST']._serialized_end=1840
+  _globals['_PREFETCHLAYERSRESPONSE']._serialized_start=1842
+  _globals['_PREFETCHLAYERSRESPONSE']._serialized_end=1903
+  _globals['_RESTORELAYERSREQUEST']._serialized_start=1905
+  _globals['_RESTORELAYERSREQUEST']._serialized_end=1960
+  _globals['_RESTORELAYERSRESPONSE']._serialized_start=1962
+  _globals['_RESTORELAYERSRESPONSE']._serialized_end=2072
+  _globals['_WORKER']._serialized_start=2075
+  _globals['_WORKER']._serialized_end=2972
 # @@protoc_insertion_point(module_scope)

@@ -76,38 +76,48 @@ class UnloadResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class MigrateRequest(_message.Message):
-    __slots__ = ("request_id", "target_worker_id", "target_address")
+    __slots__ = ("request_id", "target_worker_id", "target_address", "mode")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TARGET_WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     TARGET_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     target_worker_id: str
     target_address: str
-    def __init__(self, request_id: _Optional[str] = ..., target_worker_id: _Optional[str] = ..., target_address: _Optional[str] = ...) -> None: ...
+    mode: str
+    def __init__(self, request_id: _Optional[str] = ..., target_worker_id: _Optional[str] = ..., target_address: _Optional[str] = ..., mode: _Optional[str] = ...) -> None: ...
 
 class MigrateResponse(_message.Message):
-    __slots__ = ("num_tokens", "num_bytes", "duration_s")
+    __slots__ = ("num_tokens", "num_bytes", "duration_s", "pause_s", "num_rounds", "mode")
     NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
     NUM_BYTES_FIELD_NUMBER: _ClassVar[int]
     DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    PAUSE_S_FIELD_NUMBER: _ClassVar[int]
+    NUM_ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
     num_tokens: int
     num_bytes: int
     duration_s: float
-    def __init__(self, num_tokens: _Optional[int] = ..., num_bytes: _Optional[int] = ..., duration_s: _Optional[float] = ...) -> None: ...
+    pause_s: float
+    num_rounds: int
+    mode: str
+    def __init__(self, num_tokens: _Optional[int] = ..., num_bytes: _Optional[int] = ..., duration_s: _Optional[float] = ..., pause_s: _Optional[float] = ..., num_rounds: _Optional[int] = ..., mode: _Optional[str] = ...) -> None: ...
 
 class ReceiveSequenceRequest(_message.Message):
-    __slots__ = ("source_worker_id", "group_id", "store_host", "store_port", "request_id")
+    __slots__ = ("source_worker_id", "group_id", "store_host", "store_port", "request_id", "mode")
     SOURCE_WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     STORE_HOST_FIELD_NUMBER: _ClassVar[int]
     STORE_PORT_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
     source_worker_id: str
     group_id: str
     store_host: str
     store_port: int
     request_id: str
-    def __init__(self, source_worker_id: _Optional[str] = ..., group_id: _Optional[str] = ..., store_host: _Optional[str] = ..., store_port: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    mode: str
+    def __init__(self, source_worker_id: _Optional[str] = ..., group_id: _Optional[str] = ..., store_host: _Optional[str] = ..., store_port: _Optional[int] = ..., request_id: _Optional[str] = ..., mode: _Optional[str] = ...) -> None: ...
 
 class ReceiveSequenceResponse(_message.Message):
     __slots__ = ("num_tokens",)
