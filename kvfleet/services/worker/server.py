@@ -41,15 +41,23 @@ class RunningWorker:
         return {"grpc": self.grpc.address}
 
     async def stop(self) -> None:
-        self.heartbeat.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.heartbeat
+        await _cancel(self.heartbeat)
         await self.grpc.stop(grace_s=1.0)
         await self.runner.stop()
         await self.servicer.close()
         store = self.runner.store
         await store.clear_heartbeat(self.settings.worker_id)  # the scheduler requeues at once
         await store.close()
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and wait for it to end, cancelling again if a cancellation was lost
+    (a Redis pool's wait_for can swallow one that lands as a connection frees up)."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.5)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _heartbeat(runner: EngineRunner, period_s: float) -> None:

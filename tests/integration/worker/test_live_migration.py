@@ -57,11 +57,8 @@ async def pair(redis_url):
         yield store, workers
     finally:
         for w in workers:
-            print("stopping", w, flush=True)
             await w.stop()
-            print("stopped", flush=True)
         await store.close()
-        print("closed", flush=True)
 
 
 @pytest.mark.parametrize("mode", ["live", "reprefill", "stop"])

@@ -104,3 +104,20 @@ def test_worker_info_reads_records_with_fields_it_no_longer_has():
     raw = json.dumps({"v": rs.SCHEMA_VERSION, "worker_id": "w0", "address": "a:1",
                       "boot_id": "b", "started_s": 1.0, "epoch": 3})
     assert rs.WorkerInfo.from_json(raw) == rs.WorkerInfo("w0", "a:1", "b", 1.0)
+
+
+def test_a_fleet_sample_round_trips_and_an_empty_list_stays_empty():
+    s = rs.FleetSample(12.5, ("w0", "w2"), ("w1",))
+    assert rs.FleetSample.from_fields(s.to_fields()) == s
+    none = rs.FleetSample(1.0, (), ("w0", "w1"))
+    assert rs.FleetSample.from_fields(none.to_fields()) == none
+
+
+def test_admin_status_summarises_active_and_idle_workers_over_time():
+    from kvfleet.cli.admin import _activity_line
+
+    samples = [rs.FleetSample(10.0, ("w0",), ("w1", "w2")),
+               rs.FleetSample(11.0, ("w0", "w1"), ("w2",))]
+    assert _activity_line(samples) == ("workers: 2 active, 1 idle; mean 1.50 active over the "
+                                       "last 1 s (2 samples)")
+    assert "no samples" in _activity_line([])
