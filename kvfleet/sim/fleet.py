@@ -294,7 +294,7 @@ def build_workers_like(
         if not v.models or v.num_total_pages <= 0:
             raise ValueError(f"worker {v.worker_id}: needs models and pages")
         tpp = {m: v.tokens_per_page.get(m, config.page_tokens) for m in v.models}
-        page_bytes = max(tpp.values()) * shape.kv_bytes_per_token
+        page_bytes = max(tpp.values()) * int(cost.kv_bytes_per_token)
         wcfg = WorkerConfig(v.worker_id, v.models, v.num_total_pages, tpp,
                             config.token_budget, config.max_num_seqs, config.worker_queue_fraction,
                             fast_forward=config.fast_forward,
