@@ -15,18 +15,22 @@ import argparse
 import asyncio
 import json
 import statistics
+import sys
 import time
+from pathlib import Path
 
-import grpc
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's kvfleet
 
-from kvfleet.common import redis_schema as rs
-from kvfleet.common.config import EngineSettings, WorkerSettings
-from kvfleet.common.convert import sampling_to_pb
-from kvfleet.common.proto.worker.v1 import worker_pb2, worker_pb2_grpc
-from kvfleet.common.redis_server import start_redis
-from kvfleet.common.redis_store import RedisStore
-from kvfleet.common.sampling import SamplingParams
-from kvfleet.services.worker.server import start
+import grpc  # noqa: E402
+
+from kvfleet.common import redis_schema as rs  # noqa: E402
+from kvfleet.common.config import EngineSettings, WorkerSettings  # noqa: E402
+from kvfleet.common.convert import sampling_to_pb  # noqa: E402
+from kvfleet.common.proto.worker.v1 import worker_pb2, worker_pb2_grpc  # noqa: E402
+from kvfleet.common.redis_server import start_redis  # noqa: E402
+from kvfleet.common.redis_store import RedisStore  # noqa: E402
+from kvfleet.common.sampling import SamplingParams  # noqa: E402
+from kvfleet.services.worker.server import start  # noqa: E402
 
 
 async def _until(pred, timeout_s: float = 600.0):  # type: ignore[no-untyped-def]
