@@ -300,7 +300,7 @@ def build_workers_like(
                             fast_forward=config.fast_forward,
                             page_size_bytes=page_bytes, node="node0")
         worker = SimWorker(i, wcfg, dict.fromkeys(v.models, cost), policies.batch())
-        worker.shapes = dict.fromkeys(v.models, shape_view(shape))
+        worker.shapes = dict.fromkeys(v.models, shape_view(cost.model))
         worker._publish(0.0)
         workers.append(worker)
     return workers
