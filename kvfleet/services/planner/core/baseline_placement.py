@@ -28,9 +28,10 @@ from kvfleet.services.planner.core.placement_eval import (
 from kvfleet.services.planner.core.policy import PlacementError, static_plan
 from kvfleet.services.planner.core.seallm_placement import (
     GpuPool,
+    best_grouping,
     greedy_assign,
+    grouped_spec,
     min_degree,
-    workers_for,
 )
 from kvfleet.services.planner.core.types import FleetSpec, ModelLoad, Plan
 
@@ -50,11 +51,6 @@ class _StaticOnce:
         if fleet.workers and all(w.models for w in fleet.workers):
             return static_plan(fleet)  # placed by hand in the configuration
         return plan_of(self.assign(PlacementEvaluator(fleet, load)), 1)
-
-
-def _spec(fleet: FleetSpec, groups: tuple[int, ...], pool: GpuPool) -> FleetSpec:
-    return FleetSpec(fleet.models, workers_for(groups, pool), fleet.step_costs,
-                     fleet.reserve_bytes, fleet.weight_load_bytes_per_s)
 
 
 class DedicatedPlacementPolicy(_StaticOnce):
@@ -89,7 +85,7 @@ class DedicatedPlacementPolicy(_StaticOnce):
     def _score(self, counts: dict[str, int], need: dict[str, int], pool: GpuPool,
                fleet: FleetSpec, load: Mapping[str, ModelLoad]) -> float:
         groups = tuple(need[m] for m in sorted(need) for _ in range(counts[m]))
-        spec = _spec(fleet, groups, pool)
+        spec = grouped_spec(fleet, groups, pool)
         ev = PlacementEvaluator(spec, load)
         ids = [w.worker_id for w in spec.workers]
         assign: Assignment = {}
@@ -168,21 +164,9 @@ class AlpaServePlacementPolicy(_StaticOnce):
     def groups(self, pool: GpuPool, fleet: FleetSpec, load: Mapping[str, ModelLoad]
                ) -> tuple[int, ...]:
         need = max(min_degree(m.weight_bytes, pool) for m in fleet.models)
-        best: tuple[float, tuple[int, ...]] | None = None
-        for d in sorted(pool.degrees):
-            if d < need or pool.num_gpus // d < 1:
-                continue
-            groups = (d,) * (pool.num_gpus // d)
-            ev = PlacementEvaluator(_spec(fleet, groups, pool), load)
-            try:
-                s = ev.score(greedy_assign(ev, refine=False)).score
-            except PlacementError:
-                continue
-            if best is None or s < best[0]:
-                best = (s, groups)
-        if best is None:
-            raise PlacementError("no uniform grouping holds every model")
-        return best[1]
+        uniform = [(d,) * (pool.num_gpus // d) for d in sorted(pool.degrees)
+                   if d >= need and pool.num_gpus // d >= 1]
+        return best_grouping(uniform, pool, fleet, load, "no uniform grouping holds every model")
 
     def assign(self, ev: PlacementEvaluator) -> Assignment:
         return greedy_assign(ev)

@@ -71,8 +71,9 @@ def balanced_ranges(
         key = (stages, layers)
         if key in memo:
             return memo[key]
+        out: tuple[float, tuple[int, ...]]
         if stages == 1:
-            out = (layers + head_cost_layers, (layers,))
+            out = (float(layers + head_cost_layers), (layers,))
         else:
             cand: tuple[float, tuple[int, ...]] | None = None
             for first in range(layers - stages + 1, 0, -1):
@@ -129,13 +130,13 @@ def assign_stages(
         order[k] = m
     # members with equal pools are interchangeable: keep them in node, id order by stage
     by_pool: dict[int, list[int]] = {}
-    for k, m in enumerate(order):
-        assert m is not None
-        by_pool.setdefault(m.num_total_pages, []).append(k)
+    for k, held in enumerate(order):
+        assert held is not None
+        by_pool.setdefault(held.num_total_pages, []).append(k)
     for ks in by_pool.values():
         same = sorted((order[k] for k in ks), key=lambda m: (m.node, m.worker_id))  # type: ignore[union-attr]
-        for k, m in zip(ks, same, strict=True):
-            order[k] = m
+        for k, held in zip(ks, same, strict=True):
+            order[k] = held
     return tuple(m for m in order if m is not None)
 
 

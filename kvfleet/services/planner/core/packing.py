@@ -276,7 +276,7 @@ def violations(p: Packing) -> list[str]:
 
 def _stale(p: Packing) -> list[str]:
     """Incomplete bins that are not the newest of their type."""
-    out = []
+    out: list[str] = []
     for kind in (SizeClass.M, SizeClass.S, SizeClass.T, SizeClass.TINY):
         for group in {b.group() for b in p.bins.values() if b.kind == kind}:
             bins = p.of_type(kind, group)

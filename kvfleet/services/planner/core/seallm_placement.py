@@ -154,11 +154,23 @@ def group_gpus(
         for k in range(1, pool.num_gpus // big + 1):
             rest = pool.num_gpus - k * big
             candidates.append((big,) * k + (small,) * (rest // small))
+    return best_grouping(candidates, pool, fleet, load, "no grouping of the GPUs holds every model")
+
+
+def grouped_spec(fleet: FleetSpec, groups: tuple[int, ...], pool: GpuPool) -> FleetSpec:
+    """``fleet`` with its workers laid out as ``groups`` (a parallel degree per worker)."""
+    return FleetSpec(fleet.models, workers_for(groups, pool), fleet.step_costs,
+                     fleet.reserve_bytes, fleet.weight_load_bytes_per_s)
+
+
+def best_grouping(
+    candidates: list[tuple[int, ...]], pool: GpuPool, fleet: FleetSpec,
+    load: Mapping[str, ModelLoad], none_fits: str,
+) -> tuple[int, ...]:
+    """The candidate grouping whose quick greedy placement scores best."""
     best: tuple[float, tuple[int, ...]] | None = None
     for groups in dict.fromkeys(candidates):
-        spec = FleetSpec(fleet.models, workers_for(groups, pool), fleet.step_costs,
-                         fleet.reserve_bytes, fleet.weight_load_bytes_per_s)
-        ev = PlacementEvaluator(spec, load)
+        ev = PlacementEvaluator(grouped_spec(fleet, groups, pool), load)
         try:
             s = ev.score(greedy_assign(ev, refine=False)).score
         except PlacementError:
@@ -166,7 +178,7 @@ def group_gpus(
         if best is None or s < best[0]:
             best = (s, groups)
     if best is None:
-        raise PlacementError("no grouping of the GPUs holds every model")
+        raise PlacementError(none_fits)
     return best[1]
 
 
@@ -233,8 +245,8 @@ def _neighbours(ev: PlacementEvaluator, assign: Assignment):  # type: ignore[no-
     fleet = ev.fleet
     holders: dict[str, list[str]] = {}
     for wid, ms in assign.items():
-        for m in ms:
-            holders.setdefault(m, []).append(wid)
+        for name in ms:
+            holders.setdefault(name, []).append(wid)
     for w in fleet.workers:
         wid = w.worker_id
         have = assign.get(wid, ())
