@@ -175,7 +175,10 @@ class Simulator:
         if self.placement is not None:
             served = sorted(set(config.models))
         mapping = map_models(requests, served)
-        reference = reference_costs(config, served)
+        if workers is None:
+            reference = reference_costs(config, served)
+        else:  # workers shaped like given ones (a live fleet): alone on one of them
+            reference = {m: w.costs[m].coefficients() for w in self.workers for m in w.models}
         order = sorted(range(len(requests)), key=lambda i: requests[i].arrival_s)
         self.predictor = make_predictor(
             config.predictor, quantile=config.predictor_quantile,
