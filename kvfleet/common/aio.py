@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -23,6 +24,20 @@ def run_service(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
         await main(stop)
 
     uvloop.run(runner())
+
+
+async def cancel_and_wait(*tasks: asyncio.Task[object]) -> None:
+    """Cancel ``tasks`` and wait until every one has ended, cancelling again while one
+    still runs: a cancellation can be lost (a Redis pool's ``wait_for`` may swallow one that
+    lands as a connection frees up), and a loop that lost it would run on for ever."""
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for t in pending:
+            t.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.5)
+    for t in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await t
 
 
 def setup_logging(level: str = "INFO") -> None:

@@ -16,6 +16,7 @@ import time
 
 import grpc
 
+from kvfleet.common.aio import cancel_and_wait
 from kvfleet.common.clock import Clock, WallClock
 from kvfleet.common.fleet_auth import FleetSecurity
 from kvfleet.common.redis_store import RedisStore
@@ -97,8 +98,5 @@ class Migrator:
                                pause_s=round(reply.pause_s, 6))
 
     async def close(self) -> None:
-        tasks = list(self.inflight.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(*self.inflight.values())
         await self.workers.close()

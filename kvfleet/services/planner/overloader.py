@@ -13,6 +13,7 @@ import time
 
 import grpc
 
+from kvfleet.common.aio import cancel_and_wait
 from kvfleet.common.clock import Clock, WallClock
 from kvfleet.common.config import OverloadSettings
 from kvfleet.common.fleet_auth import FleetSecurity
@@ -106,8 +107,5 @@ class Overloader:
             **({"reload_s": round(reply.reload_s, 4)} if action.kind == "restore" else {}))
 
     async def close(self) -> None:
-        tasks = [t for t, _ in self.inflight.values()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(*(t for t, _ in self.inflight.values()))
         await self.workers.close()

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 import grpc
 
 from kvfleet.common import redis_schema as rs
+from kvfleet.common.aio import cancel_and_wait
 from kvfleet.common.config import PlannerSettings
 from kvfleet.common.fleet_auth import FleetSecurity
 from kvfleet.common.redis_store import RedisStore
@@ -191,7 +192,5 @@ class Reconciler:
         return True
 
     async def close(self) -> None:
-        for task in self._inflight.values():
-            task.cancel()
-        await asyncio.gather(*self._inflight.values(), return_exceptions=True)
+        await cancel_and_wait(*self._inflight.values())
         await self.workers.close()

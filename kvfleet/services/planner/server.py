@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from kvfleet.common.aio import cancel_and_wait
 from kvfleet.common.config import PlannerSettings
 from kvfleet.common.fleet_auth import FleetSecurity
 from kvfleet.common.grpc_util import Running, start_server
@@ -53,11 +53,7 @@ class RunningPlanner:
         return {"grpc": self.grpc.address}
 
     async def stop(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-        for task in self.tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self.tasks)
         await self.grpc.stop()
         await self.migrator.close()
         if self.overloader is not None:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
 
 from kvfleet.common import redis_schema as rs
+from kvfleet.common.aio import cancel_and_wait
 from kvfleet.common.config import WorkerSettings
 from kvfleet.common.fleet_auth import FleetSecurity
 from kvfleet.common.grpc_util import Running, start_server
@@ -41,23 +41,13 @@ class RunningWorker:
         return {"grpc": self.grpc.address}
 
     async def stop(self) -> None:
-        await _cancel(self.heartbeat)
+        await cancel_and_wait(self.heartbeat)
         await self.grpc.stop(grace_s=1.0)
         await self.runner.stop()
         await self.servicer.close()
         store = self.runner.store
         await store.clear_heartbeat(self.settings.worker_id)  # the scheduler requeues at once
         await store.close()
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    """Cancel ``task`` and wait for it to end, cancelling again if a cancellation was lost
-    (a Redis pool's wait_for can swallow one that lands as a connection frees up)."""
-    while not task.done():
-        task.cancel()
-        await asyncio.wait({task}, timeout=0.5)
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 async def _heartbeat(runner: EngineRunner, period_s: float) -> None:
