@@ -82,12 +82,36 @@ def test_an_slo_deadline_makes_a_request_urgent():
 
 def test_eviction_under_pressure_takes_the_lowest_priority_first():
     p = DoublingBudgetPolicy(min_budget=4)
-    low = seq("low", out=60, pred=4, arrival=0.0, computed=91, pages=6)  # far past its budget
-    mid = seq("mid", out=1, pred=64, arrival=0.0, computed=32, pages=3)
-    new = seq("new", prompt=40, arrival=0.0, pred=8)
+    low = seq("low", prompt=16, out=60, pred=4, computed=75, pages=5)  # far past its budget
+    mid = seq("mid", out=1, pred=64, arrival=0.0, computed=32, pages=2)
+    new = seq("new", prompt=80, arrival=0.0, pred=8)
     plan = p.plan(view([low, mid], [new], free=1), now_s=0.0)
     assert plan.preempt == ("low",)
     assert {c.seq_id for c in plan.chunks} == {"new", "mid"}
+
+
+def test_eviction_never_throws_away_more_work_than_it_makes_room_for():
+    p = DoublingBudgetPolicy(min_budget=4)
+    low = seq("low", out=60, pred=4, arrival=0.0, computed=91, pages=6)  # far past its budget
+    mid = seq("mid", prompt=48, out=1, pred=64, arrival=0.0, computed=48, pages=3)
+    new = seq("new", prompt=40, arrival=0.0, pred=8)
+    plan = p.plan(view([low, mid], [new], free=1), now_s=0.0)
+    # Evicting "low" (or "mid") would cost 91 (48) tokens of recompute to start a 40-token prompt: "new" waits
+    # and the running requests go on with their KV.
+    assert plan.preempt == ()
+    assert "new" not in {c.seq_id for c in plan.chunks}
+    assert "mid" in {c.seq_id for c in plan.chunks}
+
+
+def test_a_full_pool_still_moves():
+    p = DoublingBudgetPolicy(min_budget=4)
+    # Every running request needs a page for its next token and none is free: the worker
+    # does not stall; the lowest-priority one gives up its pages.
+    a = seq("a", out=1, pred=64, computed=32, pages=2, arrival=0.0)
+    b = seq("b", prompt=41, out=40, pred=4, computed=80, pages=5, arrival=0.0)
+    plan = p.plan(view([a, b], [], free=0), now_s=0.0)
+    assert plan.preempt == ("b",)
+    assert [c.seq_id for c in plan.chunks] == ["a"]
 
 
 running_seqs = st.lists(

@@ -29,8 +29,14 @@ request is urgent. Running requests left out keep their pages (paused, KV kept).
 
 Memory. When a request needs pages that are not free, the lowest-priority requests holding
 pages are evicted (recompute preemption), lowest first, until it fits; if even that is not
-enough, it waits (a running one gives up its own pages). So KV is kept where memory allows and
-recomputed otherwise, and eviction under pressure follows the same priorities.
+enough, it waits. So KV is kept where memory allows and recomputed otherwise, and eviction
+under pressure follows the same priorities. Eviction is thrifty: it never throws away a request
+that has computed more tokens than the one that needs its pages will have, and a running
+request that cannot grow waits with its KV. Without that, a deep backlog of long requests
+thrashes: fresh requests evict long ones at deep levels, which are recomputed later and evict
+others in turn, and the worker computes the same prompts over and over. Only when no request
+at all can move that way does the step evict regardless (a running request that still cannot
+grow then gives up its own pages), so the worker never stalls.
 """
 
 from __future__ import annotations
@@ -168,6 +174,8 @@ class DoublingBudgetPolicy:
         plan = self._walk(order, view, models)
         if not plan.chunks and not plan.preempt:  # the chosen models could not move: any may
             plan = self._walk(order, view, None)
+        if not plan.chunks and not plan.preempt:  # nothing fits without losing more work
+            plan = self._walk(order, view, None, thrifty=False)
         if plan.chunks and (view.waiting or plan.preempt or len(plan.chunks) != len(view.running)):
             # Priorities move with time while requests wait or are paused: re-plan soon.
             plan = replace(plan, repeat_steps=self.recheck_steps)
@@ -193,9 +201,12 @@ class DoublingBudgetPolicy:
                 weight += st.weight
         return chosen
 
-    def _walk(self, order: list[Ranked], view: EngineView, models: set[str] | None) -> StepPlan:
+    def _walk(self, order: list[Ranked], view: EngineView, models: set[str] | None,
+              thrifty: bool = True) -> StepPlan:
         """Admit requests of ``models`` (None: any) in priority order while the token budget,
-        the sequence cap and the pages allow, evicting lower-priority holders for pages."""
+        the sequence cap and the pages allow, evicting lower-priority holders for pages.
+        ``thrifty``: evict only requests with no more computed tokens than the one that needs
+        the pages will have, and let a running request that cannot grow wait with its KV."""
         budget = view.token_budget
         free = view.num_free_pages
         chunks: list[Chunk] = []
@@ -216,9 +227,10 @@ class DoublingBudgetPolicy:
                 n = budget
             need = pages_needed(s, n)
             if need > free:
-                free += self._evict(order, i, need - free, gone, evicted)
+                cap = s.num_computed_tokens + n if thrifty else None
+                free += self._evict(order, i, need - free, gone, evicted, cap)
             if need > free:
-                if s.num_pages > 0:
+                if s.num_pages > 0 and not thrifty:
                     # It cannot grow: give its pages to the requests ahead of it.
                     gone.add(s.seq_id)
                     evicted.append(s.seq_id)
@@ -231,16 +243,20 @@ class DoublingBudgetPolicy:
 
     @staticmethod
     def _evict(
-        order: list[Ranked], pos: int, want: int, gone: set[str], evicted: list[str]
+        order: list[Ranked], pos: int, want: int, gone: set[str], evicted: list[str],
+        max_computed: int | None = None,
     ) -> int:
         """Free at least ``want`` pages from requests ranked after ``pos`` (lowest first), or
-        evict nothing when even all of them would not be enough."""
+        evict nothing when even all of them would not be enough. With ``max_computed``, only
+        requests with at most that many computed tokens are evicted."""
         victims: list[SeqView] = []
         got = 0
         for r in reversed(order[pos + 1:]):
             if got >= want:
                 break
             s = r.seq
+            if max_computed is not None and s.num_computed_tokens > max_computed:
+                continue
             if s.num_pages > 0 and s.seq_id not in gone:
                 victims.append(s)
                 got += s.num_pages
