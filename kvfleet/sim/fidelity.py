@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -214,7 +215,10 @@ def run_fidelity(opts: FidelityOptions, say: Callable[[str], None] = print) -> d
         cpu = sampler.load.cpu_s["calibration"]
         if sampler.load.wall_s > 0 and cpu > 0:
             calibration_share = min(1.0, max(0.01, cpu / sampler.load.wall_s / threads))
-        calibration_path = (out or Path(".")) / "steps.json"
+        if out is not None:
+            calibration_path = out / "steps.json"
+        else:  # nowhere asked for: a scratch file, not the working directory
+            calibration_path = Path(tempfile.mkdtemp(prefix="kvfleet-fidelity-")) / "steps.json"
         calibration_path.write_text(json.dumps(sweep.to_dict(), indent=1) + "\n")
         say(f"  {len(sweep.steps)} steps in {sweep.wall_s:.0f} s -> {calibration_path}")
     from kvfleet.sim.cost_model import CostModel, load_calibration
