@@ -7,7 +7,9 @@ each model's step time on that worker (``ModelStepCost``: the simulator's cost m
 A worker runs continuous batching, each model's part of a step after the other's. A request
 of model ``m`` (rate ``r``, prompts of ``P`` tokens, outputs of ``O``) sees its own model's step
 with ``1 + N_m`` requests in it (``N_m = r L_m``, Little's law, with ``L_m`` its latency) and the
-prompt tokens arriving meanwhile, plus every other model's step in the share of steps that
+prompt tokens arriving meanwhile (their compute added to the step: chunked prefill runs them
+in large compute-bound chunks, so they do not hide under a decode step's memory time), plus
+every other model's step in the share of steps that
 model has work in (``min(1, N)``). Its latency is about one and a half steps to the first token
 and a step per further token. The latencies solve that system by fixed-point iteration; a load
 under which they keep growing is overload. Memory adds a second limit: the KV of the requests
@@ -83,8 +85,12 @@ def _latencies(shares: Sequence[ModelShare]) -> tuple[dict[str, float], bool]:
                         max(1.0, busy[m])
                     if weight <= 0.0:
                         continue
-                total += weight * o_s.cost.step_s(
-                    batch + pre, batch * ctx + pre * (p + 1) / 2.0, batch * ctx + pre, batch)
+                # The decode step, plus the compute of the prompt tokens that arrive meanwhile:
+                # chunked prefill runs them in large chunks, compute-bound, so they add to the
+                # step rather than hide under its memory time.
+                c = o_s.cost
+                total += weight * (c.decode_s(batch, batch * ctx) + c.s_per_token * pre
+                                   + c.s_per_attn_pair * pre * (p + 1) / 2.0)
             step[s.model] = total
             o = max(s.load.mean_output_tokens, 1.0)
             new[s.model] = (o + 0.5) * total
@@ -95,6 +101,19 @@ def _latencies(shares: Sequence[ModelShare]) -> tuple[dict[str, float], bool]:
         if converged:
             break
     return lat, False
+
+
+def _least_work_s(s: ModelShare) -> float:
+    """The least worker time a mean request of ``s`` takes at any batch size: its tokens'
+    compute, or reading its KV once per output token, whichever is more, plus its per-sequence
+    overhead per step. Its rate times this is a lower bound on the worker's utilisation."""
+    c = s.cost
+    p = max(s.load.mean_prompt_tokens, 1.0)
+    o = max(s.load.mean_output_tokens, 1.0)
+    ctx = p + o / 2.0
+    compute = c.s_per_token * (p + o) + c.s_per_attn_pair * (p * p / 2.0 + o * ctx)
+    memory = c.s_per_kv_token * o * ctx
+    return max(compute, memory) + c.overhead_s_per_seq * o
 
 
 def estimate_worker(shares: Sequence[ModelShare], kv_pool_bytes: float) -> WorkerEstimate:
@@ -115,8 +134,11 @@ def estimate_worker(shares: Sequence[ModelShare], kv_pool_bytes: float) -> Worke
                  * (s.load.mean_prompt_tokens + s.load.mean_output_tokens / 2.0)
                  * s.kv_bytes_per_token for s in active)
     memory_factor = demand / kv_pool_bytes if kv_pool_bytes > 0 else float("inf")
-    overloaded = overloaded or over2 or memory_factor >= 1.0
-    excess = max(memory_factor, 1.0)
+    work = sum(s.load.request_rate * _least_work_s(s) for s in active)
+    overloaded = overloaded or over2 or memory_factor >= 1.0 or work >= 1.0
+    # How far past capacity, graded, so that spreading an overloaded model over more workers
+    # scores better even before any of them keeps up.
+    excess = max(memory_factor, work, 1.0)
     latency: dict[str, float] = {}
     normalized: dict[str, float] = {}
     for s in shares:

@@ -58,14 +58,34 @@ def workers_for(groups: Sequence[int], pool: GpuPool) -> tuple[WorkerSpec, ...]:
     )
 
 
+ORDERS = (
+    lambda ev, m: (-m.weight_bytes, -ev.load[m.name].request_rate, m.name),  # largest first
+    lambda ev, m: (-ev.load[m.name].request_rate * ev.isolated[m.name], m.name),  # busiest first
+)
+"""The orders stage 2 places models in; with ``refine`` each is tried and the best kept."""
+
+
 def greedy_assign(ev: PlacementEvaluator, max_rounds: int = 256, refine: bool = True
                   ) -> Assignment:
-    """Stage 2: each model once (largest first, where it adds least), then replicas while one
-    lowers the score, then (``refine``) the local search."""
+    """Stage 2: each model once (in one of ``ORDERS``, where it adds least), then replicas
+    while one lowers the score, then (``refine``) the local search; with ``refine`` every
+    order is tried and the best result kept (a greedy start can trap the local search)."""
+    if not refine:
+        return _greedy(ev, ORDERS[0], max_rounds)
+    best: tuple[float, Assignment] | None = None
+    for order in ORDERS:
+        assign = local_search(ev, _greedy(ev, order, max_rounds), max_rounds)
+        s = ev.score(assign).score
+        if best is None or s < best[0]:
+            best = (s, assign)
+    assert best is not None
+    return best[1]
+
+
+def _greedy(ev: PlacementEvaluator, key, max_rounds: int) -> Assignment:  # type: ignore[no-untyped-def]
     fleet = ev.fleet
     assign: Assignment = {w.worker_id: () for w in fleet.workers}
-    order = sorted(fleet.models, key=lambda m: (-m.weight_bytes,
-                                                -ev.load[m.name].request_rate, m.name))
+    order = sorted(fleet.models, key=lambda m: key(ev, m))
     for m in order:
         best: tuple[float, str] | None = None
         for w in fleet.workers:
@@ -95,7 +115,7 @@ def greedy_assign(ev: PlacementEvaluator, max_rounds: int = 256, refine: bool = 
             break
         current, wid, name = best_move
         assign[wid] = assign[wid] + (name,)
-    return local_search(ev, assign, max_rounds) if refine else assign
+    return assign
 
 
 def local_search(ev: PlacementEvaluator, assign: Assignment, max_rounds: int = 64) -> Assignment:
@@ -103,7 +123,7 @@ def local_search(ev: PlacementEvaluator, assign: Assignment, max_rounds: int = 6
     current = ev.score(assign).score
     for _ in range(max_rounds):
         best: tuple[float, Assignment] | None = None
-        for moves in (_neighbours, _swaps):  # swaps only when no single move helps
+        for moves in (_neighbours, _swaps, _rebuilds):  # each only when the last did not help
             for trial in moves(ev, assign):
                 s = ev.score(trial).score
                 if best is None or s < best[0]:
@@ -114,6 +134,21 @@ def local_search(ev: PlacementEvaluator, assign: Assignment, max_rounds: int = 6
             break
         current, assign = best
     return assign
+
+
+def _rebuilds(ev: PlacementEvaluator, assign: Assignment):  # type: ignore[no-untyped-def]
+    """Give one worker a new set of one or two models (every model keeps a replica): the
+    step out of a layout where every single move makes things worse first."""
+    names = [m.name for m in ev.fleet.models]
+    held = {m for ms in assign.values() for m in ms}
+    sets = [(a,) for a in names] + [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+    for w in ev.fleet.workers:
+        have = assign.get(w.worker_id, ())
+        rest = {m for wid, ms in assign.items() if wid != w.worker_id for m in ms}
+        for ms in sets:
+            if set(ms) == set(have) or not (held <= rest | set(ms)) or not ev.fits(w, ms):
+                continue
+            yield {**assign, w.worker_id: ms}
 
 
 def _swaps(ev: PlacementEvaluator, assign: Assignment):  # type: ignore[no-untyped-def]
