@@ -22,7 +22,7 @@ from kvfleet.policies import PolicySet, policy_set
 from kvfleet.services.gateway.core.length_predictor import LengthQuery, make_predictor
 from kvfleet.services.planner.core.migration import migration_views
 from kvfleet.services.planner.core.overload import FleetLoad, overload_views
-from kvfleet.services.planner.core.types import ModelLoad, Plan
+from kvfleet.services.planner.core.types import ModelLoad, Plan, with_backlog
 from kvfleet.services.scheduler.core.admission import QueueBound, QueueDepth
 from kvfleet.services.scheduler.core.dispatch import decide
 from kvfleet.services.scheduler.core.types import ClusterView, WorkerView
@@ -399,13 +399,13 @@ class Simulator:
             self._drop(seq, "queue_full")
             return
         self._depth[seq.model] = depth.add(seq.num_prompt_tokens)
-        seq.predicted_output_tokens = self.predictor.predict(LengthQuery(
-            seq.request_id, seq.model, seq.num_prompt_tokens, seq.request_max_tokens,
-            seq.max_tokens))
+        query = LengthQuery(seq.request_id, seq.model, seq.num_prompt_tokens,
+                            seq.request_max_tokens, seq.max_tokens)
+        seq.predicted_output_tokens = self.predictor.predict(query)
         self._pending.append(seq)
-        if self.placement is not None:
+        if self.placement is not None:  # the load figures count mean lengths, as live
             self._recent.append((seq.arrival_s, seq.model, seq.num_prompt_tokens,
-                                 seq.predicted_output_tokens or seq.max_tokens))
+                                 self.predictor.expect(query)))
 
     def _dispatch(self, now: float) -> None:
         self._dispatch_at = INF
@@ -471,12 +471,14 @@ class Simulator:
     def _replan(self, now: float) -> None:
         """The planner's placement tick: the load measured over the last window, the
         placement policy, and loads/unloads where the plan changed. A model leaving its last
-        worker there is unloaded only once a new replica of it serves."""
+        worker there is unloaded only once a new replica of it serves, or at once where its
+        worker needs the room for a load (the live reconciler's rule)."""
         window = self.config.load_window_s
         recent = self._recent
         while recent and recent[0][0] < now - window:
             recent.popleft()
-        load = _load_of(recent, min(window, now))
+        queued = {m: (d.requests, d.tokens) for m, d in self._depth.items()}
+        load = with_backlog(_load_of(recent, min(window, now)), queued, min(window, now))
         plan = self.placement.place(self.fleet, self.plan, load, now)  # type: ignore[attr-defined]
         if plan is self.plan or plan == self.plan:
             self._unload_ready(now)
@@ -509,7 +511,9 @@ class Simulator:
                 continue  # planned here again
             elsewhere = any(m in o.models and m not in o.draining
                             for o in self.workers if o is not w)
-            if elsewhere or not (self.plan and self.plan.workers_of(m)):
+            # As live: a last replica waits for its new one, unless this worker needs the room
+            # for a load it was refused.
+            if elsewhere or not (self.plan and self.plan.workers_of(m)) or w.load_refused:
                 w.begin_unload(m, now)
             else:
                 keep.append((idx, m))
@@ -522,6 +526,7 @@ class Simulator:
 
     def _loaded(self, worker: SimWorker, model: str, now: float) -> None:
         worker.finish_load(model, now)
+        self._push_worker(worker, worker.wake_after_load(now))
         self._unload_ready(now)
         if self._pending and self._dispatch_at == INF:
             self._dispatch_at = now + self.config.dispatch_interval_s

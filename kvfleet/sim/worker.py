@@ -97,6 +97,7 @@ class SimWorker:
         self._catalog_tpp: dict[str, int] = {}
         self._weight_pages: dict[str, int] = {}
         self._loading: dict[str, list[float]] = {}  # model -> [pages needed, claimed, load_s]
+        self._loads_running = 0  # loads whose weights hold their pages, not serving yet
         self.started_loads: list[tuple[str, float]] = []  # (model, load seconds) to time
         self.draining: set[str] = set()
         self.num_loads = 0
@@ -314,8 +315,10 @@ class SimWorker:
         self._weight_pages = {m: -(-b // page_bytes) for m, b in weight_bytes.items()}
 
     def begin_load(self, model: str, load_s: float, now: float) -> None:
-        """Start loading ``model``: its weights claim free pages (at step boundaries, as they
-        free up); once all are claimed the load takes ``load_s`` (``started_loads``)."""
+        """Start loading ``model``: its weights claim free pages all at once, as soon as that
+        many are free (checked at step boundaries), the way a live worker takes a Load only
+        when the weights fit; then the load takes ``load_s`` (``started_loads``). Until then
+        the load is refused (``load_refused``)."""
         if model in self.models or model in self._loading:
             self.draining.discard(model)
             return
@@ -341,11 +344,18 @@ class SimWorker:
         need = self._weight_pages[model]
         self.reserved_pages -= need
         self.total_pages -= need
+        self._loads_running -= 1
         self.models = (*self.models, model)
         self.tpp = {**self.tpp, model: self._catalog_tpp[model]}
         self._set_costs({**self.costs, model: self._catalog_costs[model]})
         self.num_loads += 1
         self._publish(now)
+
+    def wake_after_load(self, now: float) -> float | None:
+        """Wake an idle worker that has requests (after a load gave its pages back)."""
+        if self.busy or not (self.waiting or self.running or self._incoming):
+            return None
+        return self._wake(now)
 
     def _set_costs(self, costs: dict[str, CostModel]) -> None:
         self.costs = costs
@@ -355,18 +365,28 @@ class SimWorker:
         if held:
             self._tpp_min = min(held)
 
+    @property
+    def load_refused(self) -> bool:
+        """A planned load is waiting for its weights' pages to be free."""
+        return bool(self._loading)
+
     def _placement_step(self) -> None:
-        """Claim free pages for pending loads; unload drained models."""
+        """Unload drained models; claim free pages for pending loads."""
+        self._unload_drained()
         for model, entry in list(self._loading.items()):
             need, claimed, load_s = entry
-            take = min(self.free_pages - self._run_claim, int(need - claimed))
-            if take > 0:
-                self.free_pages -= take
-                self.reserved_pages += take
-                entry[1] = claimed + take
-            if entry[1] >= need:
-                del self._loading[model]
-                self.started_loads.append((model, load_s))
+            take = int(need - claimed)
+            if take > self.free_pages - self._run_claim:
+                continue  # refused for now: the weights do not fit yet
+            self.free_pages -= take
+            self.reserved_pages += take
+            entry[1] = need
+            del self._loading[model]
+            self._loads_running += 1
+            self.started_loads.append((model, load_s))
+        self._invalidate()
+
+    def _unload_drained(self) -> None:
         for model in list(self.draining):
             busy = any(s.model == model for s in (*self.running, *self.waiting, *self._incoming))
             if busy:
@@ -379,7 +399,6 @@ class SimWorker:
             self.free_pages += pages
             self._set_costs({m: c for m, c in self.costs.items() if m != model})
             self.num_unloads += 1
-        self._invalidate()
 
     # ----- the step loop -----
     def on_boundary(
@@ -534,6 +553,12 @@ class SimWorker:
             if plan.chunks:
                 return self._start(plan, now)
             if not plan.preempt:
+                if self._loads_running:  # weights loading hold the pages: wait for them
+                    self.busy = False
+                    self.policy_reserved_pages = 0
+                    if self.cpu is not None:
+                        self.cpu.change(-1, self, now)
+                    return None
                 # Nothing can run: only possible when the pool is too small for the queue head.
                 raise KvAccountingError(
                     f"worker {self.worker_id}: policy planned nothing with "

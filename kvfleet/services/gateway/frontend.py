@@ -62,6 +62,7 @@ class Prepared:
     slo: ServiceLevel = ServiceLevel()
     predicted_output_tokens: int | None = None
     owner: str = ""  # the id of the API key that sent it ("" on an open gateway)
+    expected_output_tokens: int | None = None  # the mean for requests like it (load figures)
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,13 +267,14 @@ class Frontend:
                 code="context_length_exceeded",
             )
         rid = request_id or new_request_id()
-        predicted = await self.predictor.predict(
-            LengthQuery(rid, model, len(ids), sampling.max_tokens)
-        )
+        query = LengthQuery(rid, model, len(ids), sampling.max_tokens)
+        predicted = await self.predictor.predict(query)
+        expected = await self.predictor.expect(query)
         default = (await self.model_info(model)).slo
         if sampling.temperature > 0 and sampling.seed is None:
             sampling = dataclasses.replace(sampling, seed=secrets.randbits(63))
-        return Prepared(rid, model, tuple(ids), sampling, slo.resolved(default), predicted, owner)
+        return Prepared(rid, model, tuple(ids), sampling, slo.resolved(default), predicted, owner,
+                        expected)
 
     def check_sampling(self, s: SamplingParams) -> None:
         if not 1 <= s.max_tokens <= self.settings.max_tokens_limit:
@@ -313,7 +315,7 @@ class Frontend:
             raise queue_full(p.model, self.settings.retry_after_s)
         await self.store.record_load(
             p.model, rec.arrival_s, len(p.prompt_token_ids),
-            p.predicted_output_tokens or p.sampling.max_tokens)
+            p.expected_output_tokens or p.predicted_output_tokens or p.sampling.max_tokens)
         log.debug("request %s: queued for %s (%d prompt tokens)", p.request_id, p.model,
                   len(p.prompt_token_ids))
         return p.request_id

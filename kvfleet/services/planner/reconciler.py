@@ -29,6 +29,7 @@ from kvfleet.services.planner.core.types import (
     ModelSpecRef,
     Plan,
     WorkerSpec,
+    with_backlog,
 )
 
 log = logging.getLogger(__name__)
@@ -90,15 +91,18 @@ class Reconciler:
         return record
 
     async def measured_load(self) -> dict[str, ModelLoad]:
-        """Each model's load over the last ``load_window_s`` (from the gateways' counts)."""
+        """Each model's load over the last ``load_window_s`` (from the gateways' counts), with
+        the requests still queued for it (``with_backlog``)."""
         now = time.time()
         window = self.settings.load_window_s
         out: dict[str, ModelLoad] = {}
+        queued: dict[str, tuple[int, int]] = {}
         for m in self.spec.models:
             n, tin, tout = await self.store.model_load(m.name, now, window)
             if n:
                 out[m.name] = ModelLoad(m.name, n / window, tin / n, tout / n)
-        return out
+            queued[m.name] = await self.store.queue_depth(m.name)
+        return with_backlog(out, queued, window)
 
     async def replan(self) -> bool:
         """One re-placement tick: returns whether the plan changed."""

@@ -36,6 +36,18 @@ def test_online_converges_to_each_buckets_median():
     assert short < p.predict(_q(300)) < long
 
 
+def test_online_expects_the_mean_of_a_heavy_tail():
+    rng = random.Random(3)
+    p = OnlineLengthPredictor(quantile=0.5, min_samples=16, prior_tokens=50)
+    # lognormal(median 100, sigma 1.2): its mean is e^(0.72) ~ 2.05x its median
+    for _ in range(8000):
+        p.observe("m", rng.randint(20, 60), max(1, round(rng.lognormvariate(4.605, 1.2))))
+    median, mean = p.predict(_q(40)), p.expect(_q(40))
+    assert abs(median - 100) / 100 < 0.1, median
+    assert abs(mean - 205) / 205 < 0.15, mean
+    assert p.expect(_q(40, max_tokens=150)) == 150  # clamped like a prediction
+
+
 def test_online_tracks_the_requested_quantile():
     rng = random.Random(1)
     p90 = OnlineLengthPredictor(quantile=0.9)

@@ -39,6 +39,11 @@ class SharedLengthPredictor:
             await self.sync(q.model)
         return self.core.predict(q)
 
+    async def expect(self, q: LengthQuery) -> int:
+        if time.monotonic() - self._synced_at.get(q.model, -1e9) > self.sync_s:
+            await self.sync(q.model)
+        return self.core.expect(q)
+
     async def sync(self, model: str) -> None:
         raw = await self.store.r.hgetall(rs.predictor_key(model))
         cells = {}

@@ -39,6 +39,11 @@ class LengthPredictor(Protocol):
 
     def predict(self, q: LengthQuery) -> int: ...
 
+    def expect(self, q: LengthQuery) -> int:
+        """The mean output length of requests like ``q``: what load estimates add up (a
+        quantile, which ``predict`` gives, undercounts a heavy-tailed length's load)."""
+        ...
+
     def observe(self, model: str, num_prompt_tokens: int, num_output_tokens: int) -> None: ...
 
 
@@ -124,6 +129,19 @@ class OnlineLengthPredictor:
                 return _clamp(_quantile(hist, self.quantile), q.max_tokens)
         return _clamp(self.prior_tokens, q.max_tokens)
 
+    def expect(self, q: LengthQuery) -> int:
+        per_model = self.counts.get(q.model, {})
+        for bucket in (prompt_bucket(q.num_prompt_tokens), -1):
+            hist = per_model.get(bucket)
+            if hist and sum(hist.values()) >= self.min_samples:
+                return _clamp(_mean(hist), q.max_tokens)
+        return _clamp(self.prior_tokens, q.max_tokens)
+
+
+def _mean(hist: Mapping[int, int]) -> float:
+    total = sum(hist.values())
+    return sum(bin_value(b) * c for b, c in hist.items()) / total
+
 
 def _quantile(hist: Mapping[int, int], q: float) -> float:
     total = sum(hist.values())
@@ -162,6 +180,9 @@ class OracleLengthPredictor:
             raise ValueError("the oracle predictor needs the actual output length")
         return _clamp(q.actual_output_tokens, q.max_tokens)
 
+    def expect(self, q: LengthQuery) -> int:
+        return self.predict(q)
+
     def observe(self, model: str, num_prompt_tokens: int, num_output_tokens: int) -> None:
         return None
 
@@ -196,6 +217,9 @@ class NoisyOracleLengthPredictor:
             raise ValueError("the noisy-oracle predictor needs the actual output length")
         factor = 1.0 + self.spread * (2.0 * _unit(self.seed, q.request_id) - 1.0)
         return _clamp(q.actual_output_tokens * factor, q.max_tokens)
+
+    def expect(self, q: LengthQuery) -> int:
+        return self.predict(q)
 
     def observe(self, model: str, num_prompt_tokens: int, num_output_tokens: int) -> None:
         return None

@@ -82,3 +82,26 @@ class ModelLoad:
     request_rate: float = 0.0  # requests per second
     mean_prompt_tokens: float = 0.0
     mean_output_tokens: float = 0.0
+
+
+def with_backlog(load: dict[str, ModelLoad], queued: dict[str, tuple[int, int]],
+                 window_s: float, default_output_tokens: float = 128.0) -> dict[str, ModelLoad]:
+    """``load`` (arrivals over the last ``window_s``) plus the requests still queued for each
+    model (``queued``: requests, prompt tokens), as if they had arrived in the window too: a
+    queue that grows is demand the fleet did not serve, and a placement that sees only
+    arrivals keeps a model that cannot keep up on too few workers."""
+    out = dict(load)
+    span = max(window_s, 1e-9)
+    for model, (n, tokens) in queued.items():
+        if n <= 0:
+            continue
+        have = out.get(model)
+        if have is not None and have.request_rate > 0:
+            arrived = have.request_rate * span
+            total = arrived + n
+            out[model] = ModelLoad(model, total / span,
+                                   (have.mean_prompt_tokens * arrived + tokens) / total,
+                                   have.mean_output_tokens)
+        else:
+            out[model] = ModelLoad(model, n / span, tokens / n, default_output_tokens)
+    return out
