@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
 
+from kvfleet.common.aio import cancel_and_wait
 from kvfleet.common.config import SchedulerSettings
 from kvfleet.common.fleet_auth import FleetSecurity
 from kvfleet.common.grpc_util import Running, start_server
@@ -42,9 +42,7 @@ class RunningScheduler:
         try:
             await asyncio.wait_for(asyncio.shield(self.task), grace_s)
         except TimeoutError:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+            await cancel_and_wait(self.task)
         await self.grpc.stop()
         await self.dispatcher.close()
         await self.dispatcher.store.close()
