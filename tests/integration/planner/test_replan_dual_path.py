@@ -12,7 +12,9 @@ import pytest
 from kvfleet.common import redis_schema as rs
 from kvfleet.common.config import ModelConfig, PlannerSettings, WorkerConfig
 from kvfleet.common.redis_store import RedisStore
+from kvfleet.common.sampling import SamplingParams
 from kvfleet.policies import policy_set
+from kvfleet.services.planner.core.types import with_backlog
 from kvfleet.services.planner.reconciler import Reconciler
 from kvfleet.sim.engine import _load_of
 
@@ -47,8 +49,17 @@ async def test_live_and_simulated_replanning_agree(redis_url):
             arrivals.append((t, model, rng.randint(20, 400), rng.randint(8, 200)))
         for t, model, prompt, out in arrivals:
             await store.record_load(model, t, prompt, out)
+        # A backlog: requests still queued count as load, on both paths.
+        queued = [rs.RequestRecord(f"q{i}", "tiny-qwen2", tuple(range(30 + i)),
+                                   SamplingParams(max_tokens=8), now) for i in range(40)]
+        for rec in queued:
+            assert await store.enqueue(rec)
         live_load = await rc.measured_load()
-        sim_load = _load_of(arrivals, WINDOW_S)
+        depth = {m: (0, 0) for m in MODELS}
+        depth["tiny-qwen2"] = (len(queued), sum(len(r.prompt_token_ids) for r in queued))
+        sim_load = with_backlog(_load_of(arrivals, WINDOW_S), depth, WINDOW_S)
+        assert sim_load["tiny-qwen2"].request_rate > _load_of(arrivals, WINDOW_S)[
+            "tiny-qwen2"].request_rate
         for m in MODELS:
             a, b = live_load[m], sim_load[m]
             assert a.request_rate == pytest.approx(b.request_rate)
