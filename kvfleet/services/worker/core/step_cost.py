@@ -43,7 +43,7 @@ class ModelStepCost:
         pairs = num_tokens * context_tokens + num_tokens * (num_tokens + 1) / 2
         return self.step_s(num_tokens, pairs, context_tokens + num_tokens, 1)
 
-    def decode_s(self, batch: int, context_tokens: float) -> float:
+    def decode_s(self, batch: float, context_tokens: float) -> float:
         """One decode step of ``batch`` sequences holding ``context_tokens`` tokens in all."""
         return self.step_s(batch, context_tokens, context_tokens, batch)
 
