@@ -106,6 +106,7 @@ def _send(base_url: str, item) -> tuple[int, str]:
     return r.status_code, f"{r.text[:300]} for {case.body!r:.300}"
 
 
+@pytest.mark.timeout(600 + TOTAL_CASES)  # the full campaign runs past the 600 s default
 def test_schemathesis_cases_get_no_5xx_and_the_stack_still_serves(fuzz_stack, reference):
     url = fuzz_stack.http_url
     schema = schemathesis.openapi.from_url(url + "/openapi.json", wait_for_schema=60)

@@ -190,6 +190,7 @@ async def test_internal_rpcs_refuse_calls_without_the_fleet_token(fleet):
                 assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED, (kind, m.name)
 
 
+@pytest.mark.timeout(600 + TOTAL_CASES)  # the full campaign runs past the 600 s default
 async def test_fuzzed_requests_to_every_rpc_get_no_internal_error(fleet):
     methods = rpcs()
     # RPCs whose request has no field have one distinct request; the rest share the campaign
