@@ -18,7 +18,7 @@ def test_the_simulator_predicts_a_small_live_run(tmp_path):
         model="tiny-llama", arrivals="poisson", rate=4.0, duration_s=6.0, input_len="16-200",
         output_len="4-32", seed=3, workers=2, memory_bytes=300_000_000,
         engine=EngineSettings(num_threads=1), sweep_batches=(1, 4, 16), sweep_repeats=2,
-        gateway_iterations=3, out=tmp_path, progress=False,
+        gateway_iterations=8, out=tmp_path, progress=False,
     )
     report = run_fidelity(opts, say=lambda _: None)
     assert report["live"]["completed"] == report["sim"]["completed"] == report["num_requests"]
