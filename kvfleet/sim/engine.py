@@ -477,8 +477,9 @@ class Simulator:
         recent = self._recent
         while recent and recent[0][0] < now - window:
             recent.popleft()
+        span = min(window, now)
         queued = {m: (d.requests, d.tokens) for m, d in self._depth.items()}
-        load = with_backlog(_load_of(recent, min(window, now)), queued, min(window, now))
+        load = with_backlog(_load_of(recent, span), queued, span)
         plan = self.placement.place(self.fleet, self.plan, load, now)  # type: ignore[attr-defined]
         if plan is self.plan or plan == self.plan:
             self._unload_ready(now)

@@ -96,7 +96,7 @@ class SimWorker:
         self._catalog_costs: dict[str, CostModel] = {}
         self._catalog_tpp: dict[str, int] = {}
         self._weight_pages: dict[str, int] = {}
-        self._loading: dict[str, list[float]] = {}  # model -> [pages needed, claimed, load_s]
+        self._loading: dict[str, tuple[int, float]] = {}  # refused loads: model -> (pages, load_s)
         self._loads_running = 0  # loads whose weights hold their pages, not serving yet
         self.started_loads: list[tuple[str, float]] = []  # (model, load seconds) to time
         self.draining: set[str] = set()
@@ -322,17 +322,14 @@ class SimWorker:
         if model in self.models or model in self._loading:
             self.draining.discard(model)
             return
-        self._loading[model] = [float(self._weight_pages[model]), 0.0, load_s]
+        self._loading[model] = (self._weight_pages[model], load_s)
         if not self.busy:
             self._placement_step()
             self._publish(now)
 
     def begin_unload(self, model: str, now: float) -> None:
         """Stop taking ``model``'s requests; unload it once those here have finished."""
-        if model in self._loading:
-            need, claimed, _ = self._loading.pop(model)
-            self.free_pages += int(claimed)
-            self.reserved_pages -= int(claimed)
+        self._loading.pop(model, None)  # a refused load holds no pages
         if model in self.models:
             self.draining.add(model)
         if not self.busy:
@@ -373,14 +370,11 @@ class SimWorker:
     def _placement_step(self) -> None:
         """Unload drained models; claim free pages for pending loads."""
         self._unload_drained()
-        for model, entry in list(self._loading.items()):
-            need, claimed, load_s = entry
-            take = int(need - claimed)
-            if take > self.free_pages - self._run_claim:
+        for model, (need, load_s) in list(self._loading.items()):
+            if need > self.free_pages - self._run_claim:
                 continue  # refused for now: the weights do not fit yet
-            self.free_pages -= take
-            self.reserved_pages += take
-            entry[1] = need
+            self.free_pages -= need
+            self.reserved_pages += need
             del self._loading[model]
             self._loads_running += 1
             self.started_loads.append((model, load_s))
@@ -534,11 +528,7 @@ class SimWorker:
     def _plan(self, now: float) -> float | None:
         while True:
             if not self.running and not self.waiting:
-                self.busy = False
-                self.policy_reserved_pages = 0
-                if self.cpu is not None:
-                    self.cpu.change(-1, self, now)
-                return None
+                return self._idle(now)
             view = EngineView(
                 tuple([s._view or s.view() for s in self.running]),
                 tuple([s._view or s.view() for s in self.waiting]),
@@ -554,17 +544,19 @@ class SimWorker:
                 return self._start(plan, now)
             if not plan.preempt:
                 if self._loads_running:  # weights loading hold the pages: wait for them
-                    self.busy = False
-                    self.policy_reserved_pages = 0
-                    if self.cpu is not None:
-                        self.cpu.change(-1, self, now)
-                    return None
+                    return self._idle(now)
                 # Nothing can run: only possible when the pool is too small for the queue head.
                 raise KvAccountingError(
                     f"worker {self.worker_id}: policy planned nothing with "
                     f"{len(self.running)} running, {len(self.waiting)} waiting, "
                     f"{self.free_pages} free pages"
                 )
+
+    def _idle(self, now: float) -> None:
+        self.busy = False
+        self.policy_reserved_pages = 0
+        if self.cpu is not None:
+            self.cpu.change(-1, self, now)
 
     def _preempt(self, plan: StepPlan) -> None:
         gone = set(plan.preempt)

@@ -35,14 +35,17 @@ class SharedLengthPredictor:
         return self.core.name
 
     async def predict(self, q: LengthQuery) -> int:
-        if time.monotonic() - self._synced_at.get(q.model, -1e9) > self.sync_s:
-            await self.sync(q.model)
+        await self._fresh(q.model)
         return self.core.predict(q)
 
     async def expect(self, q: LengthQuery) -> int:
-        if time.monotonic() - self._synced_at.get(q.model, -1e9) > self.sync_s:
-            await self.sync(q.model)
+        await self._fresh(q.model)
         return self.core.expect(q)
+
+    async def _fresh(self, model: str) -> None:
+        """Re-read ``model``'s counts from Redis when the local copy is older than sync_s."""
+        if time.monotonic() - self._synced_at.get(model, -1e9) > self.sync_s:
+            await self.sync(model)
 
     async def sync(self, model: str) -> None:
         raw = await self.store.r.hgetall(rs.predictor_key(model))

@@ -122,20 +122,23 @@ class OnlineLengthPredictor:
         return sum(self.counts.get(model, {}).get(bucket, {}).values())
 
     def predict(self, q: LengthQuery) -> int:
-        per_model = self.counts.get(q.model, {})
-        for bucket in (prompt_bucket(q.num_prompt_tokens), -1):
-            hist = per_model.get(bucket)
-            if hist and sum(hist.values()) >= self.min_samples:
-                return _clamp(_quantile(hist, self.quantile), q.max_tokens)
-        return _clamp(self.prior_tokens, q.max_tokens)
+        hist = self._histogram(q)
+        return _clamp(self.prior_tokens if hist is None else _quantile(hist, self.quantile),
+                      q.max_tokens)
 
     def expect(self, q: LengthQuery) -> int:
+        hist = self._histogram(q)
+        return _clamp(self.prior_tokens if hist is None else _mean(hist), q.max_tokens)
+
+    def _histogram(self, q: LengthQuery) -> Mapping[int, int] | None:
+        """The lengths learned for ``q``'s prompt bucket, else for the whole model, once
+        either has ``min_samples``; None before that (the prior applies)."""
         per_model = self.counts.get(q.model, {})
         for bucket in (prompt_bucket(q.num_prompt_tokens), -1):
             hist = per_model.get(bucket)
             if hist and sum(hist.values()) >= self.min_samples:
-                return _clamp(_mean(hist), q.max_tokens)
-        return _clamp(self.prior_tokens, q.max_tokens)
+                return hist
+        return None
 
 
 def _mean(hist: Mapping[int, int]) -> float:

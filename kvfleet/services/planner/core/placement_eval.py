@@ -18,6 +18,7 @@ from kvfleet.services.planner.core.latency_model import (
     estimate_worker,
 )
 from kvfleet.services.planner.core.types import (
+    NOMINAL_OUTPUT_TOKENS,
     FleetSpec,
     ModelLoad,
     ModelSpecRef,
@@ -29,7 +30,8 @@ from kvfleet.services.worker.core.step_cost import UNIT_STEP_COST, ModelStepCost
 
 Assignment = dict[str, tuple[str, ...]]  # worker id -> models it holds
 
-NOMINAL_LOAD = ModelLoad("", request_rate=1.0, mean_prompt_tokens=256, mean_output_tokens=128)
+NOMINAL_LOAD = ModelLoad("", request_rate=1.0, mean_prompt_tokens=256,
+                         mean_output_tokens=NOMINAL_OUTPUT_TOKENS)
 """What a model is assumed to carry before any load was measured."""
 
 KV_MIN_FRACTION = 0.1

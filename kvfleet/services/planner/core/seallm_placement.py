@@ -4,11 +4,13 @@ Stage 1 groups the fleet's GPUs into workers, each with a parallel degree (``gro
 it tries uniform partitions and mixed ones (some groups at the degree the largest models need,
 the rest at the smallest), runs stage 2 on each and keeps the partition that scores best.
 
-Stage 2 assigns models to the workers (``greedy_assign``): the largest models first, each to
-the worker where it adds the least predicted latency; then replicas, one at a time, the one
-that lowers the score most, while it does; then a local search (add, drop or move a replica)
-while a move lowers the score (``PlacementEvaluator``: requests per second times their
-predicted normalised latency, from the simulator's cost model).
+Stage 2 assigns models to the workers (``greedy_assign``): each model once, the largest first
+(and again, the busiest first), each to the worker where it adds the least predicted latency;
+then replicas, one at a time, the one that lowers the score most, while it does; then a local
+search (add, drop or move a replica; else swap two; else give one worker a new set of one or
+two models) while a move lowers the score; the better of the two starts is kept
+(``PlacementEvaluator``: requests per second times their predicted normalised latency, from
+the simulator's cost model).
 
 Re-placement (``improve``): on every planner tick, with the load measured over the last
 window, the policy looks for moves (add a replica, drop one, move a model, replace a model

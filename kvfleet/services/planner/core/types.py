@@ -84,8 +84,12 @@ class ModelLoad:
     mean_output_tokens: float = 0.0
 
 
+NOMINAL_OUTPUT_TOKENS = 128
+"""The mean output length assumed for a model before any of its requests were measured."""
+
+
 def with_backlog(load: dict[str, ModelLoad], queued: dict[str, tuple[int, int]],
-                 window_s: float, default_output_tokens: float = 128.0) -> dict[str, ModelLoad]:
+                 window_s: float) -> dict[str, ModelLoad]:
     """``load`` (arrivals over the last ``window_s``) plus the requests still queued for each
     model (``queued``: requests, prompt tokens), as if they had arrived in the window too: a
     queue that grows is demand the fleet did not serve, and a placement that sees only
@@ -103,5 +107,5 @@ def with_backlog(load: dict[str, ModelLoad], queued: dict[str, tuple[int, int]],
                                    (have.mean_prompt_tokens * arrived + tokens) / total,
                                    have.mean_output_tokens)
         else:
-            out[model] = ModelLoad(model, n / span, tokens / n, default_output_tokens)
+            out[model] = ModelLoad(model, n / span, tokens / n, NOMINAL_OUTPUT_TOKENS)
     return out
