@@ -121,6 +121,10 @@ def load_key(model: str) -> str:
 
 LOAD_BUCKET_S = 5  # width of a load bucket (seconds of wall clock)
 LOAD_TTL_S = 3600  # a model's load hash lives this long after its last request
+# buckets a load hash keeps (the longest window it can answer is LOAD_TTL_S): the writer prunes
+# older ones once the hash holds more fields than these, so it stays bounded under any traffic
+LOAD_MAX_BUCKETS = LOAD_TTL_S // LOAD_BUCKET_S
+LOAD_FIELDS_PER_BUCKET = 3
 
 
 def load_fields(bucket: int, prompt_tokens: int, output_tokens: int) -> dict[str, int]:

@@ -357,14 +357,22 @@ class RedisStore:
 
     async def record_load(self, model: str, now_s: float, prompt_tokens: int,
                           output_tokens: int) -> None:
-        """Count one accepted request in its model's load (what re-placement measures)."""
+        """Count one accepted request in its model's load (what re-placement measures).
+        Buckets older than ``LOAD_TTL_S`` are pruned here once the hash outgrows them, so the
+        hash stays bounded whether or not anything reads it."""
         key = rs.load_key(model)
         bucket = int(now_s // rs.LOAD_BUCKET_S)
         async with self.r.pipeline(transaction=False) as p:
             for field_name, value in rs.load_fields(bucket, prompt_tokens, output_tokens).items():
                 p.hincrby(key, field_name, value)
             p.expire(key, rs.LOAD_TTL_S)
-            await p.execute()
+            p.hlen(key)
+            size = (await p.execute())[-1]
+        if int(size) > (rs.LOAD_MAX_BUCKETS + 1) * rs.LOAD_FIELDS_PER_BUCKET:
+            _, _, _, old = rs.parse_load(await self.r.hgetall(key),
+                                         bucket - rs.LOAD_MAX_BUCKETS + 1)
+            if old:
+                await self.r.hdel(key, *old)
 
     async def model_load(self, model: str, now_s: float, window_s: float
                          ) -> tuple[int, int, int]:

@@ -86,3 +86,26 @@ async def test_a_queue_stream_holds_only_requests_waiting_for_a_worker(redis_url
         assert await store.r.zcard(rs.queued_key("m")) == 4
     finally:
         await store.close()
+
+
+async def test_a_load_hash_stays_bounded_with_no_reader(redis_url):
+    """The gateway counts every accepted request; with a static placement nothing reads the
+    counts, so the writer itself must drop buckets past the longest window it can answer."""
+    store = RedisStore.from_url(redis_url)
+    key = rs.load_key("bounded")
+    try:
+        t0 = 1_000_000.0
+        span = 2 * rs.LOAD_MAX_BUCKETS + 7
+        for b in range(span):
+            await store.record_load("bounded", t0 + b * rs.LOAD_BUCKET_S, 10, 4)
+        size = await store.r.hlen(key)
+        assert size <= (rs.LOAD_MAX_BUCKETS + 1) * rs.LOAD_FIELDS_PER_BUCKET
+        now = t0 + (span - 1) * rs.LOAD_BUCKET_S
+        # the whole retained hour still answers (a reader deletes what is older than its
+        # window, so the longest window is read first), and the recent buckets are intact
+        n, _, _ = await store.model_load("bounded", now, rs.LOAD_TTL_S)
+        assert rs.LOAD_MAX_BUCKETS - 1 <= n <= rs.LOAD_MAX_BUCKETS + 1
+        assert await store.model_load("bounded", now, 10 * rs.LOAD_BUCKET_S) == (10, 100, 40)
+    finally:
+        await store.r.delete(key)
+        await store.close()
