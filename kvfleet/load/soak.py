@@ -192,6 +192,11 @@ def summarize(samples: list[Sample], o: SoakOptions) -> dict[str, Any]:
         "p99_e2e_first_window_s": p99_first,
         "p99_e2e_last_window_s": p99_last,
         "p99_ratio_last_to_first": p99_last / p99_first if first and last else float("nan"),
+        # the whole run window by window: a trend (a leak, a growing queue) or noise
+        "p99_e2e_by_window_s": [
+            round(_p99([s.e2e_s for s in served if k * o.window_s <= s.start_s
+                        < (k + 1) * o.window_s]), 3)
+            for k in range(int(end // o.window_s) + 1)],
         "p50_ttft_s": sorted(s.ttft_s for s in served)[len(served) // 2] if served else 0.0,
     }
 

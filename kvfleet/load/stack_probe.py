@@ -122,6 +122,14 @@ async def audit_keys(store: RedisStore) -> KeyAudit:
         elif kind == "queued-tokens":
             n = int(await r.get(key) or 0)
             _leak_if(audit, n != 0, key, f"{n} tokens still counted as queued")
+        elif key == rs.FLEET_ACTIVITY_KEY:  # capped (approximately: whole radix nodes)
+            n = await r.xlen(key)
+            _leak_if(audit, n > 2 * rs.FLEET_ACTIVITY_MAXLEN, key, f"{n} samples, past its cap")
+        elif kind == "load":  # per-model arrival counts, pruned by their writer
+            n = await r.hlen(key)
+            cap = (rs.LOAD_MAX_BUCKETS + 1) * rs.LOAD_FIELDS_PER_BUCKET
+            _leak_if(audit, n > cap or not 0 < ttl <= rs.LOAD_TTL_S, key,
+                     f"{n} fields (cap {cap}), ttl {ttl}")
         elif key == rs.ACTIVE_KEY:
             n = await r.zcard(key)
             _leak_if(audit, n > 0, key, f"{n} requests still active")

@@ -27,8 +27,13 @@ async def test_audit_tells_lingering_records_from_leaks(redis_url):
         await store.finish("done", "length", "w0")
         await store.r.delete(rs.queue_key("m"), rs.queued_key("m"))
         await store.r.set(rs.queued_tokens_key("m"), 0)
+        await store.record_load("m", time.time(), 2, 2)  # bounded bookkeeping, not a leak
+        await store.add_fleet_sample(rs.FleetSample(time.time(), ("w0",), ()))
         audit = await stack_probe.audit_keys(store)
         assert audit.leaked == [] and audit.lingering == 2  # request hash + token stream
+        await store.r.persist(rs.load_key("m"))  # a load hash that would never expire is one
+        assert "load:m" in " ".join((await stack_probe.audit_keys(store)).leaked)
+        await store.r.delete(rs.load_key("m"))
 
         await store.enqueue(_rec("stuck"))  # accepted, never served
         await store.set_assigned("stuck", "w0")
