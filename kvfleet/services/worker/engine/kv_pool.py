@@ -110,8 +110,10 @@ class PagePool:
         return remap
 
     def _new_storage(self, num_pages: int) -> torch.Tensor:
-        """The only place the pool allocates device memory."""
-        return torch.empty(num_pages * self.page_elems, dtype=self.dtype, device=self.device)
+        """The only place the pool allocates device memory. Zeroed, so the memory is committed
+        now: a host that cannot back the budget fails at start, not under a burst, and a CPU
+        worker's resident size is its steady size from the first request on."""
+        return torch.zeros(num_pages * self.page_elems, dtype=self.dtype, device=self.device)
 
     def _stage_to_host(self, pages: list[int], chunk: int = 16) -> torch.Tensor:
         """Copy ``pages`` to host memory a few at a time (no device-side temporary larger
