@@ -37,6 +37,7 @@ import yaml
 from kvfleet.common.config import FleetConfig
 from kvfleet.common.grpc_util import check_health
 from kvfleet.common.redis_server import ADMIN_USER, RedisServer, redis_url_or_start
+from kvfleet.common.service_main import PARENT_PID_ENV
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -286,7 +287,7 @@ def _spawn(run_dir: Path, name: str, kind: str, config: dict[str, Any]) -> Servi
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
-            env=_child_env(),
+            env={**_child_env(), PARENT_PID_ENV: str(os.getpid())},
             start_new_session=True,
         )
     return ServiceProcess(name, kind, popen, addr, logf)

@@ -86,3 +86,32 @@ def test_up_in_the_foreground_stops_everything_on_ctrl_c(tmp_path):
         if proc.poll() is None:
             proc.kill()
             _kvfleet("down", "--run-dir", str(run_dir))
+
+
+def test_services_stop_when_the_process_that_started_them_is_killed(tmp_path):
+    """SIGKILL leaves `kvfleet up` no chance to stop its stack; the services notice they were
+    orphaned and stop themselves, rather than serving (and using CPU) with nobody to stop them.
+    """
+    cfg = tmp_path / "fleet.yaml"
+    cfg.write_text(FLEET)
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "kvfleet", "up", "--config", str(cfg),
+                             "--run-dir", str(run_dir)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in proc.stdout:
+            if "Ctrl-C" in line:
+                break
+        desc = json.loads((run_dir / "stack.json").read_text())
+        services = [s["pid"] for s in desc["services"]]
+        assert len(services) >= 4 and all(_alive(p) for p in services)
+        proc.kill()
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while any(_alive(p) for p in services):
+            assert time.monotonic() < deadline, "a service outlived the killed `kvfleet up`"
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        _kvfleet("down", "--run-dir", str(run_dir))
