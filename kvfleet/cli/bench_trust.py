@@ -38,6 +38,8 @@ def register(app: typer.Typer) -> None:
         model: Annotated[str, typer.Option()] = "smollm2-135m",
         workers: Annotated[int, typer.Option(min=1)] = 2,
         duration_s: Annotated[float, typer.Option(min=1)] = 600.0,
+        warmup_s: Annotated[float, typer.Option(
+            min=0, help="Seconds of the same arrivals before the measured soak.")] = 60.0,
         load: Annotated[float, typer.Option(min=0.01, max=2.0,
                                             help="Share of the measured capacity offered.")]
         = 0.9,
@@ -56,7 +58,7 @@ def register(app: typer.Typer) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
         logging.getLogger("httpx").setLevel(logging.WARNING)
         options = SoakOptions(model=model, num_workers=workers, duration_s=duration_s,
-                              load=load, level_s=level_s,
+                              warmup_s=warmup_s, load=load, level_s=level_s,
                               disconnect_fraction=disconnect_fraction,
                               prompt_tokens=prompt_tokens, max_tokens=max_tokens,
                               window_s=window_s)

@@ -5,8 +5,11 @@ that nothing leaked.
 2. Capacity: closed loops of 1, 2, 4, ... clients sending the soak's requests, each level for
    ``level_s``; the capacity is the best completed-requests rate, and the search stops when a
    level no longer improves on it by 5%.
-3. Soak: Poisson arrivals at ``load`` x capacity for ``duration_s``; a share of the clients
-   (``disconnect_fraction``) hang up after the first tokens of their stream.
+3. Soak: Poisson arrivals at ``load`` x capacity for ``warmup_s + duration_s``; a share of
+   the clients (``disconnect_fraction``) hang up after the first tokens of their stream. The
+   first ``warmup_s`` fill the fleet from empty (its queue and batches grow to their steady
+   size) and are checked for errors but left out of the latency windows: stability compares
+   the soak's first and last minutes at steady load, not a ramp from idle with the end.
 4. After: every worker's KV pool back to all free, no Redis key left but the stack's own and
    finished requests' expiring records, each service process's RSS within ``max_rss_growth``
    of its value before the soak (Redis's is reported, not checked: it keeps finished records
@@ -22,6 +25,7 @@ import asyncio
 import csv
 import json
 import logging
+import math
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -41,6 +45,7 @@ class SoakOptions:
     num_workers: int = 2
     worker_memory_bytes: int = 1 << 30
     duration_s: float = 600.0
+    warmup_s: float = 60.0  # arrivals before the measured soak, continuous with it
     load: float = 0.9  # share of the measured capacity offered during the soak
     prompt_tokens: int = 64
     max_tokens: int = 32
@@ -155,7 +160,7 @@ async def _open_loop(req: _Requests, http: httpx.AsyncClient, rate: float, o: So
     tasks: list[asyncio.Task[Sample]] = []
     next_s = 0.0
     i = 0
-    while next_s < o.duration_s:
+    while next_s < o.warmup_s + o.duration_s:
         delay = t0 + next_s - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
@@ -175,16 +180,23 @@ def _p99(values: list[float]) -> float:
 
 
 def summarize(samples: list[Sample], o: SoakOptions) -> dict[str, Any]:
-    served = [s for s in samples if s.status == 200]
-    end = max((s.start_s for s in samples), default=0.0)
-    first = [s.e2e_s for s in served if s.start_s < o.window_s]
-    last = [s.e2e_s for s in served if s.start_s >= end - o.window_s]
+    """Statuses over every request, warm-up included; served rate and latency windows over
+    the measured soak (times from its start, after ``warmup_s``)."""
     statuses: dict[str, int] = {}
     for s in samples:
         statuses[str(s.status)] = statuses.get(str(s.status), 0) + 1
+    served = [(s.start_s - o.warmup_s, s) for s in samples
+              if s.status == 200 and s.start_s >= o.warmup_s]
+    windows = max(1, math.ceil(o.duration_s / o.window_s))
+    by_window = [[s.e2e_s for t, s in served if k * o.window_s <= t < (k + 1) * o.window_s]
+                 for k in range(windows)]
+    first = by_window[0]
+    last = [s.e2e_s for t, s in served if t >= o.duration_s - o.window_s]
     p99_first, p99_last = _p99(first), _p99(last)
+    ttfts = sorted(s.ttft_s for _, s in served)
     return {
         "num_requests": len(samples),
+        "num_warmup_requests": sum(1 for s in samples if s.start_s < o.warmup_s),
         "statuses": statuses,  # -1: hung up on purpose, 0: connection error
         "num_served": len(served),
         "num_disconnected": sum(1 for s in samples if s.status == -1),
@@ -192,12 +204,9 @@ def summarize(samples: list[Sample], o: SoakOptions) -> dict[str, Any]:
         "p99_e2e_first_window_s": p99_first,
         "p99_e2e_last_window_s": p99_last,
         "p99_ratio_last_to_first": p99_last / p99_first if first and last else float("nan"),
-        # the whole run window by window: a trend (a leak, a growing queue) or noise
-        "p99_e2e_by_window_s": [
-            round(_p99([s.e2e_s for s in served if k * o.window_s <= s.start_s
-                        < (k + 1) * o.window_s]), 3)
-            for k in range(int(end // o.window_s) + 1)],
-        "p50_ttft_s": sorted(s.ttft_s for s in served)[len(served) // 2] if served else 0.0,
+        # the whole soak window by window: a trend (a leak, a growing queue) or noise
+        "p99_e2e_by_window_s": [round(_p99(w), 3) for w in by_window],
+        "p50_ttft_s": ttfts[len(ttfts) // 2] if ttfts else 0.0,
     }
 
 
@@ -218,7 +227,8 @@ async def soak(stack: Any, o: SoakOptions) -> SoakResult:
             pids_before = stack_probe.stack_pids(stack)
             rss_before = {n: stack_probe.rss_bytes(p) for n, p in pids_before.items()}
             result.offered_rps = o.load * result.capacity_rps
-            log.info("soak: %.2f req/s for %.0fs", result.offered_rps, o.duration_s)
+            log.info("soak: %.2f req/s for %.0f s after a %.0f s warm-up", result.offered_rps,
+                     o.duration_s, o.warmup_s)
             result.samples = await _open_loop(req, http, max(0.01, result.offered_rps), o)
             pages = await stack_probe.wait_idle(store, 120)
             audit = await stack_probe.audit_keys(store)

@@ -45,11 +45,16 @@ async def test_audit_tells_lingering_records_from_leaks(redis_url):
         await store.close()
 
 
-def test_summary_compares_first_and_last_windows():
-    o = soak.SoakOptions(duration_s=300, window_s=60)
-    samples = [soak.Sample(t, 200, 0.1, 1.0 if t < 60 else 2.0, 8, False) for t in range(300)]
-    samples.append(soak.Sample(10, -1, 0.1, 0.2, 2, True))
+def test_summary_compares_first_and_last_windows_after_the_warm_up():
+    o = soak.SoakOptions(duration_s=300, window_s=60, warmup_s=30)
+    # the warm-up's slow ramp (5 s) is left out; the soak's last minute is twice its first
+    samples = [soak.Sample(t, 200, 0.1, 5.0 if t < 30 else 1.0 if t < 90 else 2.0, 8, False)
+               for t in range(330)]
+    samples.append(soak.Sample(40, -1, 0.1, 0.2, 2, True))
+    samples.append(soak.Sample(10, 503, 0.0, 0.1, 0, False))  # a warm-up error still counts
     s = soak.summarize(samples, o)
     assert s["num_served"] == 300 and s["num_disconnected"] == 1
+    assert s["num_warmup_requests"] == 31
     assert s["p99_ratio_last_to_first"] == pytest.approx(2.0)
-    assert s["statuses"] == {"200": 300, "-1": 1}
+    assert s["p99_e2e_by_window_s"] == [1.0, 2.0, 2.0, 2.0, 2.0]
+    assert s["statuses"] == {"200": 330, "-1": 1, "503": 1}
