@@ -54,7 +54,8 @@ async def _until(pred, timeout_s: float = 10.0) -> None:
 
 
 def _settings(redis_url: str, **kw) -> SchedulerSettings:
-    return SchedulerSettings(redis_url=redis_url, tick_s=0.01, reclaim_idle_s=0.2, **kw)
+    return SchedulerSettings(**{"redis_url": redis_url, "tick_s": 0.01, "reclaim_idle_s": 0.2,
+                                **kw})
 
 
 async def test_dispatches_to_most_free_and_acks(redis_url):
@@ -79,6 +80,19 @@ async def test_dispatches_to_most_free_and_acks(redis_url):
         await r0.stop(0)
         await r1.stop(0)
         await store.close()
+
+
+async def test_an_idle_scheduler_paces_its_loop_before_any_model_has_a_queue(redis_url):
+    """With no queue stream yet (no request ever sent) there is nothing to block on; the loop
+    must still wait a tick between reads, not spin (it used most of a core)."""
+    sched = await start(_settings(redis_url, tick_s=0.05))
+    try:
+        await asyncio.sleep(0.3)  # past recovery
+        before = sched.dispatcher.num_ticks
+        await asyncio.sleep(1.0)
+        assert sched.dispatcher.num_ticks - before <= 1.0 / 0.05 + 2
+    finally:
+        await sched.stop()
 
 
 async def test_requests_queued_during_a_restart_all_get_assigned(redis_url):

@@ -7,6 +7,7 @@ entries under the same consumer name, or other consumers' by XAUTOCLAIM once idl
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import redis.asyncio as aioredis
@@ -48,8 +49,11 @@ class RequestQueues:
 
     async def _read(self, start: str, block_ms: int | None,
                     count: int = 512) -> list[tuple[str, str, str]]:
+        """A blocking read (``block_ms`` set) waits that long even when there is no stream to
+        read yet, or the read fails: the scheduler's idle loop paces itself on this wait."""
         models = await self.models()
         if not models:
+            await self._idle(block_ms)
             return []
         streams = {rs.queue_key(m): start for m in models}
         try:
@@ -58,8 +62,14 @@ class RequestQueues:
         except ResponseError as e:  # a stream deleted under us: recreate groups next time
             log.warning("xreadgroup failed: %s", e)
             self._groups.clear()
+            await self._idle(block_ms)
             return []
         return self._entries(reply)
+
+    @staticmethod
+    async def _idle(block_ms: int | None) -> None:
+        if block_ms:
+            await asyncio.sleep(block_ms / 1000)
 
     async def claim_idle(self, min_idle_ms: int) -> list[tuple[str, str, str]]:
         out: list[tuple[str, str, str]] = []
