@@ -150,10 +150,34 @@ def step_check(steps: list, model: Any, overheads: Any) -> dict[str, Any]:  # ty
     ratios = [s.duration_s / (model.step_s(StepShape.of_chunks(s.chunks)) + extra)
               for s in steps]
     busy = overheads.cpu_factor(len({s.worker_id for s in steps}))
+    by_busy: dict[int, list[float]] = {}
+    for n, r in zip(_busy_workers(steps), ratios, strict=True):
+        by_busy.setdefault(n, []).append(r)
     return {"count": len(steps), "median_live_over_model": statistics.median(ratios),
             "mean_live_over_model": statistics.fmean(ratios),
             "cpu_factor_all_busy": busy,
-            "mean_live_over_sim": statistics.fmean(ratios) / busy}
+            "mean_live_over_sim": statistics.fmean(ratios) / busy,
+            # live over model by how many workers were stepping at each step's middle, next
+            # to the factor the simulator applies then: CPU sharing the model leaves out
+            # (memory bandwidth, caches, SMT siblings) shows as a gap growing with the count
+            "by_busy_workers": {
+                str(n): {"count": len(rs), "mean_live_over_model": statistics.fmean(rs),
+                         "sim_cpu_factor": overheads.cpu_factor(n)}
+                for n, rs in sorted(by_busy.items())},
+            }
+
+
+def _busy_workers(steps: list) -> list[int]:  # type: ignore[type-arg]
+    """For each step, the workers (itself included) with a step spanning its middle."""
+    spans: dict[str, list[tuple[float, float]]] = {}
+    for s in steps:
+        spans.setdefault(s.worker_id, []).append((s.end_s - s.duration_s, s.end_s))
+    out = []
+    for s in steps:
+        mid = s.end_s - s.duration_s / 2
+        out.append(1 + sum(1 for w, iv in spans.items() if w != s.worker_id
+                           and any(a <= mid <= b for a, b in iv)))
+    return out
 
 
 def _machine() -> dict[str, Any]:

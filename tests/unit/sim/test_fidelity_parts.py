@@ -47,3 +47,10 @@ def test_live_steps_against_the_model():
     assert out["cpu_factor_all_busy"] == 2.0  # two workers on one core
     assert out["mean_live_over_sim"] == pytest.approx(0.8)
     assert step_check([], model, ov) == {"count": 0}
+    # the two steps above did not overlap; a third on w1 spans w0's step's middle
+    assert set(out["by_busy_workers"]) == {"1"}
+    both = step_check([*steps, LiveStep("w1", 1.005, 0.024, ((10, 1), (20, 1)))], model, ov)
+    by = both["by_busy_workers"]
+    assert by["1"]["count"] == 1 and by["2"]["count"] == 2
+    assert by["2"]["mean_live_over_model"] == pytest.approx(2.0)
+    assert by["1"]["sim_cpu_factor"] == 1.0 and by["2"]["sim_cpu_factor"] == 2.0
