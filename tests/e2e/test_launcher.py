@@ -1,5 +1,6 @@
 """`kvfleet up` / `down` / `generate` / `chat` as a user runs them."""
 
+import contextlib
 import json
 import os
 import signal
@@ -58,7 +59,10 @@ def test_up_detach_generate_chat_down(tmp_path, reference):
     assert "no stack running" in _kvfleet("down", "--run-dir", str(run_dir)).stdout
 
 
-def test_up_in_the_foreground_stops_everything_on_ctrl_c(tmp_path):
+@contextlib.contextmanager
+def _up_in_the_foreground(tmp_path):
+    """`kvfleet up` in the foreground, once it has printed its endpoints: (process, run dir,
+    the lines it printed). Whatever the test leaves running is stopped after it."""
     cfg = tmp_path / "fleet.yaml"
     cfg.write_text(FLEET)
     run_dir = tmp_path / "run"
@@ -71,6 +75,15 @@ def test_up_in_the_foreground_stops_everything_on_ctrl_c(tmp_path):
             lines.append(line)
             if "Ctrl-C" in line:
                 break
+        yield proc, run_dir, lines
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        _kvfleet("down", "--run-dir", str(run_dir))
+
+
+def test_up_in_the_foreground_stops_everything_on_ctrl_c(tmp_path):
+    with _up_in_the_foreground(tmp_path) as (proc, run_dir, lines):
         assert any("OpenAI HTTP" in x for x in lines), "".join(lines)
         pids = _pids(run_dir)
         assert all(_alive(p) for p in pids)
@@ -82,26 +95,13 @@ def test_up_in_the_foreground_stops_everything_on_ctrl_c(tmp_path):
             assert time.monotonic() < deadline, "a service outlived `kvfleet up`"
             time.sleep(0.05)
         assert not (run_dir / "stack.json").exists()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            _kvfleet("down", "--run-dir", str(run_dir))
 
 
 def test_services_stop_when_the_process_that_started_them_is_killed(tmp_path):
     """SIGKILL leaves `kvfleet up` no chance to stop its stack; the services notice they were
     orphaned and stop themselves, rather than serving (and using CPU) with nobody to stop them.
     """
-    cfg = tmp_path / "fleet.yaml"
-    cfg.write_text(FLEET)
-    run_dir = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "kvfleet", "up", "--config", str(cfg),
-                             "--run-dir", str(run_dir)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    try:
-        for line in proc.stdout:
-            if "Ctrl-C" in line:
-                break
+    with _up_in_the_foreground(tmp_path) as (proc, run_dir, _):
         desc = json.loads((run_dir / "stack.json").read_text())
         services = [s["pid"] for s in desc["services"]]
         assert len(services) >= 4 and all(_alive(p) for p in services)
@@ -111,7 +111,3 @@ def test_services_stop_when_the_process_that_started_them_is_killed(tmp_path):
         while any(_alive(p) for p in services):
             assert time.monotonic() < deadline, "a service outlived the killed `kvfleet up`"
             time.sleep(0.1)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        _kvfleet("down", "--run-dir", str(run_dir))

@@ -58,3 +58,20 @@ def test_summary_compares_first_and_last_windows_after_the_warm_up():
     assert s["p99_ratio_last_to_first"] == pytest.approx(2.0)
     assert s["p99_e2e_by_window_s"] == [1.0, 2.0, 2.0, 2.0, 2.0]
     assert s["statuses"] == {"200": 330, "-1": 1, "503": 1}
+
+
+async def test_capacity_search_rides_out_one_noisy_level():
+    """Throughput 0.3, 0.5, then a noisy 0.4 at 4 clients, then 1.0, 1.6, 1.65, 1.6: the
+    search must not stop at the dip; it stops after two levels without a 5% gain, and each
+    level lasts at least four times the slowest request of the one before."""
+    rates = {1: 0.3, 2: 0.5, 4: 0.4, 8: 1.0, 16: 1.6, 32: 1.65, 64: 1.6}
+    seen: list[tuple[int, float]] = []
+
+    async def level(clients: int, seconds: float) -> tuple[float, float]:
+        seen.append((clients, seconds))
+        return rates[clients], clients / rates[clients] * 0.5
+
+    best, levels = await soak.measure_capacity(level, soak.SoakOptions(level_s=20.0))
+    assert best == 1.65 and [c for c, _ in seen] == [1, 2, 4, 8, 16, 32, 64]
+    assert seen[0][1] == 20.0 and seen[-1][1] == pytest.approx(4 * 32 / 1.65 * 0.5)
+    assert [lv["clients"] for lv in levels] == [1, 2, 4, 8, 16, 32, 64]
