@@ -13,9 +13,11 @@ that nothing leaked.
    the soak's first and last minutes at steady load, not a ramp from idle with the end.
 4. After: every worker's KV pool back to all free, no Redis key left but the stack's own and
    finished requests' expiring records, each service process's RSS within ``max_rss_growth``
-   of its value before the soak (Redis's is reported, not checked: it keeps finished records
-   for ``FINISHED_TTL_S`` by design), and p99 end-to-end latency of the last minute within
-   ``p99_tolerance`` of the first minute's.
+   of its value at the end of the warm-up (Redis's is reported, not checked: it keeps
+   finished records for ``FINISHED_TTL_S`` by design), and p99 end-to-end latency of the last
+   minute within ``p99_tolerance`` of the first minute's. Each process's RSS and CPU time are
+   sampled through the run (``process_series``), to tell a leak from a high-water mark and
+   to show where the CPU went.
 
 Figures go to ``summary.json`` and ``requests.csv`` in the output directory.
 """
@@ -55,6 +57,7 @@ class SoakOptions:
     level_s: float = 20.0
     max_concurrency: int = 64
     window_s: float = 60.0  # first and last windows compared for p99
+    sample_s: float = 30.0  # how often each process's RSS and CPU time are sampled
     max_rss_growth: float = 0.05
     p99_tolerance: float = 1.25
     seed: int = 0
@@ -227,6 +230,27 @@ def summarize(samples: list[Sample], o: SoakOptions) -> dict[str, Any]:
     }
 
 
+async def _sample_processes(pids: dict[str, int], every_s: float,
+                            out: list[dict[str, Any]]) -> None:
+    """Every ``every_s`` from now: each process's RSS and CPU seconds, appended to ``out``."""
+    t0 = time.monotonic()
+    while True:
+        out.append({"t": round(time.monotonic() - t0, 1),
+                    "rss": {n: stack_probe.rss_bytes(p) for n, p in pids.items()},
+                    "cpu_s": {n: stack_probe.cpu_seconds(p) for n, p in pids.items()}})
+        await asyncio.sleep(every_s)
+
+
+def _cpu_cores_used(series: list[dict[str, Any]], from_s: float) -> dict[str, float]:
+    """Each process's mean CPU use (cores) between the first sample at ``from_s`` or later
+    and the last sample."""
+    xs = [x for x in series if x["t"] >= from_s]
+    if len(xs) < 2 or xs[-1]["t"] <= xs[0]["t"]:
+        return {}
+    span = xs[-1]["t"] - xs[0]["t"]
+    return {n: round((xs[-1]["cpu_s"][n] - c) / span, 3) for n, c in xs[0]["cpu_s"].items()}
+
+
 async def soak(stack: Any, o: SoakOptions) -> SoakResult:
     """Capacity, soak and checks against a running stack."""
     from kvfleet.common.models import load_tokenizer
@@ -235,6 +259,7 @@ async def soak(stack: Any, o: SoakOptions) -> SoakResult:
     vocab = min(int(load_tokenizer(o.model).vocab_size), 32_000)
     req = _Requests(o, vocab, key)
     result = SoakResult(asdict(o))
+    series: list[dict[str, Any]] = []
     limits = httpx.Limits(max_connections=2048, max_keepalive_connections=256)
     async with httpx.AsyncClient(base_url=stack.http_url, limits=limits, trust_env=False,
                                  timeout=httpx.Timeout(900.0, connect=30.0)) as http:
@@ -244,16 +269,24 @@ async def soak(stack: Any, o: SoakOptions) -> SoakResult:
         async with stack_probe.admin_store(stack) as store:
             await stack_probe.wait_idle(store, 120)
             pids_before = stack_probe.stack_pids(stack)
-            rss_before = {n: stack_probe.rss_bytes(p) for n, p in pids_before.items()}
+            rss_idle = {n: stack_probe.rss_bytes(p) for n, p in pids_before.items()}
             result.offered_rps = o.load * result.capacity_rps
             log.info("soak: %.2f req/s for %.0f s after a %.0f s warm-up", result.offered_rps,
                      o.duration_s, o.warmup_s)
-            result.samples = await _open_loop(req, http, max(0.01, result.offered_rps), o)
+            sampler = asyncio.create_task(_sample_processes(pids_before, o.sample_s, series))
+            try:
+                result.samples = await _open_loop(req, http, max(0.01, result.offered_rps), o)
+            finally:
+                sampler.cancel()
             pages = await stack_probe.wait_idle(store, 120)
             audit = await stack_probe.audit_keys(store)
             pids_after = stack_probe.stack_pids(stack)
             rss_after = {n: stack_probe.rss_bytes(p) for n, p in pids_after.items()}
     summary = summarize(result.samples, o)
+    # the baseline is the end of the warm-up: by then the workers have run the soak's step
+    # shapes, and an allocator's high-water mark is not a leak; a leak keeps growing after it
+    warm = next((x for x in series if x["t"] >= o.warmup_s), None)
+    rss_before = warm["rss"] if warm else rss_idle
     rss_growth = stack_probe.growth(rss_before, rss_after)
     restarted = sorted(n for n in pids_before if pids_after.get(n) != pids_before[n])
     summary.update({
@@ -262,7 +295,10 @@ async def soak(stack: Any, o: SoakOptions) -> SoakResult:
         "workers": [asdict(p) for p in pages],
         "leaked_pages": sum(max(0, p.num_total_pages - p.num_free_pages) for p in pages),
         "redis": audit.to_dict(),
+        "rss_idle_before_bytes": rss_idle,
         "rss_before_bytes": rss_before,
+        "process_series": series,
+        "cpu_cores_used": _cpu_cores_used(series, o.warmup_s),
         "rss_after_bytes": rss_after,
         "rss_growth": rss_growth,
         "restarted": restarted,

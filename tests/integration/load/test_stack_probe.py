@@ -1,6 +1,7 @@
 """The soak's leak checks on real Redis: finished requests' records linger with a TTL and are
 not leaks; an unfinished request, a request still assigned, or a queue entry left is."""
 
+import os
 import time
 
 import pytest
@@ -75,3 +76,12 @@ async def test_capacity_search_rides_out_one_noisy_level():
     assert best == 1.65 and [c for c, _ in seen] == [1, 2, 4, 8, 16, 32, 64]
     assert seen[0][1] == 20.0 and seen[-1][1] == pytest.approx(4 * 32 / 1.65 * 0.5)
     assert [lv["clients"] for lv in levels] == [1, 2, 4, 8, 16, 32, 64]
+
+
+def test_cpu_use_is_measured_from_the_warm_up_on():
+    series = [{"t": 0.0, "cpu_s": {"w": 0.0, "g": 0.0}},
+              {"t": 30.0, "cpu_s": {"w": 25.0, "g": 3.0}},
+              {"t": 90.0, "cpu_s": {"w": 85.0, "g": 6.0}}]
+    assert soak._cpu_cores_used(series, 30.0) == {"w": 1.0, "g": 0.05}
+    assert soak._cpu_cores_used(series, 60.0) == {}  # one sample is no span
+    assert stack_probe.cpu_seconds(os.getpid()) > 0
