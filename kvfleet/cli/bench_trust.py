@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
             min=0, help="Seconds of the same arrivals before the measured soak.")] = 60.0,
         load: Annotated[float, typer.Option(min=0.01, max=2.0,
                                             help="Share of the measured capacity offered.")]
-        = 0.9,
+        = 0.65,
         level_s: Annotated[float, typer.Option(min=1, help="Seconds per capacity level.")]
         = 20.0,
         disconnect_fraction: Annotated[float, typer.Option(min=0, max=1)] = 0.1,
