@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import pytest
@@ -125,3 +126,17 @@ def test_pool_resize_moves_used_pages_down():
     pool.resize(10)
     assert pool.num_free_pages == 8
     assert torch.all(pool._pages()[new7] == 7.0)
+
+
+def test_pool_memory_is_committed_when_allocated():
+    """The budget is resident from the start (a host that cannot back it fails then, not
+    under a burst), on a CPU as on a GPU: an untouched allocation would not be."""
+    import torch
+
+    from kvfleet.load.stack_probe import rss_bytes
+
+    size = 96 << 20
+    before = rss_bytes(os.getpid())
+    pool = PagePool(1 << 20, size >> 20, torch.float32, torch.device("cpu"))
+    assert rss_bytes(os.getpid()) - before > 0.9 * size
+    assert pool.num_free_pages == size >> 20
