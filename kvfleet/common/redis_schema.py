@@ -124,12 +124,15 @@ LOAD_TTL_S = 3600  # a model's load hash lives this long after its last request
 # buckets a load hash keeps (the longest window it can answer is LOAD_TTL_S): the writer prunes
 # older ones once the hash holds more fields than these, so it stays bounded under any traffic
 LOAD_MAX_BUCKETS = LOAD_TTL_S // LOAD_BUCKET_S
-LOAD_FIELDS_PER_BUCKET = 3
 
 
 def load_fields(bucket: int, prompt_tokens: int, output_tokens: int) -> dict[str, int]:
     """The increments one accepted request adds to its model's load hash."""
     return {f"{bucket}:n": 1, f"{bucket}:in": prompt_tokens, f"{bucket}:out": output_tokens}
+
+
+#: the most fields a load hash holds before its writer prunes it
+LOAD_MAX_FIELDS = (LOAD_MAX_BUCKETS + 1) * len(load_fields(0, 0, 0))
 
 
 def parse_load(fields: dict[Any, Any], first_bucket: int) -> tuple[int, int, int, list[str]]:

@@ -368,7 +368,7 @@ class RedisStore:
             p.expire(key, rs.LOAD_TTL_S)
             p.hlen(key)
             size = (await p.execute())[-1]
-        if int(size) > (rs.LOAD_MAX_BUCKETS + 1) * rs.LOAD_FIELDS_PER_BUCKET:
+        if int(size) > rs.LOAD_MAX_FIELDS:
             _, _, _, old = rs.parse_load(await self.r.hgetall(key),
                                          bucket - rs.LOAD_MAX_BUCKETS + 1)
             if old:

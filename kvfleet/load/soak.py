@@ -39,6 +39,7 @@ from typing import Any
 import httpx
 
 from kvfleet.load import stack_probe
+from kvfleet.load.machine import cpu_seconds
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +240,7 @@ async def _sample_processes(pids: dict[str, int], every_s: float,
     while True:
         out.append({"t": round(time.monotonic() - t0, 1),
                     "rss": {n: stack_probe.rss_bytes(p) for n, p in pids.items()},
-                    "cpu_s": {n: stack_probe.cpu_seconds(p) for n, p in pids.items()}})
+                    "cpu_s": {n: cpu_seconds(p) for n, p in pids.items()}})
         await asyncio.sleep(every_s)
 
 

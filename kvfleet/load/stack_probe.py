@@ -5,7 +5,6 @@ lingering with a TTL, or leaked)."""
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,15 +23,6 @@ def rss_bytes(pid: int) -> int:
     except OSError:
         pass
     return 0
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time a process has used (0 if it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return 0.0
 
 
 def stack_pids(stack: Any) -> dict[str, int]:
@@ -137,9 +127,8 @@ async def audit_keys(store: RedisStore) -> KeyAudit:
             _leak_if(audit, n > 2 * rs.FLEET_ACTIVITY_MAXLEN, key, f"{n} samples, past its cap")
         elif kind == "load":  # per-model arrival counts, pruned by their writer
             n = await r.hlen(key)
-            cap = (rs.LOAD_MAX_BUCKETS + 1) * rs.LOAD_FIELDS_PER_BUCKET
-            _leak_if(audit, n > cap or not 0 < ttl <= rs.LOAD_TTL_S, key,
-                     f"{n} fields (cap {cap}), ttl {ttl}")
+            _leak_if(audit, n > rs.LOAD_MAX_FIELDS or not 0 < ttl <= rs.LOAD_TTL_S, key,
+                     f"{n} fields (cap {rs.LOAD_MAX_FIELDS}), ttl {ttl}")
         elif key == rs.ACTIVE_KEY:
             n = await r.zcard(key)
             _leak_if(audit, n > 0, key, f"{n} requests still active")

@@ -528,7 +528,8 @@ class SimWorker:
     def _plan(self, now: float) -> float | None:
         while True:
             if not self.running and not self.waiting:
-                return self._idle(now)
+                self._idle(now)
+                return None
             view = EngineView(
                 tuple([s._view or s.view() for s in self.running]),
                 tuple([s._view or s.view() for s in self.waiting]),
@@ -544,7 +545,8 @@ class SimWorker:
                 return self._start(plan, now)
             if not plan.preempt:
                 if self._loads_running:  # weights loading hold the pages: wait for them
-                    return self._idle(now)
+                    self._idle(now)
+                return None
                 # Nothing can run: only possible when the pool is too small for the queue head.
                 raise KvAccountingError(
                     f"worker {self.worker_id}: policy planned nothing with "

@@ -99,7 +99,7 @@ async def test_a_load_hash_stays_bounded_with_no_reader(redis_url):
         for b in range(span):
             await store.record_load("bounded", t0 + b * rs.LOAD_BUCKET_S, 10, 4)
         size = await store.r.hlen(key)
-        assert size <= (rs.LOAD_MAX_BUCKETS + 1) * rs.LOAD_FIELDS_PER_BUCKET
+        assert size <= rs.LOAD_MAX_FIELDS == (rs.LOAD_MAX_BUCKETS + 1) * 3
         now = t0 + (span - 1) * rs.LOAD_BUCKET_S
         # the whole retained hour still answers (a reader deletes what is older than its
         # window, so the longest window is read first), and the recent buckets are intact
